@@ -1,0 +1,5 @@
+"""`python -m routevpn`."""
+
+from routevpn.cli import main
+
+raise SystemExit(main())

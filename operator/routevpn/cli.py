@@ -1,0 +1,58 @@
+"""The `routevpn` command: `routevpn crd`, `routevpn operator`, `routevpn agent`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from routevpn import __version__
+
+
+def _crd(_: argparse.Namespace) -> int:
+    from routevpn.api.crd import render_crd_yaml
+
+    sys.stdout.write(render_crd_yaml())
+    return 0
+
+
+def _operator(_: argparse.Namespace) -> int:
+    sys.stderr.write("routevpn operator: not implemented yet\n")
+    return 2
+
+
+def _agent(_: argparse.Namespace) -> int:
+    sys.stderr.write("routevpn agent: not implemented yet\n")
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; each sub-command sets `func`."""
+    parser = argparse.ArgumentParser(
+        prog="routevpn",
+        description="Route-based IPsec VPNs (strongSwan + VTI/XFRM) as Kubernetes objects.",
+    )
+    parser.add_argument("--version", action="version", version=f"routevpn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    crd = sub.add_parser("crd", help="print the VpnTunnel CustomResourceDefinition (YAML)")
+    crd.set_defaults(func=_crd)
+
+    op = sub.add_parser("operator", help="run the operator (not implemented yet)")
+    op.set_defaults(func=_operator)
+
+    agent = sub.add_parser("agent", help="run the node agent (not implemented yet)")
+    agent.add_argument("--node", help="the Kubernetes Node this agent serves")
+    agent.set_defaults(func=_agent)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `routevpn` console script."""
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
