@@ -1,0 +1,1 @@
+"""The VpnTunnel API: pydantic types, conditions and names. Pure: no I/O."""
