@@ -1,0 +1,463 @@
+"""Links, addresses, routes and sysctls of the network namespace this process is in.
+
+The only module importing pyroute2. It uses `AsyncIPRoute` because the agent is an
+asyncio (kopf) program: every request is awaited on the loop, nothing blocks it.
+
+It works on the namespace the process (or thread that opened it) is in and takes no
+namespace argument on purpose: sysctls are written through /proc/sys, which always
+shows the caller's own namespace, so an adapter told to act on another namespace would
+split its writes between two. Tests run it inside a throwaway namespace instead.
+
+Idempotence: every verb reads first and writes only what differs, and returns the
+`Change`s it made, so a second pass over the same plan reports none. The errno
+values tolerated are exactly those meaning "already so" for that request (the kernel
+uses different ones per object: EEXIST on add; ENODEV for a gone link, EADDRNOTAVAIL
+for a gone address, ESRCH for a gone route); everything else is raised as
+`NetlinkOperationError` naming the tunnel.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+from collections.abc import Collection, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pyroute2 import AsyncIPRoute, NetlinkError  # type: ignore[import-untyped]
+
+from routevpn.api import naming
+from routevpn.dataplane import builders
+from routevpn.dataplane.errors import (
+    LinkNotOwnedError,
+    NetlinkOperationError,
+    RouteNotOwnedError,
+    SysctlError,
+)
+from routevpn.dataplane.facts import (
+    AddressFacts,
+    Change,
+    LinkFacts,
+    NetlinkFacts,
+    RouteFacts,
+)
+from routevpn.dataplane.plan import (
+    IPInterface,
+    LinkPlan,
+    RoutePlan,
+    SysctlPlan,
+    TunnelPlan,
+)
+
+log = logging.getLogger(__name__)
+
+AF_INET = 2
+AF_INET6 = 10
+RTN_UNICAST = 1
+RT_SCOPE_NOWHERE = 255
+IFF_UP = 1
+#: Family value that makes the kernel dump routes of every family (see pyroute2 docs).
+ALL_FAMILIES = 255
+
+
+def _ip(value: Any) -> Any:
+    return ipaddress.ip_address(value) if value else None
+
+
+def _link_facts(msg: Any) -> LinkFacts:
+    data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+    kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+    facts: dict[str, Any] = {}
+    if data is not None and kind in ("vti", "vti6"):
+        facts = {
+            "local": _ip(data.get_attr("IFLA_VTI_LOCAL")),
+            "remote": _ip(data.get_attr("IFLA_VTI_REMOTE")),
+            "ikey": data.get_attr("IFLA_VTI_IKEY"),
+            "okey": data.get_attr("IFLA_VTI_OKEY"),
+            "underlay_index": data.get_attr("IFLA_VTI_LINK") or None,
+        }
+    elif data is not None and kind == "xfrm":
+        facts = {
+            "if_id": data.get_attr("IFLA_XFRM_IF_ID"),
+            "underlay_index": data.get_attr("IFLA_XFRM_LINK") or None,
+        }
+    return LinkFacts(
+        index=msg["index"],
+        name=msg.get_attr("IFLA_IFNAME"),
+        kind=kind,
+        alias=msg.get_attr("IFLA_IFALIAS"),
+        mtu=msg.get_attr("IFLA_MTU"),
+        up=bool(msg["flags"] & IFF_UP),
+        **facts,
+    )
+
+
+def _route_facts(msg: Any, names: dict[int, str]) -> RouteFacts | None:
+    if msg["type"] != RTN_UNICAST:
+        return None
+    family = msg["family"]
+    # A default route carries no RTA_DST: the kernel means the all-zero address.
+    dst = msg.get_attr("RTA_DST") or (
+        ipaddress.IPv4Address(0) if family == AF_INET else ipaddress.IPv6Address(0)
+    )
+    oif = msg.get_attr("RTA_OIF")
+    return RouteFacts(
+        dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}"),
+        oif=oif,
+        ifname=names.get(oif) if oif is not None else None,
+        via=_ip(msg.get_attr("RTA_GATEWAY")),
+        metric=msg.get_attr("RTA_PRIORITY") or 0,
+        table=msg.get_attr("RTA_TABLE") or msg["table"],
+        proto=msg["proto"],
+    )
+
+
+def effective_metric(route: RoutePlan) -> int:
+    """The metric the kernel records: IPv6 turns "no metric" (0) into 1024."""
+    return 1024 if route.family == 6 and route.metric == 0 else route.metric
+
+
+def link_matches(have: LinkFacts, want: LinkPlan, underlay_index: int | None) -> bool:
+    """Whether `have` already has every attribute of `want` the kernel can't change."""
+    if have.kind != want.kind:
+        return False
+    if want.kind in ("vti", "vti6"):
+        return (
+            have.local == want.local
+            and have.remote == want.remote
+            and have.ikey == want.key
+            and have.okey == want.key
+        )
+    return have.if_id == want.if_id and (
+        underlay_index is None or have.underlay_index == underlay_index
+    )
+
+
+class NetlinkAdapter:
+    """Idempotent verbs on the current network namespace. Use as `async with`."""
+
+    def __init__(self, proc_sys: Path = Path("/proc/sys")) -> None:
+        self._proc_sys = proc_sys
+        self._ipr: AsyncIPRoute | None = None
+
+    async def __aenter__(self) -> NetlinkAdapter:
+        self._ipr = AsyncIPRoute()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the netlink socket."""
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    @property
+    def ipr(self) -> AsyncIPRoute:
+        """The open socket (opened lazily so the adapter also works without `async with`)."""
+        if self._ipr is None:
+            self._ipr = AsyncIPRoute()
+        return self._ipr
+
+    async def _call(self, ref: str, what: str, ok: Collection[int], coro: Any) -> bool:
+        """Await a request; False when it failed with an errno in `ok` ("already so")."""
+        try:
+            await coro
+        except NetlinkError as e:
+            if e.code in ok:
+                return False
+            raise NetlinkOperationError(ref, what, e.code, str(e.args[-1])) from e
+        return True
+
+    # -- observe -------------------------------------------------------------------
+
+    async def links(self) -> list[LinkFacts]:
+        """Every link in this namespace."""
+        return [_link_facts(m) async for m in await self.ipr.link("dump")]
+
+    async def observe(self) -> NetlinkFacts:
+        """Links, addresses and unicast routes of every table, as typed facts."""
+        links = await self.links()
+        names = {link.index: link.name for link in links}
+        addrs = [
+            AddressFacts(
+                index=m["index"],
+                ifname=names.get(m["index"], ""),
+                address=ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}"),
+            )
+            async for m in await self.ipr.addr("dump")
+        ]
+        routes: list[RouteFacts] = []
+        async for m in await self.ipr.route("dump", family=ALL_FAMILIES):
+            fact = _route_facts(m, names)
+            if fact is not None:
+                routes.append(fact)
+        return NetlinkFacts(tuple(links), tuple(addrs), tuple(routes))
+
+    async def _link_by_name(self, name: str) -> LinkFacts | None:
+        for link in await self.links():
+            if link.name == name:
+                return link
+        return None
+
+    # -- links ---------------------------------------------------------------------
+
+    async def ensure_link(self, ref: str, link: LinkPlan) -> tuple[int, list[Change]]:
+        """Make `link` exist with its attributes, alias, MTU and up; returns its index.
+
+        A link of that name without routevpn's alias belongs to someone else and is
+        never touched (`LinkNotOwnedError`). One of ours whose immutable attributes differ
+        (kind, endpoints, key, if_id, underlay) is deleted and created again.
+        """
+        changes: list[Change] = []
+        underlay_index: int | None = None
+        if link.underlay is not None:
+            under = await self._link_by_name(link.underlay)
+            if under is None:
+                raise NetlinkOperationError(
+                    ref, f"find underlay {link.underlay}", errno.ENODEV, "no such device"
+                )
+            underlay_index = under.index
+        have = await self._link_by_name(link.name)
+        if have is not None and naming.parse_link_alias(have.alias) is None:
+            raise LinkNotOwnedError(
+                ref, f"interface {link.name} exists and is not routevpn's; not touching it"
+            )
+        if have is not None and not link_matches(have, link, underlay_index):
+            await self._call(
+                ref, f"delete {link.name}", {errno.ENODEV}, self.ipr.link("del", index=have.index)
+            )
+            changes.append(Change(ref, "link", "deleted", f"{link.name} (attributes changed)"))
+            have = None
+        if have is None:
+            kwargs = builders.build_link(link, underlay_index)
+            created = await self._call(
+                ref,
+                f"create {link.kind} {link.name}",
+                {errno.EEXIST},
+                self.ipr.link("add", **kwargs),
+            )
+            if created:
+                changes.append(Change(ref, "link", "created", f"{link.kind} {link.name}"))
+            have = await self._link_by_name(link.name)
+            if have is None:
+                raise NetlinkOperationError(ref, f"create {link.name}", errno.ENODEV, "vanished")
+        settings = builders.build_link_settings(link)
+        if have.alias != link.alias or have.mtu != link.mtu or not have.up:
+            await self._call(
+                ref, f"set {link.name}", (), self.ipr.link("set", index=have.index, **settings)
+            )
+            changes.append(Change(ref, "link", "configured", f"{link.name} mtu {link.mtu} up"))
+        for change in changes:
+            log.info("%s", change)
+        return have.index, changes
+
+    async def delete_owned_link(self, ref: str, name: str) -> list[Change]:
+        """Delete link `name` if it is routevpn's (its alias says so); else leave it."""
+        have = await self._link_by_name(name)
+        if have is None or naming.parse_link_alias(have.alias) is None:
+            return []
+        deleted = await self._call(
+            ref, f"delete {name}", {errno.ENODEV}, self.ipr.link("del", index=have.index)
+        )
+        if not deleted:
+            return []
+        change = Change(ref, "link", "deleted", name)
+        log.info("%s", change)
+        return [change]
+
+    # -- addresses -------------------------------------------------------------------
+
+    async def ensure_addresses(
+        self, ref: str, index: int, wanted: Iterable[IPInterface]
+    ) -> list[Change]:
+        """Add missing addresses on link `index`, remove those no longer wanted.
+
+        IPv6 link-local addresses are the kernel's own and are left alone.
+        """
+        want = set(wanted)
+        have = {
+            ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
+            async for m in await self.ipr.addr("dump")
+            if m["index"] == index
+        }
+        changes: list[Change] = []
+        for addr in sorted(want - have, key=str):
+            kwargs = builders.build_address(index, addr)
+            if await self._call(ref, f"add {addr}", {errno.EEXIST}, self.ipr.addr("add", **kwargs)):
+                changes.append(Change(ref, "address", "added", str(addr)))
+        for addr in sorted(have - want, key=str):
+            if addr.version == 6 and addr.ip.is_link_local:
+                continue
+            kwargs = builders.build_address(index, addr)
+            if await self._call(
+                ref, f"remove {addr}", {errno.EADDRNOTAVAIL}, self.ipr.addr("del", **kwargs)
+            ):
+                changes.append(Change(ref, "address", "removed", str(addr)))
+        for change in changes:
+            log.info("%s", change)
+        return changes
+
+    # -- routes ----------------------------------------------------------------------
+
+    async def _routes(self) -> list[RouteFacts]:
+        names = {link.index: link.name for link in await self.links()}
+        out: list[RouteFacts] = []
+        async for m in await self.ipr.route("dump", family=ALL_FAMILIES):
+            fact = _route_facts(m, names)
+            if fact is not None:
+                out.append(fact)
+        return out
+
+    async def _owned_routes(self) -> list[RouteFacts]:
+        return [r for r in await self._routes() if r.proto == naming.ROUTE_PROTOCOL]
+
+    async def _delete_route(self, ref: str, route: RouteFacts) -> bool:
+        return await self._call(
+            ref,
+            f"delete route {route.dst}",
+            {errno.ESRCH},
+            self.ipr.route(
+                "del",
+                dst=str(route.dst),
+                table=route.table,
+                priority=route.metric,
+                proto=naming.ROUTE_PROTOCOL,
+                # RT_SCOPE_NOWHERE matches a route of any scope, as `ip route del` does;
+                # pyroute2's default (universe) would miss on-link routes (ESRCH).
+                scope=RT_SCOPE_NOWHERE,
+                family=AF_INET if route.dst.version == 4 else AF_INET6,
+            ),
+        )
+
+    async def ensure_routes(
+        self, ref: str, index: int, wanted: Iterable[RoutePlan]
+    ) -> list[Change]:
+        """Replace routes that are missing or differ; delete our own stale ones on `index`.
+
+        A route's identity is (dst, table, metric), as in the kernel; `via` and the
+        device are what `replace` updates.
+        """
+        every = await self._routes()
+        owned = [r for r in every if r.proto == naming.ROUTE_PROTOCOL and r.oif == index]
+        foreign = {(r.dst, r.table, r.metric) for r in every if r.proto != naming.ROUTE_PROTOCOL}
+        by_key = {(r.dst, r.table, r.metric): r for r in owned}
+        want = list(wanted)
+        changes: list[Change] = []
+        for route in want:
+            key = (route.dst, route.table, effective_metric(route))
+            if key in foreign:
+                # `replace` would silently take over someone else's route
+                raise RouteNotOwnedError(
+                    ref,
+                    f"route {route.dst} table {route.table} metric {key[2]} exists and "
+                    "is not routevpn's; not replacing it",
+                )
+            have = by_key.get(key)
+            if have is not None and have.via == route.via:
+                continue
+            await self._call(
+                ref,
+                f"replace route {route.dst}",
+                (),
+                self.ipr.route("replace", **builders.build_route(route, index)),
+            )
+            changes.append(Change(ref, "route", "replaced", f"{route.dst} table {route.table}"))
+        keys = {(r.dst, r.table, effective_metric(r)) for r in want}
+        for stale in owned:
+            if (stale.dst, stale.table, stale.metric) not in keys and await self._delete_route(
+                ref, stale
+            ):
+                changes.append(Change(ref, "route", "deleted", f"{stale.dst} table {stale.table}"))
+        for change in changes:
+            log.info("%s", change)
+        return changes
+
+    # -- sysctls ---------------------------------------------------------------------
+
+    def read_sysctl(self, path: str) -> str:
+        """Current value of /proc/sys/<path>, stripped."""
+        return (self._proc_sys / path).read_text().strip()
+
+    def ensure_sysctls(self, ref: str, wanted: Iterable[SysctlPlan]) -> list[Change]:
+        """Write each sysctl only when its value differs (read before write).
+
+        Plain file I/O on procfs: it never blocks on a device, so it runs on the loop.
+        """
+        changes: list[Change] = []
+        for sysctl in wanted:
+            try:
+                if self.read_sysctl(sysctl.path) == sysctl.value:
+                    continue
+                (self._proc_sys / sysctl.path).write_text(sysctl.value + "\n")
+            except OSError as e:
+                raise SysctlError(ref, f"sysctl {sysctl.path}={sysctl.value}: {e.strerror}") from e
+            change = Change(ref, "sysctl", "set", f"{sysctl.path}={sysctl.value}")
+            log.info("%s", change)
+            changes.append(change)
+        return changes
+
+    # -- whole tunnels -------------------------------------------------------------
+
+    async def apply(self, plan: TunnelPlan) -> list[Change]:
+        """Link, sysctls, addresses, routes of `plan` (policy mode: nothing to do)."""
+        if plan.link is None:
+            return []
+        index, changes = await self.ensure_link(plan.ref, plan.link)
+        changes += self.ensure_sysctls(plan.ref, builders.build_sysctls(plan))
+        changes += await self.ensure_addresses(plan.ref, index, plan.addresses)
+        changes += await self.ensure_routes(plan.ref, index, plan.routes)
+        return changes
+
+    async def remove(self, ref: str) -> list[Change]:
+        """Delete the link carrying `ref`'s alias (its addresses and routes go with it)."""
+        changes: list[Change] = []
+        for link in await self.links():
+            owner = naming.parse_link_alias(link.alias)
+            if owner is not None and naming.tunnel_ref(*owner) == ref:
+                changes += await self.delete_owned_link(ref, link.name)
+        return changes
+
+    async def garbage_collect(self, desired: Iterable[TunnelPlan]) -> list[Change]:
+        """Remove routevpn's links and routes that no desired plan accounts for.
+
+        Only links with routevpn's alias and routes with routevpn's protocol number are
+        candidates; an empty `desired` removes everything routevpn owns and nothing else.
+        """
+        plans = list(desired)
+        links_wanted = {(p.ref, p.link.name) for p in plans if p.link is not None}
+        changes: list[Change] = []
+        links = await self.links()
+        owners = {
+            link.index: naming.tunnel_ref(*owner)
+            for link in links
+            if (owner := naming.parse_link_alias(link.alias)) is not None
+        }
+        for link in links:
+            owner = naming.parse_link_alias(link.alias)
+            if owner is None:
+                continue
+            ref = naming.tunnel_ref(*owner)
+            if (ref, link.name) not in links_wanted:
+                changes += await self.delete_owned_link(ref, link.name)
+        routes_wanted = {
+            (r.dst, r.table, effective_metric(r), r.dev) for p in plans for r in p.routes
+        }
+        for route in await self._owned_routes():
+            if (route.dst, route.table, route.metric, route.ifname) in routes_wanted:
+                continue
+            # A stale route names its tunnel through its device's alias when it has one.
+            ref = owners.get(route.oif or -1, f"(routevpn route on {route.ifname})")
+            if await self._delete_route(ref, route):
+                change = Change(ref, "route", "deleted", f"{route.dst} table {route.table}")
+                log.info("%s", change)
+                changes.append(change)
+        return changes
