@@ -6,6 +6,7 @@ here the operator, the agent and the data plane all call these functions.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
 
 GROUP: Final = "routevpn.io"
@@ -87,8 +88,6 @@ def secret_name(namespace: str, name: str) -> str:
     Kubernetes object names are at most 253 characters; namespace (63) + name (253)
     could exceed that, so long pairs are shortened with a stable hash.
     """
-    import hashlib
-
     base = f"tunnel-{namespace}-{name}"
     if len(base) <= 253:
         return base

@@ -1,0 +1,172 @@
+"""The VpnTunnel CustomResourceDefinition, generated from the pydantic models.
+
+Never written by hand: `routevpn crd` prints it, `crds/` holds the same bytes, and a test
+fails when they drift. pydantic's JSON Schema is turned into a Kubernetes structural
+schema: references inlined, `Optional` unwrapped, titles and defaults dropped (a default in
+the CRD would be written into stored objects and show as drift in GitOps tools).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+import yaml
+
+from routevpn import __version__
+from routevpn.api import naming
+from routevpn.api.base import CEL_KEY, ITEMS_CEL_KEY
+from routevpn.api.spec import VpnTunnelSpec
+from routevpn.api.status import VpnTunnelStatus
+
+JsonDict = dict[str, Any]
+
+_DROP: Final = frozenset({"title", "default", "$defs"})
+
+_READY = '.status.conditions[?(@.type=="Ready")]'
+PRINTER_COLUMNS: Final = (
+    {"name": "Node", "type": "string", "jsonPath": ".status.node"},
+    {"name": "Interface", "type": "string", "jsonPath": ".status.interface.name"},
+    {"name": "Remote", "type": "string", "jsonPath": ".spec.remote.address", "priority": 1},
+    {"name": "IKE", "type": "string", "jsonPath": ".status.ike.state"},
+    {"name": "CHILD", "type": "string", "jsonPath": ".status.child.state"},
+    {"name": "Ready", "type": "string", "jsonPath": f"{_READY}.status"},
+    {"name": "Reason", "type": "string", "jsonPath": f"{_READY}.reason"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+)
+
+
+def _resolve(node: Any, defs: JsonDict) -> Any:
+    if isinstance(node, list):
+        return [_resolve(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node.pop("$ref").rsplit("/", 1)[-1]])
+        # The field's own description wins over the referenced type's docstring.
+        target.update({k: v for k, v in node.items() if k not in _DROP})
+        node = target
+    if "anyOf" in node:
+        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+        if len(options) != 1:
+            raise ValueError(f"cannot express a union in a structural schema: {options}")
+        merged = dict(options[0])
+        merged.update(node)
+        node = merged
+        if "$ref" in node:
+            return _resolve(node, defs)
+    out: JsonDict = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "properties":
+            out[key] = {name: _resolve(sub, defs) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            out[key] = _resolve(value, defs)
+        else:
+            out[key] = value
+    # Structural schemas forbid `additionalProperties` beside `properties`; unknown fields
+    # are refused by the server's strict field validation (and pruned at the latest).
+    if out.get("additionalProperties") is False:
+        del out["additionalProperties"]
+    if ITEMS_CEL_KEY in out:
+        out.setdefault("items", {})[CEL_KEY] = out.pop(ITEMS_CEL_KEY)
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    return out
+
+
+def _order(node: Any) -> Any:
+    """Stable key order: type and description first, so the YAML reads well.
+
+    Property names keep the models' field order (the order `kubectl explain` shows).
+    """
+    if isinstance(node, list):
+        return [_order(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    first = [k for k in ("type", "description") if k in node]
+    rest = sorted(k for k in node if k not in first)
+    out: JsonDict = {}
+    for key in first + rest:
+        if key == "properties":
+            out[key] = {name: _order(sub) for name, sub in node[key].items()}
+        else:
+            out[key] = _order(node[key])
+    return out
+
+
+def structural_schema(model: type[Any]) -> JsonDict:
+    """A Kubernetes structural schema for a pydantic model."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    schema = _resolve(raw, raw.get("$defs", {}))
+    return dict(_order(schema))
+
+
+def build_crd() -> JsonDict:
+    """The CustomResourceDefinition object."""
+    spec = structural_schema(VpnTunnelSpec)
+    status = structural_schema(VpnTunnelStatus)
+    root: JsonDict = {
+        "type": "object",
+        "description": (
+            "A route-based (or policy-based) IPsec VPN tunnel, terminated by strongSwan on one "
+            "node with a VTI or XFRM interface, inside addresses and routes."
+        ),
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {
+                "type": "string",
+                "description": "APIVersion defines the versioned schema of this object.",
+            },
+            "kind": {"type": "string", "description": "Kind is the REST resource this object is."},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": naming.CRD_NAME,
+            "labels": {
+                "app.kubernetes.io/name": "routevpn",
+                "app.kubernetes.io/part-of": "routevpn",
+                "app.kubernetes.io/version": __version__,
+            },
+        },
+        "spec": {
+            "group": naming.GROUP,
+            "names": {
+                "kind": naming.KIND,
+                "listKind": f"{naming.KIND}List",
+                "plural": naming.PLURAL,
+                "singular": naming.SINGULAR,
+                "shortNames": [naming.SHORT_NAME],
+                "categories": [naming.CATEGORY],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": naming.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [dict(c) for c in PRINTER_COLUMNS],
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def render_crd_yaml() -> str:
+    """The CRD as YAML, byte-for-byte what `crds/` holds."""
+    header = (
+        "# Generated by `routevpn crd` from operator/routevpn/api; do not edit by hand.\n"
+        "# Regenerate: routevpn crd > crds/vpntunnels.routevpn.io.yaml\n"
+    )
+    body = yaml.safe_dump(build_crd(), sort_keys=False, width=100, allow_unicode=False)
+    return header + "---\n" + body

@@ -1,0 +1,137 @@
+"""`VpnTunnel.spec`: what the user asks for.
+
+Every rule a single object can break lives here twice, on purpose and side by side: as a
+CEL rule that the generated CRD carries (so `kubectl apply` fails at the user's prompt)
+and as a pydantic validator (so the operator and agent never act on an object that
+slipped past an older CRD). Both name the field at fault. The CRD carries no `default:`
+values: the API server would write them into the stored object and a GitOps tool would
+show drift; defaults are applied in code and documented in each description.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Final
+
+from pydantic import Field, model_validator
+
+from routevpn.api.auth import Auth, LocalEndpoint, RemoteEndpoint
+from routevpn.api.base import ApiModel, cel, rules
+from routevpn.api.fields import Mode
+from routevpn.api.link import Interface, Route
+from routevpn.api.sa import Child, Ike
+
+# --- the spec ------------------------------------------------------------------------------
+
+_POLICY: Final = "(has(self.mode) && self.mode == 'policy')"
+
+
+class VpnTunnelSpec(ApiModel):
+    """A route-based (or policy-based) IPsec tunnel terminated on one node."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": rules(
+            cel(
+                "has(self.nodeName) != has(self.nodeSelector)",
+                "spec: set exactly one of nodeName or nodeSelector",
+            ),
+            cel(
+                f"!{_POLICY} || (!has(self.interface) && !has(self.routes))",
+                "spec.interface, spec.routes: not allowed in policy mode (policy-based IPsec has "
+                "no tunnel interface; use spec.child.trafficSelectors)",
+            ),
+            cel(
+                f"!{_POLICY} || (has(self.child) && has(self.child.trafficSelectors))",
+                "spec.child.trafficSelectors: required in policy mode",
+            ),
+            cel(
+                "!has(self.local) || !has(self.local.address) || !isIP(self.remote.address) || "
+                "ip(self.local.address).family() == ip(self.remote.address).family()",
+                "spec.remote.address: must be of the same IP family as spec.local.address",
+            ),
+            cel(
+                "!has(self.routes) || self.routes.all(r, !has(r.via) || !isIP(r.via) || "
+                "(has(self.interface) && has(self.interface.addresses) && "
+                "self.interface.addresses.exists(a, isCIDR(a) && "
+                "cidr(a).ip().family() == ip(r.via).family())))",
+                "spec.routes[].via: the interface has no inside address of the next hop's "
+                "family; add one to spec.interface.addresses",
+            ),
+        )
+    }
+
+    node_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="Run the tunnel on this node. Set this or nodeSelector.",
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None,
+        max_length=16,
+        description=(
+            "Run the tunnel on one node whose labels match all of these (chosen "
+            "deterministically, kept while it stays eligible). Set this or nodeName."
+        ),
+    )
+    mode: Mode | None = Field(
+        default=None,
+        description=(
+            "`route` (the default: a VTI/XFRM interface, routes decide what is encrypted) or "
+            "`policy` (kernel policies per subnet pair, for peers that can't do route-based)."
+        ),
+    )
+    local: LocalEndpoint | None = Field(default=None, description="This node's IKE endpoint.")
+    remote: RemoteEndpoint = Field(description="The peer's IKE endpoint.")
+    auth: Auth = Field(description="How the peers authenticate each other.")
+    ike: Ike | None = Field(default=None, description="IKE SA settings.")
+    child: Child | None = Field(default=None, description="CHILD SA (ESP) settings.")
+    interface: Interface | None = Field(
+        default=None, description="The tunnel interface (route mode). Default: a VTI, allocated."
+    )
+    routes: list[Route] | None = Field(
+        default=None,
+        max_length=64,
+        description="Routes into the tunnel, installed in the node's host network namespace.",
+    )
+
+    @model_validator(mode="after")
+    def _whole(self) -> VpnTunnelSpec:
+        if (self.node_name is None) == (self.node_selector is None):
+            raise ValueError("spec: set exactly one of nodeName or nodeSelector")
+        if self.effective_mode is Mode.POLICY:
+            if self.interface is not None or self.routes is not None:
+                raise ValueError("spec.interface, spec.routes: not allowed in policy mode")
+            if self.child is None or self.child.traffic_selectors is None:
+                raise ValueError("spec.child.trafficSelectors: required in policy mode")
+        remote_ip = _maybe_ip(self.remote.address)
+        local_ip = _maybe_ip(self.local.address) if self.local and self.local.address else None
+        if local_ip is not None and remote_ip is not None and local_ip.version != remote_ip.version:
+            raise ValueError(
+                "spec.remote.address: must be of the same IP family as spec.local.address"
+            )
+        families = self.interface.families() if self.interface else set()
+        for route in self.routes or []:
+            if route.via is not None and ipaddress.ip_address(route.via).version not in families:
+                raise ValueError(
+                    f"spec.routes[].via: {route.via}: the interface has no inside address of the "
+                    "next hop's family; add one to spec.interface.addresses"
+                )
+        return self
+
+    @property
+    def effective_mode(self) -> Mode:
+        """The mode, with its default applied."""
+        return self.mode or Mode.ROUTE
+
+
+def _maybe_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def parse_spec(data: dict[str, Any]) -> VpnTunnelSpec:
+    """Validate a wire-format spec (camelCase dict)."""
+    return VpnTunnelSpec.model_validate(data)

@@ -1,0 +1,112 @@
+"""`VpnTunnel.status`: what is true, written by the operator and the node agent.
+
+Never a secret: no key, no PSK, no certificate body. SA facts are what `swanctl --list-sas`
+shows; byte and packet counters are refreshed at a bounded period (metrics carry them live).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from routevpn.api.base import ApiModel
+from routevpn.api.conditions import ConditionType, Status
+from routevpn.api.fields import InterfaceType
+
+
+class Condition(ApiModel):
+    """One condition, per Kubernetes API conventions (metav1.Condition)."""
+
+    type: ConditionType = Field(description="Condition type, e.g. Ready or IkeEstablished.")
+    status: Status = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="One CamelCase word for machines, e.g. AuthenticationFailed.",
+    )
+    message: str = Field(max_length=32768, description="What is the matter, for people.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation this condition was computed for."
+    )
+    last_transition_time: datetime = Field(description="When status last changed.")
+
+
+class Algorithms(ApiModel):
+    """Negotiated algorithms of an SA."""
+
+    encryption: str | None = Field(default=None, max_length=64, description="e.g. AES_GCM_16-256.")
+    integrity: str | None = Field(
+        default=None, max_length=64, description="e.g. HMAC_SHA2_384_192."
+    )
+    prf: str | None = Field(
+        default=None, max_length=64, description="IKE only, e.g. PRF_HMAC_SHA2_384."
+    )
+    dh_group: str | None = Field(default=None, max_length=64, description="e.g. ECP_384.")
+
+
+class IkeSaStatus(ApiModel):
+    """The IKE SA as charon reports it."""
+
+    state: str = Field(max_length=32, description="ESTABLISHED, CONNECTING, ... or DOWN.")
+    established_at: datetime | None = Field(default=None, description="When it was established.")
+    version: int | None = Field(default=None, description="IKE version.")
+    local_spi: str | None = Field(default=None, max_length=32, description="Our IKE SPI (hex).")
+    remote_spi: str | None = Field(default=None, max_length=32, description="The peer's IKE SPI.")
+    algorithms: Algorithms | None = Field(default=None, description="Negotiated algorithms.")
+    rekey_at: datetime | None = Field(default=None, description="When the next rekey is due.")
+    reauth_at: datetime | None = Field(default=None, description="When re-authentication is due.")
+
+
+class ChildSaStatus(ApiModel):
+    """The CHILD SA (ESP) as charon reports it."""
+
+    state: str = Field(max_length=32, description="INSTALLED, REKEYING, ... or DOWN.")
+    installed_at: datetime | None = Field(default=None, description="When it was installed.")
+    spi_in: str | None = Field(default=None, max_length=16, description="Inbound ESP SPI (hex).")
+    spi_out: str | None = Field(default=None, max_length=16, description="Outbound ESP SPI (hex).")
+    algorithms: Algorithms | None = Field(default=None, description="Negotiated algorithms.")
+    bytes_in: int | None = Field(default=None, ge=0, description="Bytes received.")
+    bytes_out: int | None = Field(default=None, ge=0, description="Bytes sent.")
+    packets_in: int | None = Field(default=None, ge=0, description="Packets received.")
+    packets_out: int | None = Field(default=None, ge=0, description="Packets sent.")
+    counters_at: datetime | None = Field(
+        default=None, description="When the counters were read (they refresh at a bounded period)."
+    )
+    rekey_at: datetime | None = Field(default=None, description="When the next rekey is due.")
+    expires_at: datetime | None = Field(default=None, description="When the SA expires.")
+
+
+class InterfaceStatus(ApiModel):
+    """The interface actually used on the node (allocated by the operator)."""
+
+    name: str = Field(max_length=15, description="Interface name on the node.")
+    type: InterfaceType = Field(description="vti or xfrm.")
+    key: int | None = Field(default=None, description="VTI key in use.")
+    if_id: int | None = Field(default=None, description="XFRM if_id in use.")
+
+
+class VpnTunnelStatus(ApiModel):
+    """Observed state of a VpnTunnel."""
+
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The metadata.generation the Ready summary reflects."
+    )
+    node: str | None = Field(default=None, max_length=253, description="The node it runs on.")
+    local_address: str | None = Field(
+        default=None, max_length=45, description="The outer local address in use."
+    )
+    interface: InterfaceStatus | None = Field(
+        default=None, description="The tunnel interface (route mode)."
+    )
+    conditions: list[Condition] | None = Field(
+        default=None,
+        max_length=16,
+        description="Ready and the conditions behind it.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    ike: IkeSaStatus | None = Field(default=None, description="The IKE SA.")
+    child: ChildSaStatus | None = Field(default=None, description="The CHILD SA.")
