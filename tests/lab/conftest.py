@@ -1,0 +1,210 @@
+"""The lab tier: ``lab`` tests run inside a QEMU guest with a real IPsec kernel.
+
+On the host, every selected test under ``tests/lab/`` is replaced (after selection,
+so ``-m``/``-k`` and node ids work as usual) by a stand-in with the same node id. The
+first stand-in to run boots ONE guest for the whole session, which runs exactly the
+selected node ids with pytest; each stand-in then reports its own test's outcome from
+the guest (passed, failed with the guest's text, skipped, xfailed). Host-side
+fixtures never run for lab tests. Inside the guest (``ROUTEVPN_IN_LAB=1``) the tests
+run for real and each report is written as a JSON line to the scratch share.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import lab, labreport, labspec
+from support.tiers import missing
+
+LAB_DIR = Path(__file__).resolve().parent
+IN_LAB = os.environ.get(labspec.IN_LAB_ENV) == "1"
+RESULTS_ENV = "ROUTEVPN_LAB_RESULTS"
+# The whole tier in one guest; override for slow machines.
+LAB_TIMEOUT = float(os.environ.get("ROUTEVPN_LAB_TIMEOUT", "1800"))
+
+
+# --- inside the guest ------------------------------------------------------------
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Guest side: append this report to the results file the host reads back."""
+    path = os.environ.get(RESULTS_ENV)
+    if not IN_LAB or not path:
+        return
+    line = labreport.encode(
+        nodeid=report.nodeid,
+        when=report.when or "",
+        outcome=report.outcome,
+        longrepr=report.longrepr,
+        longreprtext=report.longreprtext,
+        duration=report.duration,
+        wasxfail=getattr(report, "wasxfail", None),
+        sections=report.sections,
+    )
+    with Path(path).open("a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())  # the guest may be killed at its deadline right after
+
+
+# --- on the host -------------------------------------------------------------------
+
+
+@dataclass
+class GuestRun:
+    """The one guest boot of this session and what came back from it."""
+
+    outcomes: dict[str, labreport.Outcome]
+    result: lab.GuestResult | None
+    unavailable: str | None
+    selected: int
+
+    def tail(self, lines: int = 60) -> str:
+        """The end of the guest's output (and console when nothing came back)."""
+        if self.result is None:
+            return ""
+        text = self.result.output.splitlines()[-lines:]
+        if self.result.returncode is None:
+            text += ["----- guest console -----", *self.result.console.splitlines()[-lines:]]
+        return "\n".join(text)
+
+
+RUN_KEY = pytest.StashKey[GuestRun]()
+IDS_KEY = pytest.StashKey[list[str]]()
+
+
+class LabFailureError(Exception):
+    """A lab test failed in the guest; the message is the guest's own failure text."""
+
+
+class LabItem(pytest.Item):
+    """Host-side stand-in for one lab test: reports what that test did in the guest."""
+
+    def runtest(self) -> None:
+        """Boot the guest (once per session), then replay this test's outcome."""
+        run = guest_run(self.config)
+        if run.unavailable is not None:
+            missing(run.unavailable)
+        outcome = run.outcomes.get(self.nodeid)
+        if outcome is None:
+            res = run.result
+            why = "the guest timed out" if res is not None and res.timed_out else "no result"
+            raise LabFailureError(
+                f"{self.nodeid}: {why} from the lab guest "
+                f"(exit status {res.returncode if res else None})\n{run.tail()}"
+            )
+        if outcome.status == labreport.SKIPPED:
+            pytest.skip(f"in the lab guest: {outcome.text}")
+        if outcome.status == labreport.XFAILED:
+            pytest.xfail(outcome.text)
+        if outcome.status != labreport.PASSED:
+            raise LabFailureError(f"in the lab guest ({outcome.status}):\n{outcome.text}")
+
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
+    ) -> str | Any:
+        """The guest's failure text as is, not a host traceback of this stand-in."""
+        if isinstance(excinfo.value, LabFailureError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        """Point at the real test (file, name) in reports."""
+        return self.path, None, f"[lab] {self.name}"
+
+
+def _is_lab(item: pytest.Item) -> bool:
+    return LAB_DIR in Path(str(item.path)).resolve().parents
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Host side: swap each selected lab test for a stand-in (after -m/-k selection)."""
+    if IN_LAB:
+        return
+    ids: list[str] = []
+    for i, item in enumerate(items):
+        if not _is_lab(item) or isinstance(item, LabItem):
+            continue
+        assert item.parent is not None
+        proxy = LabItem.from_parent(item.parent, name=item.name)
+        proxy.own_markers = list(item.own_markers)
+        proxy.keywords.update(item.keywords)
+        # the first stand-in waits for the whole guest run
+        proxy.add_marker(pytest.mark.timeout(LAB_TIMEOUT + 120))
+        items[i] = proxy
+        ids.append(item.nodeid)
+    config.stash[IDS_KEY] = ids
+
+
+def guest_run(config: pytest.Config) -> GuestRun:
+    """Run all selected lab tests in one guest, once per session (memoised)."""
+    if RUN_KEY in config.stash:
+        return config.stash[RUN_KEY]
+    ids = config.stash.get(IDS_KEY, [])
+    run = GuestRun(outcomes={}, result=None, unavailable=None, selected=len(ids))
+    config.stash[RUN_KEY] = run
+    scratch = Path(config._tmp_path_factory.mktemp("lab-guest", numbered=True))  # type: ignore[attr-defined]
+    results = scratch / "results.jsonl"
+    rootdir = Path(str(config.rootpath))
+    # the guest runs the host's own interpreter (the project's .venv: the host root is
+    # shared read-only), in the repository, writing nothing into it
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rA",
+        "--basetemp=/tmp/pytest-lab",
+        f"--rootdir={rootdir}",
+        *ids,
+    ]
+    env = {RESULTS_ENV: f"{labspec.GUEST_SCRATCH}/results.jsonl"}
+    try:
+        run.result = lab.run_in_guest(
+            command, timeout=LAB_TIMEOUT, cwd=rootdir, env=env, scratch=scratch
+        )
+    except lab.LabUnavailableError as e:
+        run.unavailable = str(e)
+        return run
+    if results.exists():
+        run.outcomes = labreport.fold(results.read_text().splitlines())
+    (scratch / "guest-output.txt").write_text(run.result.output)
+    return run
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Boot and tier times of the lab guest, and where its full output is kept."""
+    run = config.stash.get(RUN_KEY, None)
+    if run is None or run.result is None:
+        return
+    r = run.result
+    tr = terminalreporter
+    tr.section("lab")
+    boot = f"{r.boot_seconds:.1f}s" if r.boot_seconds is not None else "n/a"
+    tier = f"{r.command_seconds:.1f}s" if r.command_seconds is not None else "n/a"
+    tr.write_line(
+        f"lab: 1 guest boot, accel={r.accel}, userspace+modules ready at {boot}, "
+        f"{run.selected} selected / {len(run.outcomes)} reported, tier {tier} (guest clock), "
+        f"wall {r.wall_seconds:.1f}s, guest exit {r.returncode}"
+        + (" TIMED OUT" if r.timed_out else "")
+    )
+    if r.accel == "tcg":
+        tr.write_line("lab: software emulation (TCG): KVM is unavailable or does not boot here")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Say where lab tests run."""
+    if IN_LAB:
+        return f"lab: inside the guest (accel={os.environ.get('ROUTEVPN_LAB_ACCEL', '?')})"
+    return None
