@@ -157,6 +157,8 @@ def test_agent_pod_capabilities(docs: list[Manifest]) -> None:
     }
     for c in by_name.values():
         _restricted_container(c)
+        # The image defaults to uid 65532; capabilities only work for uid 0.
+        assert c["securityContext"]["runAsUser"] == 0
     assert by_name["agent"]["args"] == [
         "agent",
         "--node",
