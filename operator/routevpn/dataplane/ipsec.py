@@ -1,0 +1,338 @@
+"""strongSwan's charon over VICI: connections, credentials, SAs and events.
+
+The only module importing vici. vici is synchronous, so:
+- commands go through one `vici.Session` guarded by a lock and run in a worker thread
+  (`asyncio.to_thread`); the event loop never blocks on charon;
+- events (ike-updown, child-updown, ike-rekey, child-rekey, log) are followed on a
+  second session in a dedicated thread that feeds an `asyncio.Queue`, so state
+  changes are seen at once rather than at the next poll.
+
+charon never returns secrets, so "does charon already hold what the plan says" is
+answered with a digest of what this adapter loaded plus charon's own list of
+connection names, shared-key ids and key ids: anything charon no longer lists (after
+a restart) is loaded again. When either session loses charon it reconnects, and
+everything remembered is re-loaded and re-initiated before a "reconnected" event is
+delivered. Logs name tunnels by `namespace/name`; no message that may hold a key is
+ever logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import vici
+from vici.exception import CommandException, SessionException
+
+from routevpn.api import naming
+from routevpn.dataplane import builders, vici_facts
+from routevpn.dataplane.errors import CharonUnavailableError, IpsecError
+from routevpn.dataplane.facts import Change, IkeSaFacts, IpsecFacts
+from routevpn.dataplane.plan import CertAuth, PskAuth, TunnelPlan
+from routevpn.dataplane.vici_facts import IpsecEvent, text, texts
+
+log = logging.getLogger(__name__)
+
+EVENTS = ("ike-updown", "child-updown", "ike-rekey", "child-rekey", "log")
+
+
+def _ref(conn: str) -> str:
+    parsed = naming.parse_conn_name(conn)
+    return naming.tunnel_ref(*parsed) if parsed else conn
+
+
+def _connect(path: str, timeout: float) -> vici.Session:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return vici.Session(sock)
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """What this adapter last loaded for one connection (digests only, no secrets)."""
+
+    plan: TunnelPlan
+    conn_digest: str
+    secret_digest: str
+    key_id: str | None = None
+    wants_up: bool = False
+
+
+class ViciCommands:
+    """The command session: synchronous, serialized, reconnecting. Use from a thread."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._session: vici.Session | None = None
+        #: bumped on every (re)connect, so callers can tell they talk to a new charon
+        self.generation = 0
+
+    def close(self) -> None:
+        """Drop the session (the next command reconnects)."""
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._session is not None:
+            with contextlib.suppress(OSError):
+                self._session.transport.close()
+            self._session = None
+
+    def call(self, ref: str, what: str, fn: Any) -> Any:
+        """Run `fn(session)`; reconnect once if charon went away; type the errors."""
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    if self._session is None:
+                        self._session = _connect(self.path, self.timeout)
+                        self.generation += 1
+                    return fn(self._session)
+                except CommandException as e:
+                    raise IpsecError(ref, f"{what}: {e}") from e
+                except (OSError, SessionException) as e:
+                    self._drop()
+                    if attempt == 2:
+                        raise CharonUnavailableError(ref, f"{what}: charon unreachable: {e}") from e
+            raise AssertionError("unreachable")
+
+
+class IpsecAdapter:
+    """Loads, starts, stops and lists routevpn's connections in one charon."""
+
+    def __init__(self, vici_socket: str, timeout: float = 10.0) -> None:
+        self.vici_socket = vici_socket
+        self._cmd = ViciCommands(vici_socket, timeout)
+        self._loaded: dict[str, _Loaded] = {}
+        self._seen_generation = 0
+
+    def close(self) -> None:
+        """Close the command session."""
+        self._cmd.close()
+
+    async def _run(self, ref: str, what: str, fn: Any) -> Any:
+        return await asyncio.to_thread(self._cmd.call, ref, what, fn)
+
+    # -- what charon holds ------------------------------------------------------------
+
+    async def conns(self) -> list[str]:
+        """Names of every connection charon has loaded (routevpn's and others')."""
+        reply = await self._run("charon", "get-conns", lambda s: s.get_conns())
+        return list(texts(reply.get("conns")))
+
+    async def _shared_ids(self) -> set[str]:
+        reply = await self._run("charon", "get-shared", lambda s: s.get_shared())
+        return set(texts(reply.get("keys")))
+
+    async def _key_ids(self) -> set[str]:
+        reply = await self._run("charon", "get-keys", lambda s: s.get_keys())
+        return set(texts(reply.get("keys")))
+
+    async def sas(self, conn: str | None = None) -> list[IkeSaFacts]:
+        """IKE SAs (with CHILD SAs), of one connection or all."""
+        filters = {"ike": conn} if conn else None
+        events = await self._run(
+            _ref(conn or "charon"), "list-sas", lambda s: list(s.list_sas(filters))
+        )
+        return vici_facts.ike_sas(events)
+
+    async def observe(self) -> IpsecFacts:
+        """Connections and SAs charon has."""
+        return IpsecFacts(conns=tuple(await self.conns()), sas=tuple(await self.sas()))
+
+    # -- load / unload -----------------------------------------------------------------
+
+    async def load(self, plan: TunnelPlan) -> list[Change]:
+        """Load `plan`'s credentials and connection into charon unless it already holds them."""
+        await self._check_generation()
+        name, ref = plan.conn.name, plan.ref
+        message = builders.build_conn(plan)
+        conn_digest = hashlib.sha256(json.dumps(message, sort_keys=True).encode()).hexdigest()
+        secret_digest = (
+            plan.auth.psk.digest() if isinstance(plan.auth, PskAuth) else plan.auth.key_pem.digest()
+        )
+        prev = self._loaded.get(name)
+        changes: list[Change] = []
+        key_id = prev.key_id if prev else None
+        if isinstance(plan.auth, PskAuth):
+            have = name in await self._shared_ids()
+            if not have or prev is None or prev.secret_digest != secret_digest:
+                shared = builders.build_shared(plan)
+                await self._run(ref, "load-shared", lambda s: s.load_shared(shared))
+                changes.append(Change(ref, "secret", "loaded", f"psk {name}"))
+        elif isinstance(plan.auth, CertAuth):
+            have = key_id is not None and key_id in await self._key_ids()
+            if not have or prev is None or prev.secret_digest != secret_digest:
+                key = builders.build_key(plan)
+                reply = await self._run(ref, "load-key", lambda s: s.load_key(key))
+                key_id = text(reply.get("id")) or None
+                changes.append(Change(ref, "secret", "loaded", f"private key {key_id}"))
+        if name not in await self.conns() or prev is None or prev.conn_digest != conn_digest:
+            await self._run(ref, "load-conn", lambda s: s.load_conn(message))
+            changes.append(Change(ref, "conn", "loaded", name))
+        wants_up = prev.wants_up if prev else False
+        self._loaded[name] = _Loaded(plan, conn_digest, secret_digest, key_id, wants_up)
+        for change in changes:
+            log.info("%s", change)
+        return changes
+
+    async def initiate(self, conn: str) -> list[Change]:
+        """Start the IKE and CHILD SA of `conn` unless an IKE SA exists; never waits for IKE.
+
+        `timeout = -1` makes charon queue the initiation and answer at once; progress
+        arrives as events (`follow()`).
+        """
+        ref = _ref(conn)
+        if conn in self._loaded:
+            self._loaded[conn].wants_up = True
+        if await self.sas(conn):
+            return []
+        request = {"child": conn, "ike": conn, "timeout": "-1", "init-limits": "no"}
+        await self._run(ref, "initiate", lambda s: list(s.initiate(request)))
+        change = Change(ref, "ike", "initiating", conn)
+        log.info("%s", change)
+        return [change]
+
+    async def terminate(self, conn: str) -> list[Change]:
+        """Close every IKE SA of `conn` (without waiting for the peer's answer)."""
+        ref = _ref(conn)
+        if conn in self._loaded:
+            self._loaded[conn].wants_up = False
+        changes: list[Change] = []
+        for sa in await self.sas(conn):
+            request = {"ike-id": sa.uniqueid, "timeout": "-1", "force": "yes"}
+            await self._run(ref, "terminate", lambda s, r=request: list(s.terminate(r)))
+            changes.append(Change(ref, "ike", "terminated", f"{conn} #{sa.uniqueid}"))
+        for change in changes:
+            log.info("%s", change)
+        return changes
+
+    async def unload(self, conn: str) -> list[Change]:
+        """Terminate `conn`'s SAs and remove it and its credentials from charon."""
+        ref = _ref(conn)
+        changes = await self.terminate(conn)
+        if conn in await self.conns():
+            await self._run(ref, "unload-conn", lambda s: s.unload_conn({"name": conn}))
+            changes.append(Change(ref, "conn", "unloaded", conn))
+        if conn in await self._shared_ids():
+            await self._run(ref, "unload-shared", lambda s: s.unload_shared({"id": conn}))
+            changes.append(Change(ref, "secret", "unloaded", f"psk {conn}"))
+        loaded = self._loaded.pop(conn, None)
+        if loaded is not None and loaded.key_id and loaded.key_id in await self._key_ids():
+            key_id = loaded.key_id
+            await self._run(ref, "unload-key", lambda s: s.unload_key({"id": key_id}))
+            changes.append(Change(ref, "secret", "unloaded", f"private key {key_id}"))
+        for change in changes[-3:]:
+            log.info("%s", change)
+        return changes
+
+    async def garbage_collect(self, desired: Iterable[str]) -> list[Change]:
+        """Unload routevpn's connections (by name prefix) that are not in `desired`.
+
+        Connections and shared keys without routevpn's prefix are never touched.
+        """
+        keep = set(desired)
+        changes: list[Change] = []
+        names = set(await self.conns()) | {sa.conn for sa in await self.sas()}
+        names |= await self._shared_ids()
+        for conn in sorted(names):
+            if naming.parse_conn_name(conn) is not None and conn not in keep:
+                changes += await self.unload(conn)
+        return changes
+
+    # -- charon restarts --------------------------------------------------------------
+
+    async def _check_generation(self) -> None:
+        if self._cmd.generation != self._seen_generation and self._seen_generation:
+            await self.resync()
+        self._seen_generation = max(self._cmd.generation, 1)
+
+    async def resync(self) -> list[Change]:
+        """Re-load everything remembered that charon no longer holds; re-initiate."""
+        self._seen_generation = max(self._cmd.generation, 1)
+        changes: list[Change] = []
+        for name, loaded in list(self._loaded.items()):
+            changes += await self.load(loaded.plan)
+            if loaded.wants_up:
+                changes += await self.initiate(name)
+        return changes
+
+    # -- events ---------------------------------------------------------------------
+
+    async def follow(self, retry: float = 0.5) -> AsyncIterator[IpsecEvent]:
+        """Yield charon's events as they happen, across charon restarts.
+
+        A dedicated thread listens on its own VICI session and hands events to this
+        coroutine through a queue. After it reconnects, what charon lost is re-loaded
+        (`resync`) before the "reconnected" event is yielded.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[IpsecEvent] = asyncio.Queue()
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=_listen,
+            args=(self.vici_socket, loop, queue, stop, retry),
+            name="routevpn-vici-events",
+            daemon=True,
+        )
+        thread.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item.kind == "reconnected":
+                    try:
+                        await self.resync()
+                    except CharonUnavailableError:
+                        log.warning("charon went away again during re-load; will retry")
+                yield item
+        finally:
+            stop.set()
+            await asyncio.to_thread(thread.join, 5.0)
+
+
+def _listen(
+    path: str,
+    loop: asyncio.AbstractEventLoop,
+    queue: asyncio.Queue[IpsecEvent],
+    stop: threading.Event,
+    retry: float,
+) -> None:
+    """Event thread: listen, translate, hand over; reconnect until told to stop."""
+    first = True
+    while not stop.is_set():
+        try:
+            session = _connect(path, 5.0)
+        except OSError:
+            stop.wait(retry)
+            continue
+        if not first:
+            loop.call_soon_threadsafe(queue.put_nowait, IpsecEvent(kind="reconnected"))
+            log.info("VICI event session reconnected to charon")
+        first = False
+        try:
+            for kind, data in session.listen(list(EVENTS), timeout=0.5):
+                if stop.is_set():
+                    break
+                if kind is None:
+                    continue
+                item = vici_facts.event(text(kind), data)
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+        except (OSError, SessionException):
+            log.warning("VICI event session lost charon; reconnecting")
+        finally:
+            with contextlib.suppress(OSError):
+                session.transport.close()
