@@ -1,0 +1,274 @@
+"""The agent's conditions, computed from what one reconcile pass saw. Pure, no I/O.
+
+Each condition is set on the first visit (Unknown is a state), in bring-up order:
+Configured → IkeEstablished → ChildSaInstalled → RoutesInstalled, and TrafficFlowing
+beside them. A condition that can't be judged because an earlier one is not True says
+so (Unknown, Pending) rather than guessing. Reasons are one CamelCase word: those of
+`routevpn.api.conditions.Reason`, or the data plane's (`dataplane.reasons`, safety
+findings, error classes), which tools match on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from routevpn.api.conditions import ConditionType, Reason, Status
+from routevpn.dataplane import errors
+from routevpn.dataplane.facts import ChildSaFacts, IkeSaFacts
+from routevpn.dataplane.plan import TunnelPlan
+
+#: Seconds without bytes_in growth, with the CHILD SA installed, before TrafficFlowing=False.
+DEFAULT_QUIET_SECONDS = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Cond:
+    """One condition to report (without the timestamps `status.merge` adds)."""
+
+    type: ConditionType
+    status: Status
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why the node could not be made to match the plan: reason and message."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """TrafficFlowing as the traffic tracker judged it."""
+
+    status: Status
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """Everything one pass learned about one tunnel, as plain data.
+
+    `problem` is set when planning was blocked, a safety check refused the plan or the
+    driver raised; `failure` is charon's latest failure for the connection (from its
+    events); `ike` is the connection's best IKE SA (ESTABLISHED first), if any.
+    """
+
+    mode: Literal["route", "policy"]
+    plan: TunnelPlan | None = None
+    problem: Problem | None = None
+    problem_status: Status = Status.FALSE
+    failure: Problem | None = None
+    ike: IkeSaFacts | None = None
+    traffic: Traffic | None = None
+    start_action: str = "start"
+    children: tuple[ChildSaFacts, ...] = field(default=())
+
+
+def problem_of(exc: errors.DataplaneError) -> Problem:
+    """A driver exception as a condition reason and message (it already names the tunnel)."""
+    if isinstance(exc, errors.CharonUnavailableError):
+        return Problem(
+            Reason.CHARON_UNAVAILABLE,
+            f"{exc}; is the charon container running and its VICI socket shared?",
+        )
+    if isinstance(exc, errors.LinkNotOwnedError):
+        return Problem(Reason.INTERFACE_NAME_IN_USE, str(exc))
+    if isinstance(exc, errors.RouteNotOwnedError):
+        return Problem(Reason.ADDRESS_CONFLICT, str(exc))
+    if isinstance(exc, errors.NetlinkOperationError | errors.SysctlError):
+        return Problem(Reason.KERNEL_ERROR, str(exc))
+    return Problem(exc.reason, str(exc))
+
+
+def best_ike(sas: list[IkeSaFacts], conn: str) -> IkeSaFacts | None:
+    """The IKE SA to report for `conn`: an ESTABLISHED one, the newest, else the newest."""
+    mine = [sa for sa in sas if sa.conn == conn]
+    if not mine:
+        return None
+
+    def key(sa: IkeSaFacts) -> tuple[bool, int]:
+        uid = int(sa.uniqueid) if sa.uniqueid.isdigit() else 0
+        return (sa.state == "ESTABLISHED", uid)
+
+    return max(mine, key=key)
+
+
+def best_child(ike: IkeSaFacts | None, conn: str) -> ChildSaFacts | None:
+    """The CHILD SA to report: an INSTALLED one named `conn`, the newest."""
+    if ike is None:
+        return None
+    mine = [c for c in ike.children if c.name == conn]
+    if not mine:
+        return None
+
+    def key(c: ChildSaFacts) -> tuple[bool, int]:
+        uid = int(c.uniqueid) if c.uniqueid.isdigit() else 0
+        return (c.state == "INSTALLED", uid)
+
+    return max(mine, key=key)
+
+
+def _configured(obs: Observation) -> Cond:
+    t = ConditionType.CONFIGURED
+    if obs.problem is not None:
+        return Cond(t, obs.problem_status, obs.problem.reason, obs.problem.message)
+    assert obs.plan is not None
+    plan = obs.plan
+    if plan.link is not None:
+        what = (
+            f"interface {plan.link.name} ({plan.link.kind}, mark {plan.link.mark}), "
+            f"{len(plan.addresses)} address(es), {len(plan.routes)} route(s) and "
+        )
+    else:
+        what = "policy-based "
+    return Cond(t, Status.TRUE, Reason.APPLIED, f"{what}connection {plan.conn.name} are in place")
+
+
+def _algorithms(sa: IkeSaFacts | ChildSaFacts) -> str:
+    parts = [f"{sa.encr_alg}-{sa.encr_keysize}" if sa.encr_keysize else sa.encr_alg]
+    parts += [sa.integ_alg]
+    if isinstance(sa, IkeSaFacts):
+        parts.append(sa.prf_alg)
+    parts.append(sa.dh_group)
+    return "/".join(x for x in parts if x)
+
+
+def _ike(obs: Observation, configured: Cond) -> Cond:
+    t = ConditionType.IKE_ESTABLISHED
+    if configured.status is not Status.TRUE:
+        return Cond(t, Status.UNKNOWN, Reason.PENDING, "waiting until the tunnel is configured")
+    ike = obs.ike
+    if ike is not None and ike.state == "ESTABLISHED":
+        algs = _algorithms(ike)
+        return Cond(
+            t,
+            Status.TRUE,
+            Reason.ESTABLISHED,
+            f"IKEv{ike.version or '?'} SA with {ike.remote_host or 'the peer'} established"
+            + (f" ({algs})" if algs else ""),
+        )
+    if obs.failure is not None:
+        return Cond(t, Status.FALSE, obs.failure.reason, obs.failure.message)
+    if ike is not None:
+        return Cond(
+            t,
+            Status.UNKNOWN,
+            Reason.CONNECTING,
+            f"IKE SA is {ike.state}: negotiating with the peer",
+        )
+    if obs.start_action == "start":
+        return Cond(t, Status.UNKNOWN, Reason.CONNECTING, "initiating the IKE SA")
+    return Cond(
+        t,
+        Status.FALSE,
+        Reason.DOWN,
+        f"no IKE SA; with start action {obs.start_action!r} it comes up when "
+        + ("traffic needs it" if obs.start_action == "trap" else "the peer initiates"),
+    )
+
+
+def _child(obs: Observation, ike: Cond, conn: str) -> Cond:
+    t = ConditionType.CHILD_SA_INSTALLED
+    child = best_child(obs.ike, conn)
+    if child is not None and child.state == "INSTALLED":
+        return Cond(
+            t,
+            Status.TRUE,
+            Reason.INSTALLED,
+            f"ESP SA installed, SPIs in {child.spi_in} out {child.spi_out}"
+            + (f" ({_algorithms(child)})" if child.encr_alg else ""),
+        )
+    if ike.status is not Status.TRUE:
+        return Cond(t, Status.UNKNOWN, Reason.PENDING, "waiting for the IKE SA")
+    if obs.failure is not None:
+        return Cond(t, Status.FALSE, obs.failure.reason, obs.failure.message)
+    state = child.state if child is not None else "not there yet"
+    return Cond(t, Status.UNKNOWN, Reason.INSTALLING, f"CHILD SA is {state}")
+
+
+def _routes(obs: Observation, configured: Cond) -> Cond:
+    t = ConditionType.ROUTES_INSTALLED
+    if obs.mode == "policy":
+        return Cond(
+            t,
+            Status.TRUE,
+            Reason.NOT_APPLICABLE,
+            "policy mode: the kernel's IPsec policies, not routes, select the traffic",
+        )
+    if configured.status is Status.TRUE:
+        assert obs.plan is not None and obs.plan.link is not None
+        routes = ", ".join(str(r.dst) for r in obs.plan.routes) or "none requested"
+        return Cond(t, Status.TRUE, Reason.INSTALLED, f"routes via {obs.plan.link.name}: {routes}")
+    if configured.status is Status.FALSE:
+        return Cond(t, Status.FALSE, configured.reason, configured.message)
+    return Cond(t, Status.UNKNOWN, Reason.PENDING, "waiting until the tunnel is configured")
+
+
+def _traffic(obs: Observation, child: Cond) -> Cond:
+    t = ConditionType.TRAFFIC_FLOWING
+    if child.status is not Status.TRUE or obs.traffic is None:
+        return Cond(t, Status.UNKNOWN, Reason.PENDING, "waiting for the CHILD SA")
+    return Cond(t, obs.traffic.status, obs.traffic.reason, obs.traffic.message)
+
+
+def compute(obs: Observation, conn: str) -> list[Cond]:
+    """The five agent conditions for one observation, in bring-up order."""
+    configured = _configured(obs)
+    ike = _ike(obs, configured)
+    child = _child(obs, ike, conn)
+    return [configured, ike, child, _routes(obs, configured), _traffic(obs, child)]
+
+
+@dataclass
+class _Seen:
+    spi_in: str
+    bytes_in: int
+    since: float  # when bytes_in last grew (or the SA was first seen)
+    grew: bool
+
+
+class TrafficTracker:
+    """Judges TrafficFlowing from bytes_in over time, per tunnel. Pure: `now` is passed in.
+
+    A new inbound SPI (rekey, re-establishment) restarts the count; the counter of a
+    fresh SA starting at zero is "not yet", not "no traffic", for `quiet` seconds.
+    """
+
+    def __init__(self, quiet: float = DEFAULT_QUIET_SECONDS) -> None:
+        self.quiet = quiet
+        self._seen: dict[str, _Seen] = {}
+
+    def forget(self, ref: str) -> None:
+        """Drop what is known of tunnel `ref`."""
+        self._seen.pop(ref, None)
+
+    def judge(self, ref: str, child: ChildSaFacts | None, now: float) -> Traffic | None:
+        """TrafficFlowing for `ref` given its CHILD SA now; None when there is no SA."""
+        if child is None or child.state != "INSTALLED":
+            self._seen.pop(ref, None)
+            return None
+        seen = self._seen.get(ref)
+        if seen is None or seen.spi_in != child.spi_in:
+            seen = _Seen(child.spi_in, child.bytes_in, now, child.bytes_in > 0)
+            self._seen[ref] = seen
+        elif child.bytes_in > seen.bytes_in:
+            seen.bytes_in, seen.since, seen.grew = child.bytes_in, now, True
+        quiet_for = now - seen.since
+        if quiet_for < self.quiet:
+            if seen.grew:
+                return Traffic(Status.TRUE, Reason.FLOWING, "packets arrive through the tunnel")
+            return Traffic(
+                Status.UNKNOWN, Reason.PENDING, "the CHILD SA is new; no packet received yet"
+            )
+        return Traffic(
+            Status.FALSE,
+            Reason.NO_TRAFFIC_RECEIVED,
+            f"nothing received through the tunnel for {int(quiet_for)}s while the SA is "
+            "installed: check that the peer routes traffic into its side of the tunnel "
+            "(and that DPD or a monitoring ping runs if the link should never be idle)",
+        )
