@@ -67,11 +67,9 @@ class TestCA:
 
     def issue(self, identity: str) -> Issued:
         """A certificate for `identity` (a DNS-style IKE id), signed by this CA."""
-        stem = self.workdir / identity.replace("/", "_")
-        key = stem.with_suffix(".key")
-        csr = stem.with_suffix(".csr")
-        cert = stem.with_suffix(".pem")
-        ext = stem.with_suffix(".ext")
+        # identities hold dots ("peer.example"): append suffixes, never replace one
+        stem = str(self.workdir / identity.replace("/", "_"))
+        key, csr, cert, ext = (Path(f"{stem}.{s}") for s in ("key", "csr", "pem", "ext"))
         ext.write_text(f"subjectAltName=DNS:{identity}\nkeyUsage=critical,digitalSignature\n")
         _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
                  "-out", str(key))  # fmt: skip

@@ -202,7 +202,14 @@ class IpsecAdapter:
         if await self.sas(conn):
             return []
         request = {"child": conn, "ike": conn, "timeout": "-1", "init-limits": "no"}
-        await self._run(ref, "initiate", lambda s: list(s.initiate(request)))
+        try:
+            await self._run(ref, "initiate", lambda s: list(s.initiate(request)))
+        except IpsecError as e:
+            # Even with timeout -1 charon answers "failed" for what fails at once (an
+            # unresolvable peer name). That is the tunnel's state, not an error of this
+            # call: the reason arrives as a `log` event (see reasons.py).
+            log.warning("tunnel %s: initiate refused at once: %s", ref, e.message)
+            return []
         change = Change(ref, "ike", "initiating", conn)
         log.info("%s", change)
         return [change]
