@@ -43,7 +43,7 @@ kubeconform_bin="$BIN/kubeconform-$KUBECONFORM_VERSION"
 schemas_dir="$CACHE/schemas/kubernetes-$K8S_VERSION"
 
 # Two cores are shared with the kube-apiserver build: one package at a time.
-export GOFLAGS="${GOFLAGS:--p=1} -buildvcs=false"
+export GOFLAGS="-p=1 -buildvcs=false ${GOFLAGS:-}"
 
 build_go_tool() {
     local out="$1" pkg="$2" ldflags="$3"
