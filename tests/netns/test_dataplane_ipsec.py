@@ -275,7 +275,7 @@ def test_failure_produces_its_reason(pair: Pair, case: str) -> None:
     peer_kw, plan_kw, want = FAILURES[case]
     if peer_kw is not None:
         pair.start_peer([peer_conn(**peer_kw)])
-    plan = node_plan(**plan_kw)  # type: ignore[arg-type]
+    plan = node_plan(**plan_kw)
 
     async def body() -> Reason:
         ad = IpsecAdapter(str(pair.node_charon.vici_socket))

@@ -25,7 +25,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,7 +280,7 @@ class IpsecAdapter:
 
     # -- events ---------------------------------------------------------------------
 
-    async def follow(self, retry: float = 0.5) -> AsyncIterator[IpsecEvent]:
+    async def follow(self, retry: float = 0.5) -> AsyncGenerator[IpsecEvent, None]:
         """Yield charon's events as they happen, across charon restarts.
 
         A dedicated thread listens on its own VICI session and hands events to this

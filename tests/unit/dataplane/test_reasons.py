@@ -1,0 +1,86 @@
+"""Reason mapping, replayed on log lines captured from charon 5.9.8 in tests/netns."""
+
+from __future__ import annotations
+
+import pytest
+
+from routevpn.dataplane.reasons import ReasonTracker, classify
+from routevpn.dataplane.vici_facts import IpsecEvent
+
+CONN = "routevpn.site.a"
+
+# (line exactly as charon sent it in a VICI `log` event, expected reason)
+CAPTURED = [
+    ("received AUTHENTICATION_FAILED notify error", "AuthenticationFailed"),
+    ("received NO_PROPOSAL_CHOSEN notify error", "NoProposalChosen"),
+    ("received NO_PROPOSAL_CHOSEN notify, no CHILD_SA built", "NoProposalChosen"),
+    ("received TS_UNACCEPTABLE notify, no CHILD_SA built", "TrafficSelectorsUnacceptable"),
+    ("giving up after 3 retransmits", "PeerUnreachable"),
+    ("establishing IKE_SA failed, peer not responding", "PeerUnreachable"),
+    ("unable to resolve peer.invalid, initiate aborted", "DnsResolutionFailed"),
+    ("unable to install inbound and outbound IPsec SA (SAD) in kernel", "KernelSaInstallFailed"),
+    ("no private key found for 'peer.example'", "PrivateKeyMissing"),
+]
+
+PROGRESS = [
+    "initiating IKE_SA routevpn.site.a[1] to 192.0.2.2",
+    "retransmit 1 of request with message ID 0",
+    "authentication of 'peer.example' with pre-shared key successful",
+    "IKE_SA routevpn.site.a[1] established between "
+    "192.0.2.1[node.example]...192.0.2.2[peer.example]",
+    "selected proposal: IKE:AES_CBC_256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/CURVE_25519",
+]
+
+
+@pytest.mark.parametrize(("line", "reason"), CAPTURED)
+def test_captured_failure_lines_map_to_their_reason(line: str, reason: str) -> None:
+    found = classify(line)
+    assert found is not None and found.reason == reason
+    assert len(found.message) > 30  # a sentence a person can act on, not a code
+
+
+@pytest.mark.parametrize("line", PROGRESS)
+def test_progress_lines_are_not_failures(line: str) -> None:
+    assert classify(line) is None
+
+
+def test_messages_carry_what_to_fix() -> None:
+    dns = classify("unable to resolve peer.invalid, initiate aborted")
+    assert dns is not None and "peer.invalid" in dns.message
+    key = classify("no private key found for 'peer.example'")
+    assert key is not None and "peer.example" in key.message
+
+
+def log(msg: str, conn: str = CONN, uid: str = "1") -> IpsecEvent:
+    return IpsecEvent(kind="log", conn=conn, message=msg, ike_uniqueid=uid)
+
+
+def test_tracker_keeps_latest_reason_and_clears_when_up() -> None:
+    t = ReasonTracker()
+    assert t.feed(log("retransmit 1 of request with message ID 0")) is None
+    got = t.feed(log("giving up after 3 retransmits"))
+    assert got is not None and got[0] == CONN and got[1].reason == "PeerUnreachable"
+    assert t.get(CONN) == got[1]
+    t.feed(IpsecEvent(kind="ike-updown", conn=CONN, up=True, state="ESTABLISHED"))
+    assert t.get(CONN) is None
+
+
+def test_tracker_ignores_lines_without_a_connection() -> None:
+    t = ReasonTracker()
+    assert t.feed(log("received AUTHENTICATION_FAILED notify error", conn="")) is None
+    assert t.feed(log("received AUTHENTICATION_FAILED notify error", conn="(unnamed)")) is None
+
+
+def test_tracker_ties_unknown_peer_identity_to_the_tunnel_by_address() -> None:
+    """Responder side: charon has no connection name yet, only the peer's address."""
+    t = ReasonTracker(peers={"192.0.2.2": CONN})
+    t.expected[CONN] = "peer.example"
+    line = "looking for peer configs matching 192.0.2.1[node.example]...192.0.2.2[impostor.example]"
+    assert t.feed(log(line, conn="(unnamed)", uid="7")) is None
+    got = t.feed(log("no matching peer config found", conn="(unnamed)", uid="7"))
+    assert got is not None and got[1].reason == "PeerIdentityMismatch"
+    assert "impostor.example" in got[1].message and "peer.example" in got[1].message
+    # another peer address is not ours to explain
+    t2 = ReasonTracker(peers={"198.51.100.1": CONN})
+    t2.feed(log(line, conn="(unnamed)", uid="8"))
+    assert t2.feed(log("no matching peer config found", conn="(unnamed)", uid="8")) is None
