@@ -7,7 +7,6 @@ import ipaddress
 from dataclasses import replace
 
 from routevpn.dataplane.driver import Driver, FakeDriver, RealDriver, conn_of
-
 from routevpn.dataplane.plan import ConnPlan, LinkPlan, PskAuth, RoutePlan, Secret, TunnelPlan
 from routevpn.dataplane.safety import HostRoute
 
