@@ -1,0 +1,221 @@
+"""kopf registrations: thin handlers that keep the view current and queue tunnels.
+
+Indexes fill the view (tunnels, nodes, delivered Secrets) and kopf runs no handler until
+every index holds the whole listing, so the first allocation already sees every number
+that existing tunnels hold. Event handlers only queue the tunnels to look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from routevpn.api import naming
+from routevpn.controller import http
+from routevpn.controller.kubeio import KubeIO
+from routevpn.controller.model import (
+    CONTENT_HASH_ANNOTATION,
+    delivered_from_body,
+    node_from_body,
+    tunnel_from_body,
+)
+from routevpn.controller.reconcile import Settings
+from routevpn.controller.store import Store
+from routevpn.controller.worker import Worker
+
+
+@dataclass
+class Runtime:
+    """What the command line decided, and the running parts (one per process)."""
+
+    settings: Settings
+    peering: str
+    priority: int
+    http_host: str
+    http_port: int
+    concurrency: int = 8
+    store: Store = field(default_factory=Store)
+    worker: Worker | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    http_runner: Any = None
+
+
+RUNTIME: Runtime | None = None
+
+
+def _rt() -> Runtime:
+    if RUNTIME is None:
+        raise RuntimeError("routevpn.controller.handlers.RUNTIME is not configured")
+    return RUNTIME
+
+
+def _worker() -> Worker:
+    w = _rt().worker
+    if w is None:
+        raise RuntimeError("the worker has not started")
+    return w
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    """Every kopf setting in one place, then the worker and the HTTP endpoints."""
+    rt = _rt()
+    # Replicas coordinate cluster-wide (tunnels live in every namespace); a replica that
+    # can't find the peering object must not run unpeered next to another one.
+    settings.peering.name = rt.peering
+    settings.peering.clusterwide = True
+    settings.peering.mandatory = True
+    # Equal priorities make kopf pause every replica: each draws its own at start.
+    settings.peering.priority = rt.priority
+    # A replica that dies without saying goodbye blocks the other this long: short enough
+    # for a quick fail-over, long enough that a busy event loop does not lose its lease.
+    settings.peering.lifetime = 30
+    # Distinct from the agent's (two kopf processes on one object). The operator manages
+    # routevpn.io/operator itself; kopf's own finalizer is never needed (no deletion handlers).
+    settings.persistence.finalizer = f"{naming.GROUP}/operator-kopf"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=f"operator.{naming.GROUP}"
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=f"operator.{naming.GROUP}", key="last-handled-configuration"
+    )
+    # Events for every decision (Normal ones included), posted by kopf in the background.
+    settings.posting.level = logging.INFO
+    # Watches end server-side after this long and are re-established: a silently broken
+    # connection can't leave the operator blind for longer.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # A stuck API call must fail (and be retried) rather than hang a worker forever.
+    settings.networking.request_timeout = 60
+    # 1000 tunnels created at once: don't let kopf's per-object workers be the limit.
+    settings.batching.worker_limit = None
+    io = KubeIO.from_environment()
+    rt.worker = Worker(rt.store, io, rt.settings)
+    rt.tasks.append(asyncio.create_task(rt.worker.run(rt.concurrency)))
+    rt.tasks.append(asyncio.create_task(_gauge(rt.worker)))
+    rt.http_runner = await http.start(rt.http_host, rt.http_port)
+    logger.info(
+        "routevpn operator: namespace %s, peering %s (priority %d), http %s:%d",
+        rt.settings.routevpn_namespace,
+        rt.peering,
+        rt.priority,
+        rt.http_host,
+        rt.http_port,
+    )
+
+
+async def _gauge(worker: Worker) -> None:
+    while True:
+        worker.count_ready()
+        await asyncio.sleep(5)  # a gauge, not a deadline
+
+
+@kopf.on.cleanup()
+async def stop(**_: Any) -> None:
+    """Stop the worker and the HTTP server."""
+    rt = _rt()
+    for task in rt.tasks:
+        task.cancel()
+    if rt.http_runner is not None:
+        await rt.http_runner.cleanup()
+
+
+# --- the view ---------------------------------------------------------------------------
+
+
+@kopf.index(naming.GROUP, naming.VERSION, naming.PLURAL)
+def tunnels(body: kopf.Body, **_: Any) -> None:
+    """Keep the tunnel view current (deletions: see `tunnel_event`)."""
+    _rt().store.put_tunnel(tunnel_from_body(body))
+
+
+@kopf.index("", "v1", "nodes")
+def nodes(body: kopf.Body, **_: Any) -> None:
+    """Keep the node view current."""
+    rec = node_from_body(body)
+    _rt().store.nodes[rec.name] = rec
+
+
+@kopf.index("", "v1", "secrets")
+def secrets(body: kopf.Body, namespace: str | None, name: str | None, **_: Any) -> None:
+    """Delivered Secrets (by tunnel) and the user Secrets tunnels refer to (cached)."""
+    store = _rt().store
+    if namespace == _rt().settings.routevpn_namespace and CONTENT_HASH_ANNOTATION in (
+        body.metadata.annotations or {}
+    ):
+        got = delivered_from_body(body)
+        if got.tunnel is not None:
+            store.delivered[got.tunnel] = got
+    elif (namespace, name) in store.user_secrets and namespace and name:
+        store.user_secrets[(namespace, name)] = (
+            str(body.get("type") or "Opaque"),
+            dict(body.get("data") or {}),
+        )
+
+
+# --- what to look at --------------------------------------------------------------------
+
+
+@kopf.on.event(naming.GROUP, naming.VERSION, naming.PLURAL)
+def tunnel_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """Queue the tunnel; on deletion forget it and wake tunnels waiting for its claims."""
+    rt, w = _rt(), _worker()
+    rec = tunnel_from_body(body)
+    if event.get("type") == "DELETED":
+        rt.store.drop_tunnel(rec.key)
+        for key in rt.store.waiting_on_others():
+            w.enqueue(key)
+        return
+    rt.store.put_tunnel(rec)
+    w.enqueue(rec.key)
+
+
+@kopf.on.event("", "v1", "nodes")
+def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """Re-place tunnels when a node's labels, readiness or addresses change, or it goes."""
+    rt, w = _rt(), _worker()
+    rec = node_from_body(body)
+    before = rt.store.nodes.get(rec.name)
+    if event.get("type") == "DELETED":
+        rt.store.nodes.pop(rec.name, None)
+    else:
+        rt.store.nodes[rec.name] = rec
+        if before == rec and event.get("type") is not None:
+            return  # a heartbeat: nothing placement looks at has changed
+    for key in list(rt.store.tunnels):
+        w.enqueue(key)
+        if not rec.ready:
+            # Look again once "NotReady for a moment" has become "NotReady for good".
+            w.enqueue(key, rt.settings.not_ready_grace_seconds + 0.5)
+
+
+@kopf.on.event("", "v1", "secrets")
+def secret_event(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str | None, **_: Any
+) -> None:
+    """React only to Secrets that tunnels refer to (and to our own delivered ones)."""
+    if not namespace or not name:
+        return
+    rt, w = _rt(), _worker()
+    deleted = event.get("type") == "DELETED"
+    if namespace == rt.settings.routevpn_namespace:
+        got = delivered_from_body(body)
+        if got.tunnel is not None:
+            if deleted:
+                rt.store.delivered.pop(got.tunnel, None)
+            else:
+                rt.store.delivered[got.tunnel] = got
+            w.enqueue(got.tunnel)
+        return
+    users = rt.store.referencing(namespace, name)
+    if not users:
+        return
+    rt.store.user_secrets[(namespace, name)] = (
+        None if deleted else (str(body.get("type") or "Opaque"), dict(body.get("data") or {}))
+    )
+    for key in users:
+        w.enqueue(key)

@@ -1,0 +1,113 @@
+"""The operator's API writes and reads, each counted; the kubernetes client runs in threads.
+
+Only the worker calls these. Secret values pass through untouched and are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client import ApiException
+
+from routevpn.api import naming
+from routevpn.controller import bundle
+from routevpn.controller.metrics import API_WRITES
+
+FIELD_MANAGER = "routevpn-operator"
+_APPLY = "application/apply-patch+yaml"
+_MERGE = "application/merge-patch+json"
+
+
+class ConflictError(Exception):
+    """The object changed under us (409): look at it again."""
+
+
+class KubeIO:
+    """Typed, counted access to the few API calls the operator makes."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._custom = client.CustomObjectsApi(api)
+        self._core = client.CoreV1Api(api)
+
+    @classmethod
+    def from_environment(cls) -> KubeIO:
+        """In a pod: the service account; elsewhere: KUBECONFIG."""
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        return cls(client.ApiClient())
+
+    async def apply_status(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply of the operator's status fields (force: they are ours)."""
+        API_WRITES.labels("status").inc()
+        got: object = await asyncio.to_thread(
+            self._custom.patch_namespaced_custom_object_status,
+            naming.GROUP,
+            naming.VERSION,
+            namespace,
+            naming.PLURAL,
+            name,
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=_APPLY,
+        )
+        return cast(dict[str, Any], got)
+
+    async def patch_metadata(
+        self, namespace: str, name: str, patch: dict[str, Any], kind: str
+    ) -> None:
+        """A JSON merge patch of metadata; with resourceVersion inside it is guarded (409)."""
+        API_WRITES.labels(kind).inc()
+        try:
+            await asyncio.to_thread(
+                self._custom.patch_namespaced_custom_object,
+                naming.GROUP,
+                naming.VERSION,
+                namespace,
+                naming.PLURAL,
+                name,
+                patch,
+                _content_type=_MERGE,
+            )
+        except ApiException as e:
+            if e.status == 409:
+                raise ConflictError(f"{namespace}/{name} changed, will look again") from None
+            if e.status != 404:
+                raise
+
+    async def apply_secret(self, body: dict[str, Any]) -> None:
+        """Create or update a delivered Secret (server-side apply)."""
+        API_WRITES.labels("secret").inc()
+        meta = body["metadata"]
+        await asyncio.to_thread(
+            self._core.patch_namespaced_secret,
+            meta["name"],
+            meta["namespace"],
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=_APPLY,
+        )
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        """Delete a delivered Secret if it exists."""
+        API_WRITES.labels("secret_delete").inc()
+        try:
+            await asyncio.to_thread(self._core.delete_namespaced_secret, name, namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def read_secret(self, namespace: str, name: str) -> bundle.UserSecret:
+        """A user's Secret as (type, data), or None when it does not exist."""
+        try:
+            sec = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return (str(sec.type or "Opaque"), {str(k): str(v) for k, v in (sec.data or {}).items()})

@@ -1,0 +1,64 @@
+"""`routevpn operator`: run the kopf operator (one active replica through peering)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+
+import kopf
+
+from routevpn.controller import handlers
+from routevpn.controller.reconcile import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The operator's command-line options."""
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("ROUTEVPN_NAMESPACE", "routevpn"),
+        help="routevpn's own namespace: delivered Secrets live here",
+    )
+    parser.add_argument("--http-port", type=int, default=8080, help="/metrics and /healthz")
+    parser.add_argument("--http-host", default="0.0.0.0", help="bind address of --http-port")  # noqa: S104
+    parser.add_argument(
+        "--peering",
+        default=os.environ.get("ROUTEVPN_PEERING", "routevpn"),
+        help="name of the ClusterKopfPeering the replicas coordinate through",
+    )
+    parser.add_argument(
+        "--orphan-wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the agent of a node that is gone before dropping its finalizer",
+    )
+    parser.add_argument(
+        "--not-ready-grace",
+        type=float,
+        default=60.0,
+        help="seconds a node may be NotReady before its tunnels move",
+    )
+    parser.add_argument("--concurrency", type=int, default=8, help="tunnels reconciled at once")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGINT/SIGTERM."""
+    level = os.environ.get("ROUTEVPN_LOG_LEVEL", "info").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), format="%(message)s")
+    # Peering pauses every replica of equal priority: draw one, distinct with near certainty.
+    priority = secrets.randbelow(2**31 - 1) + 1
+    handlers.RUNTIME = handlers.Runtime(
+        settings=Settings(
+            routevpn_namespace=args.namespace,
+            orphan_wait_seconds=args.orphan_wait,
+            not_ready_grace_seconds=args.not_ready_grace,
+        ),
+        peering=args.peering,
+        priority=priority,
+        http_host=args.http_host,
+        http_port=args.http_port,
+        concurrency=args.concurrency,
+    )
+    kopf.run(clusterwide=True, peering_name=args.peering, priority=priority, standalone=False)
+    return 0

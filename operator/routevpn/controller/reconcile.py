@@ -1,0 +1,241 @@
+"""The decision for one tunnel: placement, allocation, secrets, the move protocol. Pure.
+
+`decide` looks at one tunnel and the operator's view of the world and says what to
+write; the worker only sends it. The move protocol with the node agent:
+
+* the label `routevpn.io/node` names the node whose agent must act now; `status.node`
+  names where the tunnel is placed. An agent configures when both name it and tears down
+  when only the label does (or the tunnel is being deleted), then drops its finalizer;
+* to move from A to B: status.node := B (Scheduled=False, Scheduling), wait for the
+  agent finalizer to go (A tore down), then label := B. A node that is gone (deleted, or
+  NotReady for good) cannot tear down: after a bounded wait the operator drops the
+  agent's finalizer itself and says so in a Warning Event;
+* a tunnel that can't be placed (no node, a conflict, a bad Secret) loses its label the
+  same way, so nothing half-applied is left on a node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from routevpn.api import naming
+from routevpn.api.conditions import ConditionType, Reason, Status
+from routevpn.api.fields import Mode
+from routevpn.controller import allocation, bundle, placement
+from routevpn.controller.model import DeliveredSecret, NodeRecord, TunnelRecord
+from routevpn.controller.status import Scheduled, changed, desired_status
+
+NORMAL = "Normal"
+WARNING = "Warning"
+#: Event reason when the operator drops the agent's finalizer for a node that is gone.
+NODE_GONE = "NodeGone"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The decision's knobs (from the command line)."""
+
+    routevpn_namespace: str
+    orphan_wait_seconds: float = 60.0
+    not_ready_grace_seconds: float = 60.0
+    alloc_min: int = naming.ALLOC_MIN
+    alloc_max: int = naming.ALLOC_MAX
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """What `decide` may look at besides the tunnel itself."""
+
+    nodes: Mapping[str, NodeRecord]
+    #: Claims of the other tunnels placed (or being placed) on a node.
+    holders_on: Callable[[str], Iterable[allocation.Holder]]
+    #: The user's referenced Secrets, by name, in the tunnel's namespace.
+    user_secrets: Mapping[str, bundle.UserSecret]
+    delivered: DeliveredSecret | None
+    now: datetime
+    #: monotonic seconds since the operator started waiting on the agent, if it is waiting.
+    waiting_for: float | None
+    settings: Settings
+
+
+@dataclass
+class Decision:
+    """What to write for one tunnel (None / False: nothing)."""
+
+    status: dict[str, Any] | None = None
+    status_changed: bool = False
+    add_operator_finalizer: bool = False
+    remove_operator_finalizer: bool = False
+    remove_agent_finalizer: bool = False
+    #: The label to set; `label_changed` tells whether it differs (None removes it).
+    label: str | None = None
+    label_changed: bool = False
+    secret: dict[str, Any] | None = None
+    delete_secret: bool = False
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    #: The operator now waits for the agent (start the bounded-wait clock), or stopped.
+    waiting: bool = False
+    #: Seconds after which to look again even if nothing changes (a bounded wait).
+    requeue_after: float | None = None
+    #: Released: the tunnel is gone, forget its allocation.
+    released: bool = False
+
+
+def _iso(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node_gone(nodes: Mapping[str, NodeRecord], name: str, now: datetime, grace: float) -> bool:
+    """A node that will not tear anything down: deleted, or NotReady for good."""
+    node = nodes.get(name)
+    return node is None or placement.down_for_good(node, now, grace)
+
+
+def _agent_wait(rec: TunnelRecord, old: str, w: World, d: Decision, elapsed: float) -> bool:
+    """Wait for the agent of `old` to drop its finalizer; True when it is (or is made) gone."""
+    if not rec.has_agent_finalizer:
+        return True
+    s = w.settings
+    if not node_gone(w.nodes, old, w.now, s.not_ready_grace_seconds):
+        d.waiting = True
+        return False
+    if elapsed < s.orphan_wait_seconds:
+        d.waiting = True
+        d.requeue_after = s.orphan_wait_seconds - elapsed + 0.05
+        return False
+    d.remove_agent_finalizer = True
+    d.events.append(
+        (
+            WARNING,
+            NODE_GONE,
+            f"node {old} is gone: its state for this tunnel could not be cleaned; "
+            f"removed the agent finalizer after {s.orphan_wait_seconds:g}s",
+        )
+    )
+    return True
+
+
+def decide(rec: TunnelRecord, current: Mapping[str, Any], w: World, elapsed: float) -> Decision:
+    """What to do for tunnel `rec`; `current` is its status with the operator's own last
+    writes laid over (so write lag never causes a second write); `elapsed` is how long
+    the operator has been waiting on the agent (0 when it was not)."""
+    d = Decision()
+    if rec.deleting:
+        return _deleting(rec, w, d, elapsed)
+    if naming.OPERATOR_FINALIZER not in rec.finalizers:
+        d.add_operator_finalizer = True
+
+    sched, target, iface, local = _target(rec, current, w)
+    label = rec.label_node
+    status_node: str | None = target
+    new_label: str | None = label
+    if target is not None:
+        if label is None or label == target:
+            new_label = target
+        elif _agent_wait(rec, label, w, d, elapsed):
+            new_label = target
+            d.events.append((NORMAL, "Moved", f"moved from node {label} to node {target}"))
+        else:
+            sched = Scheduled(
+                Status.FALSE, Reason.SCHEDULING, f"moving from node {label} to node {target}"
+            )
+    elif label is not None and _agent_wait(rec, label, w, d, elapsed):
+        new_label = None
+
+    status = desired_status(current, rec.generation, sched, status_node, local, iface, _iso(w.now))
+    d.status = status
+    d.status_changed = changed(current, status)
+    d.label = new_label
+    d.label_changed = new_label != label
+    _events(current, sched, d)
+    _secret(rec, w, new_label, d)
+    return d
+
+
+def _target(
+    rec: TunnelRecord, current: Mapping[str, Any], w: World
+) -> tuple[Scheduled, str | None, dict[str, object] | None, str | None]:
+    """Scheduled, the node to run on, its interface and local address (or why nowhere)."""
+    spec = rec.spec
+    if spec is None:
+        return Scheduled(Status.FALSE, Reason.INVALID_SPEC, rec.spec_error or ""), None, None, None
+    cur_node = current.get("node")
+    where = placement.place(
+        rec.ref,
+        spec,
+        str(cur_node) if cur_node else None,
+        w.nodes,
+        w.now,
+        w.settings.not_ready_grace_seconds,
+    )
+    if where.node is None:
+        return Scheduled(Status.FALSE, where.reason, where.message), None, None, None
+    iface: dict[str, object] | None = None
+    if spec.effective_mode is Mode.ROUTE:
+        held = current.get("interface") if cur_node == where.node else None
+        me = allocation.holder_for(rec.ref, rec.order, spec, held)
+        s = w.settings
+        got = allocation.allocate(me, spec, w.holders_on(where.node), s.alloc_min, s.alloc_max)
+        if got.interface is None:
+            return Scheduled(Status.FALSE, got.reason, got.message), None, None, None
+        iface = got.interface
+    made = bundle.build(spec, rec.namespace, w.user_secrets)
+    if isinstance(made, bundle.Problem):
+        return Scheduled(Status.FALSE, made.reason, made.message), None, None, None
+    local = placement.local_address(spec, w.nodes.get(where.node))
+    return Scheduled(Status.TRUE, Reason.PLACED, where.message), where.node, iface, local
+
+
+def _events(current: Mapping[str, Any], sched: Scheduled, d: Decision) -> None:
+    """One Event per decision: when Scheduled's status, reason or message changes."""
+    prev = next(
+        (
+            c
+            for c in current.get("conditions") or []
+            if isinstance(c, Mapping) and c.get("type") == ConditionType.SCHEDULED
+        ),
+        None,
+    )
+    if prev is not None and (prev.get("status"), prev.get("reason"), prev.get("message")) == (
+        sched.status,
+        sched.reason,
+        sched.message,
+    ):
+        return
+    kind = NORMAL if sched.status is Status.TRUE or sched.reason in _TRANSIENT else WARNING
+    d.events.append((kind, sched.reason, sched.message))
+
+
+_TRANSIENT = frozenset({Reason.SCHEDULING, Reason.PENDING})
+
+
+def _secret(rec: TunnelRecord, w: World, label: str | None, d: Decision) -> None:
+    """Deliver the material for the labelled node (or remove it when nothing is)."""
+    spec = rec.spec
+    made = bundle.build(spec, rec.namespace, w.user_secrets) if spec is not None else None
+    if label is not None and isinstance(made, bundle.Bundle):
+        have = w.delivered
+        if have is None or have.node != label or have.content_hash != made.content_hash:
+            d.secret = bundle.delivered_body(
+                rec.namespace, rec.name, w.settings.routevpn_namespace, label, made
+            )
+    elif label is None and w.delivered is not None:
+        d.delete_secret = True
+
+
+def _deleting(rec: TunnelRecord, w: World, d: Decision, elapsed: float) -> Decision:
+    """Deletion: the agent tears down first (bounded when its node is gone), then release."""
+    if naming.OPERATOR_FINALIZER not in rec.finalizers:
+        d.released = True
+        return d
+    old = rec.label_node or rec.status_node or ""
+    if rec.has_agent_finalizer and not _agent_wait(rec, old, w, d, elapsed):
+        return d
+    if w.delivered is not None:
+        d.delete_secret = True
+    d.remove_operator_finalizer = True
+    d.released = True
+    return d
