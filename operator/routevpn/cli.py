@@ -16,14 +16,16 @@ def _crd(_: argparse.Namespace) -> int:
     return 0
 
 
-def _operator(_: argparse.Namespace) -> int:
-    sys.stderr.write("routevpn operator: not implemented yet\n")
-    return 2
+def _operator(args: argparse.Namespace) -> int:
+    from routevpn.controller.main import run
+
+    return run(args)
 
 
-def _agent(_: argparse.Namespace) -> int:
-    sys.stderr.write("routevpn agent: not implemented yet\n")
-    return 2
+def _agent(args: argparse.Namespace) -> int:
+    from routevpn.agent.main import main as agent_main
+
+    return agent_main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,11 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     crd = sub.add_parser("crd", help="print the VpnTunnel CustomResourceDefinition (YAML)")
     crd.set_defaults(func=_crd)
 
-    op = sub.add_parser("operator", help="run the operator (not implemented yet)")
+    op = sub.add_parser("operator", help="run the operator")
+    from routevpn.controller.main import add_arguments
+
+    add_arguments(op)
     op.set_defaults(func=_operator)
 
-    agent = sub.add_parser("agent", help="run the node agent (not implemented yet)")
-    agent.add_argument("--node", help="the Kubernetes Node this agent serves")
+    agent = sub.add_parser("agent", help="run the node agent")
+    from routevpn.agent.options import add_arguments as add_agent_arguments
+
+    add_agent_arguments(agent)
     agent.set_defaults(func=_agent)
     return parser
 
