@@ -35,6 +35,7 @@ IPSEC_MODULES = (
     "tunnel6",
     "af_key",
     "veth",
+    "dummy",
 )
 NET_MODULES = ("virtio_net",)
 
