@@ -1,0 +1,403 @@
+"""The chart against a real kube-apiserver: install, upgrade, uninstall, Pod Security, RBAC.
+
+There is no kubelet, so no container runs; but every object must be accepted
+server-side, and the controllers that do run (ReplicaSet, DaemonSet) create the Pods,
+so Pod Security admission really judges them: `restricted` where the operator runs,
+`privileged` for the agent, as the chart documents.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from support.cluster import Kubectl
+from support.kube import create_namespace, delete_namespace, wait_until
+from support.tiers import missing
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "routevpn"
+TUNNEL_EXAMPLE = ROOT / "examples" / "ipv4-vti.yaml"
+
+
+def _helm_binary() -> Path:
+    res = subprocess.run(
+        ["bash", str(ROOT / "hack" / "tools.sh"), "path", "helm"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    path = Path(res.stdout.strip())
+    if res.returncode != 0 or not path.exists():
+        missing("helm: run hack/tools.sh build")
+    return path
+
+
+@dataclass(frozen=True)
+class Helm:
+    """The pinned helm against the tier's cluster."""
+
+    binary: Path
+    kubeconfig: Path
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [str(self.binary), "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)}:\n{res.stdout}\n{res.stderr}")
+        return res
+
+
+@dataclass(frozen=True)
+class Release:
+    """One installed release: its name, namespaces and service accounts."""
+
+    name: str
+    namespace: str
+    agent_namespace: str
+    install_stdout: str
+    install_stderr: str
+
+    @property
+    def operator_sa(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}-routevpn-operator"
+
+    @property
+    def agent_sa(self) -> str:
+        return f"system:serviceaccount:{self.agent_namespace}:{self.name}-routevpn-agent"
+
+
+@pytest.fixture(scope="module")
+def helm(kubeconfig: Path) -> Helm:
+    return Helm(_helm_binary(), kubeconfig)
+
+
+def _label_pod_security(kubectl: Kubectl, namespace: str, level: str) -> None:
+    kubectl(
+        "label",
+        "namespace",
+        namespace,
+        "--overwrite",
+        f"pod-security.kubernetes.io/enforce={level}",
+        f"pod-security.kubernetes.io/warn={level}",
+    )
+
+
+def _install(
+    helm: Helm,
+    kube: client.ApiClient,
+    kubectl: Kubectl,
+    workdir: Path,
+    prefix: str,
+    **values: Any,
+) -> Generator[Release, None, None]:
+    """Install into a fresh `restricted` namespace; the agent into a namespace of its own."""
+    namespace = create_namespace(kube, prefix)
+    _label_pod_security(kubectl, namespace, "restricted")
+    name = f"rv{secrets.token_hex(3)}"
+    agent_ns = f"{namespace}-agent"
+    vals: dict[str, Any] = {
+        "agent": {"namespace": agent_ns},
+        # Cluster-scoped: unique per release so test releases never collide.
+        "operator": {"peering": {"name": name}},
+    }
+    for key, sub in values.items():
+        vals.setdefault(key, {}).update(sub)
+    vfile = workdir / f"values-{name}.yaml"
+    vfile.write_text(yaml.safe_dump(vals))
+    res = helm("install", name, str(CHART), "--namespace", namespace, "-f", str(vfile))
+    try:
+        yield Release(name, namespace, agent_ns, res.stdout, res.stderr)
+    finally:
+        helm("uninstall", name, "--namespace", namespace, "--wait", check=False)
+        delete_namespace(kube, namespace)
+        delete_namespace(kube, agent_ns)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chart-values")
+
+
+@pytest.fixture(scope="module")
+def release(
+    helm: Helm, kube: client.ApiClient, kubectl: Kubectl, workdir: Path, crd: list[str]
+) -> Generator[Release, None, None]:
+    yield from _install(helm, kube, kubectl, workdir, "chart")
+
+
+def _pods(kube: client.ApiClient, namespace: str, component: str) -> list[Any]:
+    core: Any = client.CoreV1Api(kube)
+    pods = core.list_namespaced_pod(
+        namespace, label_selector=f"app.kubernetes.io/component={component}"
+    )
+    items: list[Any] = pods.items
+    return items
+
+
+def _events(kube: client.ApiClient, namespace: str) -> list[str]:
+    core: Any = client.CoreV1Api(kube)
+    events = core.list_namespaced_event(namespace)
+    return [f"{e.reason}: {e.message}" for e in events.items]
+
+
+def test_install_is_accepted_and_operator_pods_pass_restricted(
+    release: Release, kube: client.ApiClient
+) -> None:
+    # Pod Security warnings would show here: the operator must raise none.
+    assert "violate PodSecurity" not in release.install_stderr, release.install_stderr
+    # NOTES.txt tells what to check and apply next, with this release's real names.
+    notes = release.install_stdout
+    assert f"rollout status ds/{release.name}-routevpn-agent" in notes, notes
+    assert "kubectl apply -f vpntunnel.yaml" in notes
+    assert "enforce=privileged" not in notes  # the agent has a namespace of its own
+    apps: Any = client.AppsV1Api(kube)
+    deploy = apps.read_namespaced_deployment(f"{release.name}-routevpn-operator", release.namespace)
+    assert deploy.spec.replicas == 2
+    # The ReplicaSet controller created both Pods: admitted under `restricted`.
+
+    def two_pods() -> list[Any] | None:
+        pods = _pods(kube, release.namespace, "operator")
+        return pods if len(pods) == 2 else None
+
+    pods = wait_until(two_pods, timeout=60, what="two operator pods admitted")
+    assert all(p.spec.service_account_name.endswith("-operator") for p in pods)
+    core: Any = client.CoreV1Api(kube)
+    ns = core.read_namespace(release.namespace)
+    assert ns.metadata.labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_agent_pod_is_admitted_in_its_privileged_namespace(
+    release: Release, kube: client.ApiClient, make_node: Any
+) -> None:
+    core: Any = client.CoreV1Api(kube)
+    ns = core.read_namespace(release.agent_namespace)
+    assert ns.metadata.labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    node = f"gw-{release.name}"
+    make_node(node, {"kubernetes.io/os": "linux"})
+
+    def agent_pod() -> Any:
+        for p in _pods(kube, release.agent_namespace, "agent"):
+            if p.spec.affinity and node in json.dumps(p.spec.affinity.to_dict()):
+                return p
+        return None
+
+    pod = wait_until(agent_pod, timeout=60, what=f"agent pod for node {node}")
+    assert pod.spec.host_network is True
+    caps = {c.name: c.security_context.capabilities.add for c in pod.spec.containers}
+    assert caps == {"agent": ["NET_ADMIN"], "charon": ["NET_ADMIN", "NET_BIND_SERVICE"]}
+
+
+def test_agent_in_a_restricted_namespace_is_refused(
+    helm: Helm,
+    kube: client.ApiClient,
+    kubectl: Kubectl,
+    workdir: Path,
+    crd: list[str],
+    make_node: Any,
+) -> None:
+    """What the chart documents: the agent can't run under `restricted`."""
+    gen = _install(helm, kube, kubectl, workdir, "chart-psa")
+    rel = next(gen)
+    try:
+        # The agent namespace exists (chart-made, privileged); tighten it to show why.
+        _label_pod_security(kubectl, rel.agent_namespace, "restricted")
+        make_node(f"gw-{rel.name}", {"kubernetes.io/os": "linux"})
+        refused = wait_until(
+            lambda: [e for e in _events(kube, rel.agent_namespace) if "PodSecurity" in e],
+            timeout=60,
+            what="the DaemonSet's pod refused by Pod Security",
+        )
+        assert any("hostNetwork" in e or "host namespaces" in e for e in refused), refused
+        assert not _pods(kube, rel.agent_namespace, "agent")
+    finally:
+        gen.close()
+
+
+def _can_i(kubectl: Kubectl, user: str, verb: str, resource: str, namespace: str | None) -> bool:
+    # "a/b" would mean resource a, object name b: a subresource needs its own flag.
+    resource, _, sub = resource.partition("/")
+    args = ["auth", "can-i", verb, resource, f"--as={user}"]
+    args += [f"--subresource={sub}"] if sub else []
+    args += ["--namespace", namespace] if namespace else ["--all-namespaces"]
+    res = kubectl(*args, check=False)
+    assert res.stdout.strip() in ("yes", "no"), res.stdout + res.stderr
+    return res.stdout.strip() == "yes"
+
+
+VT = "vpntunnels.routevpn.io"
+OTHER = "tenant-a"  # any namespace that is not routevpn's own
+
+# (verb, resource, namespace: "release" | "agent" | OTHER | None for all, allowed)
+OPERATOR_MATRIX = [
+    ("list", "nodes", None, True),
+    ("watch", "nodes", None, True),
+    ("patch", "nodes", None, False),
+    ("delete", "nodes", None, False),
+    ("watch", VT, None, True),
+    ("patch", VT, OTHER, True),
+    ("patch", f"{VT}/status", OTHER, True),
+    ("update", VT, OTHER, False),
+    ("create", VT, OTHER, False),
+    ("delete", VT, OTHER, False),
+    ("get", "secrets", OTHER, True),
+    ("list", "secrets", None, True),
+    ("create", "secrets", "release", True),
+    ("delete", "secrets", "release", True),
+    ("create", "secrets", OTHER, False),
+    ("delete", "secrets", OTHER, False),
+    ("patch", "secrets", OTHER, False),
+    ("create", "events", OTHER, True),
+    ("delete", "events", OTHER, False),
+    ("patch", "clusterkopfpeerings.kopf.dev", None, True),
+    ("patch", "kopfpeerings.kopf.dev", "release", True),
+    ("patch", "kopfpeerings.kopf.dev", OTHER, False),
+    ("update", "leases.coordination.k8s.io", "release", True),
+    ("update", "leases.coordination.k8s.io", OTHER, False),
+    ("get", "configmaps", "release", False),
+    ("create", "pods", "release", False),
+]
+
+AGENT_MATRIX = [
+    ("watch", VT, None, True),
+    ("patch", VT, OTHER, True),
+    ("patch", f"{VT}/status", OTHER, True),
+    ("update", VT, OTHER, False),
+    ("create", VT, OTHER, False),
+    ("delete", VT, OTHER, False),
+    ("get", "secrets", "release", True),
+    ("watch", "secrets", "release", True),
+    ("get", "secrets", OTHER, False),
+    ("list", "secrets", None, False),
+    ("get", "secrets", "agent", False),
+    ("create", "secrets", "release", False),
+    ("create", "events", OTHER, True),
+    ("get", "nodes", None, False),
+    ("list", "pods", "agent", False),
+    ("patch", "clusterkopfpeerings.kopf.dev", None, False),
+    ("get", "configmaps", "agent", False),
+]
+
+
+def _where(release: Release, ns: str | None) -> str | None:
+    return {"release": release.namespace, "agent": release.agent_namespace}.get(ns or "", ns)
+
+
+@pytest.mark.parametrize(("verb", "resource", "ns", "allowed"), OPERATOR_MATRIX)
+def test_operator_can_i(
+    release: Release, kubectl: Kubectl, verb: str, resource: str, ns: str | None, allowed: bool
+) -> None:
+    assert _can_i(kubectl, release.operator_sa, verb, resource, _where(release, ns)) is allowed
+
+
+@pytest.mark.parametrize(("verb", "resource", "ns", "allowed"), AGENT_MATRIX)
+def test_agent_can_i(
+    release: Release, kubectl: Kubectl, verb: str, resource: str, ns: str | None, allowed: bool
+) -> None:
+    assert _can_i(kubectl, release.agent_sa, verb, resource, _where(release, ns)) is allowed
+
+
+def _tunnel_manifest() -> str:
+    docs = [d for d in yaml.safe_load_all(TUNNEL_EXAMPLE.read_text()) if d]
+    (tunnel,) = [d for d in docs if d["kind"] == "VpnTunnel"]
+    return yaml.safe_dump(tunnel)
+
+
+def test_agent_may_set_its_finalizer_but_not_change_spec(
+    release: Release, kubectl: Kubectl, kube: client.ApiClient
+) -> None:
+    ns = create_namespace(kube, "chart-guard")
+    try:
+        kubectl("apply", "-n", ns, "-f", "-", input=_tunnel_manifest())
+        name = yaml.safe_load(_tunnel_manifest())["metadata"]["name"]
+        as_agent = (f"--as={release.agent_sa}", "-n", ns)
+        finalizer = {"metadata": {"finalizers": ["routevpn.io/agent"]}}
+        kubectl("patch", VT, name, *as_agent, "--type=merge", "-p", json.dumps(finalizer))
+        spec = {"spec": {"interface": {"mtu": 1300}}}
+
+        def refused() -> subprocess.CompletedProcess[str] | None:
+            patch = ("--type=merge", "-p", json.dumps(spec))
+            res = kubectl("patch", VT, name, *as_agent, *patch, check=False)
+            return res if res.returncode != 0 else None
+
+        # The apiserver learns policies through an informer: allow it a moment.
+        # (Were the guard missing, the first patch would succeed and this would time out.)
+        denied = wait_until(refused, timeout=30, what="the spec guard refusing a spec patch")
+        assert "never its spec" in denied.stderr, denied.stderr
+        got = json.loads(kubectl("get", VT, name, "-n", ns, "-o", "json").stdout)
+        assert got["metadata"]["finalizers"] == ["routevpn.io/agent"]
+        assert got["spec"]["interface"]["mtu"] == 1400
+        # The admin (not the agent) may still change the spec, and drop the finalizer.
+        kubectl("patch", VT, name, "-n", ns, "--type=merge", "-p", json.dumps(spec))
+        drop = '{"metadata":{"finalizers":null}}'
+        kubectl("patch", VT, name, "-n", ns, "--type=merge", "-p", drop)
+    finally:
+        delete_namespace(kube, ns)
+
+
+def test_upgrade_with_changed_values_then_uninstall(
+    helm: Helm, kube: client.ApiClient, kubectl: Kubectl, workdir: Path, crd: list[str]
+) -> None:
+    gen = _install(helm, kube, kubectl, workdir, "chart-upgrade")
+    rel = next(gen)
+    try:
+        apps: Any = client.AppsV1Api(kube)
+        core: Any = client.CoreV1Api(kube)
+        operator = f"{rel.name}-routevpn-operator"
+        core.read_namespaced_service(f"{operator}-metrics", rel.namespace)
+        vfile = workdir / f"upgrade-{rel.name}.yaml"
+        vfile.write_text(
+            yaml.safe_dump(
+                {
+                    "operator": {"replicas": 3, "peering": {"name": rel.name}},
+                    "metrics": {"service": {"enabled": False}},
+                    "agent": {
+                        "namespace": rel.agent_namespace,
+                        "specGuard": {"enabled": False},
+                        "logLevel": "debug",
+                    },
+                }
+            )
+        )
+        helm("upgrade", rel.name, str(CHART), "--namespace", rel.namespace, "-f", str(vfile))
+        assert apps.read_namespaced_deployment(operator, rel.namespace).spec.replicas == 3
+        with pytest.raises(ApiException) as gone:
+            core.read_namespaced_service(f"{operator}-metrics", rel.namespace)
+        assert gone.value.status == 404
+        ds = apps.read_namespaced_daemon_set(f"{rel.name}-routevpn-agent", rel.agent_namespace)
+        env = {e.name: e.value for e in ds.spec.template.spec.containers[0].env}
+        assert env["ROUTEVPN_LOG_LEVEL"] == "debug"
+        admission: Any = client.AdmissionregistrationV1Api(kube)
+        policies = admission.list_validating_admission_policy()
+        assert not [p for p in policies.items if p.metadata.name.startswith(rel.name)]
+        history = helm("history", rel.name, "--namespace", rel.namespace, "-o", "json")
+        assert [h["revision"] for h in json.loads(history.stdout)] == [1, 2]
+
+        helm("uninstall", rel.name, "--namespace", rel.namespace, "--wait")
+        with pytest.raises(ApiException) as gone:
+            apps.read_namespaced_deployment(operator, rel.namespace)
+        assert gone.value.status == 404
+        rbac: Any = client.RbacAuthorizationV1Api(kube)
+        roles = rbac.list_cluster_role()
+        assert not [r for r in roles.items if r.metadata.name.startswith(f"{rel.name}-")]
+        # Helm never deletes CRDs: users' VpnTunnels survive an uninstall.
+        ext: Any = client.ApiextensionsV1Api(kube)
+        assert ext.read_custom_resource_definition("vpntunnels.routevpn.io")
+    finally:
+        gen.close()
