@@ -1,6 +1,7 @@
 """The lab tier: ``lab`` tests run inside a QEMU guest with a real IPsec kernel.
 
-On the host, every selected test under ``tests/lab/`` is replaced (after selection,
+On the host, every selected test under ``tests/lab/`` (except ``test_harness_*.py``,
+which test the harness itself from the host) is replaced (after selection,
 so ``-m``/``-k`` and node ids work as usual) by a stand-in with the same node id. The
 first stand-in to run boots ONE guest for the whole session, which runs exactly the
 selected node ids with pytest; each stand-in then reports its own test's outcome from
@@ -120,7 +121,9 @@ class LabItem(pytest.Item):
 
 
 def _is_lab(item: pytest.Item) -> bool:
-    return LAB_DIR in Path(str(item.path)).resolve().parents
+    path = Path(str(item.path)).resolve()
+    # test_harness_*.py drive the harness itself from the host: they boot their own guests
+    return LAB_DIR in path.parents and not path.name.startswith("test_harness_")
 
 
 @pytest.hookimpl(trylast=True)

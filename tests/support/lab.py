@@ -52,6 +52,7 @@ class GuestResult:
     command_seconds: float | None  # the command's own run time, guest clock
     wall_seconds: float  # host clock, QEMU start to exit
     console: str  # the serial console (kernel and stage-1 messages)
+    pid: int  # QEMU's PID (already reaped when this is returned)
 
     @property
     def ok(self) -> bool:
@@ -280,6 +281,7 @@ def _boot(
         else None,
         wall_seconds=wall,
         console=_read(console),
+        pid=proc.pid,
     )
 
 
@@ -296,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="PORT",
-        help="guest 192.0.2.2:PORT reaches host 127.0.0.1:PORT (implies --net)",
+        help="guest 192.0.2.100:PORT reaches host 127.0.0.1:PORT (implies --net)",
     )
     r.add_argument("command", nargs="+")
     sub.add_parser("build", help="build (or find) the cached initramfs")
@@ -314,7 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LabUnavailableError as e:
         print(f"lab: missing {e}", file=sys.stderr)
         return 2
-    sys.stdout.write(res.output)
+    sys.stdout.write(
+        res.output if res.output.endswith("\n") or not res.output else res.output + "\n"
+    )
     print(
         f"lab: accel={res.accel} boot={res.boot_seconds}s command={res.command_seconds}s "
         f"wall={res.wall_seconds:.1f}s rc={res.returncode}"

@@ -124,21 +124,27 @@ exec switch_root /newroot /bin/sh {GUEST_SCRATCH}/stage2.sh
 class UserNet:
     """QEMU user networking on a TEST-NET range, isolated (``restrict=on``).
 
-    The guest gets `guest` on eth0; the host is `host` as seen from the guest. Each
-    port in `forward_ports` makes ``host:PORT`` in the guest reach the host's
-    ``127.0.0.1:PORT`` (a ``guestfwd``); nothing else leaves the guest.
+    The guest gets `guest` on eth0; QEMU's host alias is `host`, but ``restrict=on``
+    blocks it like everything else. Each port in `forward_ports` makes
+    ``service:PORT`` in the guest reach the host's ``127.0.0.1:PORT`` (a ``guestfwd``,
+    one relay process per connection); nothing else leaves the guest. (QEMU refuses a
+    guestfwd on the host alias itself, hence a separate `service` address; a TLS
+    server behind it needs that address, or a name, in its certificate.)
     """
 
     net: str = "192.0.2.0/24"
     host: str = "192.0.2.2"
     guest: str = "192.0.2.15"
+    service: str = "192.0.2.100"
     forward_ports: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         net = ipaddress.ip_network(self.net)
         if net.overlaps(FORBIDDEN_USERNET) or not _test_net(net):
             raise ValueError(f"user networking must use a TEST-NET range, not {self.net}")
-        for a in (self.host, self.guest):
+        if len({self.host, self.guest, self.service}) != 3:
+            raise ValueError("host, guest and service addresses must differ")
+        for a in (self.host, self.guest, self.service):
             if ipaddress.ip_address(a) not in net:
                 raise ValueError(f"{a} is not in {self.net}")
 
@@ -160,7 +166,7 @@ class UserNet:
             cmd = relay.format(port=port)
             if "," in cmd:
                 raise ValueError("a guestfwd command cannot contain a comma")
-            parts.append(f"guestfwd=tcp:{self.host}:{port}-cmd:{cmd}")
+            parts.append(f"guestfwd=tcp:{self.service}:{port}-cmd:{cmd}")
         return ",".join(parts)
 
 
