@@ -8,11 +8,14 @@ status and message exactly.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from routevpn.api.conditions import TRANSIENT_REASONS, Reason
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECK_DIR = ROOT / "argocd" / "resource_customizations" / "routevpn.io" / "VpnTunnel"
@@ -64,24 +67,32 @@ def test_every_testdata_file_is_used_and_every_status_covered() -> None:
     assert statuses == {"Healthy", "Progressing", "Degraded"}
 
 
-@pytest.mark.parametrize(
-    "reason", ["Pending", "Connecting", "Installing", "Scheduling", "Configuring"]
-)
-def test_transient_reasons_progress_others_degrade(reason: str) -> None:
-    def tunnel(ready_reason: str) -> dict[str, Any]:
-        return {
-            "metadata": {"generation": 1},
-            "status": {
-                "observedGeneration": 1,
-                "conditions": [
-                    {"type": "Ready", "status": "False", "reason": ready_reason, "message": "m"}
-                ],
-            },
-        }
+def _ready_false(reason: str) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": 1},
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": "m"}],
+        },
+    }
 
-    assert run_health(tunnel(reason))["status"] == "Progressing"
-    # The same word as a prefix of another reason is not transient.
-    assert run_health(tunnel(reason + "Failed"))["status"] == "Degraded"
+
+def test_transient_reasons_are_the_apis() -> None:
+    """The Lua's list and routevpn.api.conditions.TRANSIENT_REASONS never drift apart."""
+    lua_table = HEALTH_LUA.read_text().split("local transient = {", 1)[1].split("}", 1)[0]
+    in_lua = set(re.findall(r"^\s*(\w+) = true,$", lua_table, re.MULTILINE))
+    assert in_lua == {str(r) for r in TRANSIENT_REASONS}
+
+
+@pytest.mark.parametrize("reason", sorted(str(r) for r in Reason))
+def test_every_api_reason_maps_to_progressing_or_degraded(reason: str) -> None:
+    want = "Progressing" if reason in TRANSIENT_REASONS else "Degraded"
+    got = run_health(_ready_false(reason))
+    assert got == {"status": want, "message": f"{reason}: m"}
+
+
+def test_a_prefix_of_a_transient_reason_is_not_transient() -> None:
+    assert run_health(_ready_false("PendingFailed"))["status"] == "Degraded"
 
 
 def test_argocd_cm_example_carries_the_same_lua() -> None:

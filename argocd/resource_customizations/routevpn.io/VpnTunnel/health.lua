@@ -5,12 +5,15 @@
 local hs = {}
 
 -- Reasons of Ready=False that resolve without anyone acting: still on the way to Ready.
+-- The same set as routevpn.api.conditions.TRANSIENT_REASONS (a test keeps them equal).
 local transient = {
   Pending = true,
-  Connecting = true,
-  Installing = true,
   Scheduling = true,
   Configuring = true,
+  Connecting = true,
+  Installing = true,
+  WaitingForAgent = true,
+  Stale = true,
 }
 
 local function describe(cond)
