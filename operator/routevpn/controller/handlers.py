@@ -42,6 +42,8 @@ class Runtime:
     worker: Worker | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     http_runner: Any = None
+    #: Node facts as node_event last acted on them (the index has already updated the view).
+    nodes_handled: dict[str, Any] = field(default_factory=dict)
 
 
 RUNTIME: Runtime | None = None
@@ -179,12 +181,14 @@ def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """Re-place tunnels when a node's labels, readiness or addresses change, or it goes."""
     rt, w = _rt(), _worker()
     rec = node_from_body(body)
-    before = rt.store.nodes.get(rec.name)
+    before = rt.nodes_handled.get(rec.name)
     if event.get("type") == "DELETED":
         rt.store.nodes.pop(rec.name, None)
+        rt.nodes_handled.pop(rec.name, None)
     else:
         rt.store.nodes[rec.name] = rec
-        if before == rec and event.get("type") is not None:
+        rt.nodes_handled[rec.name] = rec
+        if before == rec:
             return  # a heartbeat: nothing placement looks at has changed
     for key in list(rt.store.tunnels):
         w.enqueue(key)

@@ -59,11 +59,13 @@ class KubeIO:
 
     async def patch_metadata(
         self, namespace: str, name: str, patch: dict[str, Any], kind: str
-    ) -> None:
-        """A JSON merge patch of metadata; with resourceVersion inside it is guarded (409)."""
+    ) -> dict[str, Any] | None:
+        """A JSON merge patch of metadata; with resourceVersion inside it is guarded (409).
+
+        The object as patched, or None when it is gone."""
         API_WRITES.labels(kind).inc()
         try:
-            await asyncio.to_thread(
+            got: object = await asyncio.to_thread(
                 self._custom.patch_namespaced_custom_object,
                 naming.GROUP,
                 naming.VERSION,
@@ -78,6 +80,33 @@ class KubeIO:
                 raise ConflictError(f"{namespace}/{name} changed, will look again") from None
             if e.status != 404:
                 raise
+            return None
+        return cast(dict[str, Any], got)
+
+    async def post_event(
+        self, ref: dict[str, Any], etype: str, reason: str, message: str, now: str
+    ) -> None:
+        """A core/v1 Event about a tunnel (never carrying secret material)."""
+        API_WRITES.labels("event").inc()
+        meta = ref["metadata"]
+        body = {
+            "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": ref["apiVersion"],
+                "kind": ref["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": etype,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await asyncio.to_thread(self._core.create_namespaced_event, meta["namespace"], body)
 
     async def apply_secret(self, body: dict[str, Any]) -> None:
         """Create or update a delivered Secret (server-side apply)."""

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM."""
     level = os.environ.get("ROUTEVPN_LOG_LEVEL", "info").upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO), format="%(message)s")
+    # kopf logs every handler call at INFO: 1000 tunnels would bury the operator's own lines.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Peering pauses every replica of equal priority: draw one, distinct with near certainty.
     priority = secrets.randbelow(2**31 - 1) + 1
     handlers.RUNTIME = handlers.Runtime(

@@ -7,20 +7,16 @@ and recording the claim), so allocation is race-free however many writes are in 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any, cast
-
-import kopf
+from typing import Any
 
 from routevpn.api import naming
 from routevpn.api.conditions import ConditionType
 from routevpn.controller import bundle
 from routevpn.controller.kubeio import ConflictError, KubeIO
 from routevpn.controller.metrics import (
-    API_WRITES,
     RECONCILE_DURATION,
     RECONCILE_ERRORS,
     RECONCILE_TOTAL,
@@ -176,7 +172,9 @@ class Worker:
         if d.delete_secret and d.remove_operator_finalizer:
             await self.io.delete_secret(secret_ns, secret_name)
         if patch["metadata"]:
-            await self.io.patch_metadata(ns, name, patch, "metadata")
+            patched = await self.io.patch_metadata(ns, name, patch, "metadata")
+            if patched is not None:
+                self.store.put_tunnel(tunnel_from_body(patched))
             if d.label_changed:
                 log.info("%s: label %s=%s", rec.ref, naming.NODE_LABEL, d.label or "(removed)")
         if d.delete_secret and not d.remove_operator_finalizer:
@@ -185,10 +183,12 @@ class Worker:
             log.info("%s: released (allocation freed, delivered Secret deleted)", rec.ref)
         for etype, reason, message in d.events:
             log.info("%s: %s %s: %s", rec.ref, etype, reason, message)
-            API_WRITES.labels("event").inc()
-            # Outside a running operator (unit use) there is no poster: logged above.
-            with contextlib.suppress(LookupError):
-                kopf.event(cast(Any, body_ref), type=etype, reason=reason, message=message)
+            # An Event that can't be posted must not undo the decision: logged above.
+            try:
+                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                await self.io.post_event(body_ref, etype, reason, message, stamp)
+            except Exception as e:
+                log.warning("%s: event %s not posted: %s", rec.ref, reason, type(e).__name__)
 
     def count_ready(self) -> None:
         """Refresh the routevpn_tunnels gauge from the view."""
