@@ -144,3 +144,17 @@ def test_strongswan_conf_override(tmp_path: Path) -> None:
     docs = render({"charon": {"strongswanConf": "charon {\n}\n"}}, tmp_path)
     conf = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["strongswan.conf"]
     assert conf == "charon {\n}\n"
+
+
+def test_kind_values_render_with_the_locally_loaded_images(tmp_path: Path, crd_dir: Path) -> None:
+    values = yaml.safe_load((ROOT / "kind" / "values.yaml").read_text())
+    text = render_text(values, tmp_path, include_crds=True)
+    assert kubeconform(text, crd_dir).returncode == 0
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    assert ds["metadata"]["namespace"] == "routevpn-agent"
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["nodeSelector"]["routevpn.io/gateway"] == "true"
+    images = {(c["image"], c["imagePullPolicy"]) for c in pod["containers"]}
+    # `kind load` puts these in the nodes; Never makes a missing load fail loudly.
+    assert images == {("routevpn:dev", "Never"), ("routevpn-charon:dev", "Never")}
