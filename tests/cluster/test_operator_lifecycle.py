@@ -1,4 +1,5 @@
 """The operator against a real apiserver: placement, moves, secrets, Ready, deletion."""
+# ruff: noqa: F811  (pytest fixtures imported from the harness are test parameters)
 
 from __future__ import annotations
 

@@ -106,7 +106,9 @@ class KubeIO:
             "lastTimestamp": now,
             "count": 1,
         }
-        await asyncio.to_thread(self._core.create_namespaced_event, meta["namespace"], body)
+        await asyncio.to_thread(
+            self._core.create_namespaced_event, meta["namespace"], cast(Any, body)
+        )
 
     async def apply_secret(self, body: dict[str, Any]) -> None:
         """Create or update a delivered Secret (server-side apply)."""
