@@ -81,7 +81,7 @@ def test_every_conflict_kind(
         create_tunnel(kube, namespace, tunnel_body(f"{case}-b", sel, interface=iface))
     for case, (_, reason) in cases.items():
         got = wait_until(
-            lambda c=case: (
+            lambda c=case, r=reason: (
                 condition(get_tunnel(kube, namespace, f"{c}-b"), "Scheduled").get("reason") == r
                 and get_tunnel(kube, namespace, f"{c}-b")
             ),
