@@ -86,6 +86,11 @@ ldflags_k8s() {
 }
 
 cmd_build() {
+    mkdir -p "$CACHE/bin"
+    # One build at a time per cache (hack/setup.sh may run in several shells at once);
+    # a second caller waits, then finds the first one's binaries.
+    exec 9>"$CACHE/bin/.build.lock"
+    flock 9
     local digest
     digest="$(build_digest)"
     if [[ -f "$BIN/.digest" && "$(cat "$BIN/.digest")" == "$digest" ]]; then

@@ -123,13 +123,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterAccess]
     """The control plane for this session (see the module docstring)."""
     gen = _start(tmp_path_factory)
     access = next(gen)
+    t0 = time.monotonic()
     try:
         access.crd_names = apply_crd(access.kubectl, _crd_yaml())
     except Exception as e:  # reported by the `crd` fixture, to the tests that need it
         access.crd_error = f"{type(e).__name__}: {e}"
     _SUMMARY.append(
         f"cluster tier: {access.source} control plane at {access.kubeconfig}, "
-        f"ready in {access.start_seconds:.1f}s"
+        f"ready in {access.start_seconds:.1f}s, CRD applied in {time.monotonic() - t0:.1f}s"
     )
     try:
         yield access
