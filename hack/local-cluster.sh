@@ -49,8 +49,11 @@ HOST="127.0.0.1"
 # a range this project may use: a documentation range, never 10/8 or 172.16/12.
 SERVICE_CIDR="198.51.100.0/24"
 SERVICE_IP="198.51.100.1"
-# The address the QEMU lab guest sees this host at (user-network forward, LAB.md).
+# Where the QEMU lab guest reaches this host's loopback ports: QEMU's host alias (192.0.2.2)
+# and the guestfwd service address (192.0.2.100; QEMU refuses a forward on its own host
+# alias, see tests/support/labspec.py). Both must be in the serving certificate.
 LAB_HOST_IP="192.0.2.2"
+LAB_SERVICE_IP="192.0.2.100"
 
 BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager)
@@ -172,11 +175,11 @@ gen_certs() {
         -addext "basicConstraints=critical,CA:TRUE" \
         -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
     # Valid for every name a client may use: loopback over IPv4/IPv6 and by name; the
-    # in-cluster service names; and 192.0.2.2, where the QEMU lab guest reaches this
-    # host's loopback port through its user-network forward (the demo's agent runs in
+    # in-cluster service names; and 192.0.2.2/192.0.2.100, where the QEMU lab guest reaches
+    # this host's loopback port through its user-network forward (the demo's agent runs in
     # the guest and must verify this certificate like any other client).
     sign apiserver "/CN=kube-apiserver" \
-        "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:0:0:0:0:0:0:0:1,IP:$LAB_HOST_IP,IP:$SERVICE_IP"
+        "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:0:0:0:0:0:0:0:1,IP:$LAB_HOST_IP,IP:$LAB_SERVICE_IP,IP:$SERVICE_IP"
     # system:masters: the admin of a throwaway cluster; the controller-manager gets its
     # own identity so RBAC applies to it as in a real cluster.
     sign admin "/O=system:masters/CN=routevpn-admin"

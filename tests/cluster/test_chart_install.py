@@ -331,14 +331,19 @@ def test_agent_may_set_its_finalizer_but_not_change_spec(
         kubectl("patch", VT, name, *as_agent, "--type=merge", "-p", json.dumps(finalizer))
         spec = {"spec": {"interface": {"mtu": 1300}}}
 
+        patch = ("--type=merge", "-p", json.dumps(spec))
+
         def refused() -> subprocess.CompletedProcess[str] | None:
-            patch = ("--type=merge", "-p", json.dumps(spec))
-            res = kubectl("patch", VT, name, *as_agent, *patch, check=False)
+            # Server-side dry run: admission runs, nothing is stored, so an attempt made
+            # before the guard is active can't change the spec behind the test's back.
+            res = kubectl("patch", VT, name, *as_agent, *patch, "--dry-run=server", check=False)
             return res if res.returncode != 0 else None
 
         # The apiserver learns policies through an informer: allow it a moment.
-        # (Were the guard missing, the first patch would succeed and this would time out.)
-        denied = wait_until(refused, timeout=30, what="the spec guard refusing a spec patch")
+        # (Were the guard missing, every dry run would succeed and this would time out.)
+        wait_until(refused, timeout=30, what="the spec guard refusing a spec patch")
+        denied = kubectl("patch", VT, name, *as_agent, *patch, check=False)
+        assert denied.returncode != 0, "the agent changed a VpnTunnel's spec"
         assert "never its spec" in denied.stderr, denied.stderr
         got = json.loads(kubectl("get", VT, name, "-n", ns, "-o", "json").stdout)
         assert got["metadata"]["finalizers"] == ["routevpn.io/agent"]

@@ -228,7 +228,7 @@ def _server(cluster: ClusterAccess) -> tuple[str, int, Path]:
     return m.group(1), int(m.group(2)), ca
 
 
-@pytest.mark.parametrize("name", ["127.0.0.1", "::1", "localhost", "192.0.2.2"])
+@pytest.mark.parametrize("name", ["127.0.0.1", "::1", "localhost", "192.0.2.2", "192.0.2.100"])
 def test_serving_certificate_names(cluster: ClusterAccess, name: str) -> None:
     """The names a client may use, incl. 192.0.2.2 (the lab guest's view of this host)."""
     own_plane(cluster)
