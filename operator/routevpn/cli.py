@@ -22,9 +22,10 @@ def _operator(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _agent(_: argparse.Namespace) -> int:
-    sys.stderr.write("routevpn agent: not implemented yet\n")
-    return 2
+def _agent(args: argparse.Namespace) -> int:
+    from routevpn.agent.main import main as agent_main
+
+    return agent_main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(op)
     op.set_defaults(func=_operator)
 
-    agent = sub.add_parser("agent", help="run the node agent (not implemented yet)")
-    agent.add_argument("--node", help="the Kubernetes Node this agent serves")
+    agent = sub.add_parser("agent", help="run the node agent")
+    from routevpn.agent.options import add_arguments as add_agent_arguments
+
+    add_agent_arguments(agent)
     agent.set_defaults(func=_agent)
     return parser
 

@@ -10,8 +10,9 @@ findings, error classes), which tools match on.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from routevpn.api.conditions import ConditionType, Reason, Status
 from routevpn.dataplane import errors
@@ -214,6 +215,35 @@ def _traffic(obs: Observation, child: Cond) -> Cond:
     if child.status is not Status.TRUE or obs.traffic is None:
         return Cond(t, Status.UNKNOWN, Reason.PENDING, "waiting for the CHILD SA")
     return Cond(t, obs.traffic.status, obs.traffic.reason, obs.traffic.message)
+
+
+#: "No news" reasons that must not replace a failure already reported (see below).
+_NO_NEWS = frozenset({Reason.CONNECTING, Reason.INSTALLING})
+
+
+def keep_known_failures(new: list[Cond], previous: Iterable[Mapping[str, Any]]) -> list[Cond]:
+    """Keep a reported IKE/CHILD failure while nothing new is known about it.
+
+    charon tells why a negotiation failed once, as it happens; an agent that restarts
+    (or a charon that keeps retrying quietly) has no news, only "still not up". That is
+    no reason to turn a False with a precise reason back into Unknown (and write, and
+    emit an Event): the failure stands until the SA comes up or another failure shows.
+    """
+    old = {str(c.get("type")): c for c in previous}
+    out: list[Cond] = []
+    for c in new:
+        prev = old.get(c.type.value)
+        sticky = c.type in (ConditionType.IKE_ESTABLISHED, ConditionType.CHILD_SA_INSTALLED)
+        if (
+            sticky
+            and prev is not None
+            and c.status is Status.UNKNOWN
+            and c.reason in _NO_NEWS
+            and prev.get("status") == Status.FALSE.value
+        ):
+            c = Cond(c.type, Status.FALSE, str(prev.get("reason")), str(prev.get("message")))
+        out.append(c)
+    return out
 
 
 def compute(obs: Observation, conn: str) -> list[Cond]:

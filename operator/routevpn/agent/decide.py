@@ -1,0 +1,69 @@
+"""What the agent must do with one tunnel it sees, and which secret belongs to which tunnel.
+
+The contract with the operator, as pure functions of the object:
+- label == me, status.node == me, no deletionTimestamp → configure (finalizer first);
+- label == me and (status.node != me or deletionTimestamp set) → tear down, then
+  remove the agent's finalizer;
+- anything else is not this agent's business.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+from routevpn.agent.desired import DeliveredSecret
+from routevpn.api import naming
+
+#: Labels and annotation of a delivered Secret (the operator's delivery contract).
+TUNNEL_NAMESPACE_LABEL = f"{naming.GROUP}/tunnel-namespace"
+TUNNEL_NAME_LABEL = f"{naming.GROUP}/tunnel-name"
+CONTENT_HASH_ANNOTATION = f"{naming.GROUP}/content-hash"
+
+
+class Action(enum.Enum):
+    """The agent's decision for one tunnel."""
+
+    CONFIGURE = "configure"
+    TEARDOWN = "teardown"
+    IGNORE = "ignore"
+
+
+def decide(obj: Mapping[str, Any], node: str) -> Action:
+    """Configure, tear down or ignore `obj` on `node` (see the module docstring)."""
+    meta = obj.get("metadata") or {}
+    if (meta.get("labels") or {}).get(naming.NODE_LABEL) != node:
+        return Action.IGNORE
+    status_node = (obj.get("status") or {}).get("node")
+    if meta.get("deletionTimestamp") or status_node != node:
+        return Action.TEARDOWN
+    return Action.CONFIGURE
+
+
+def has_finalizer(obj: Mapping[str, Any]) -> bool:
+    """Whether the agent's finalizer is on `obj`."""
+    return naming.AGENT_FINALIZER in ((obj.get("metadata") or {}).get("finalizers") or [])
+
+
+def secret_owner(secret: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, name) of the tunnel a delivered Secret is for, from its labels."""
+    labels = (secret.get("metadata") or {}).get("labels") or {}
+    ns, name = labels.get(TUNNEL_NAMESPACE_LABEL), labels.get(TUNNEL_NAME_LABEL)
+    if not ns or not name:
+        return None
+    return str(ns), str(name)
+
+
+def delivered(secret: Mapping[str, Any]) -> DeliveredSecret | None:
+    """A Secret's data decoded, with its content hash; None when it can't be decoded."""
+    data: dict[str, str] = {}
+    try:
+        for key, value in (secret.get("data") or {}).items():
+            data[str(key)] = base64.b64decode(str(value), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    return DeliveredSecret(data, str(annotations.get(CONTENT_HASH_ANNOTATION, "")))

@@ -1,0 +1,56 @@
+"""Command-line flags of `routevpn agent` (argparse only, cheap to import)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the agent's flags; defaults come from the DaemonSet's environment where set."""
+    env = os.environ
+    parser.add_argument(
+        "--node", default=env.get("NODE_NAME"), help="the Node this agent serves ($NODE_NAME)"
+    )
+    parser.add_argument(
+        "--namespace",
+        default=env.get("ROUTEVPN_NAMESPACE"),
+        help="routevpn's namespace, where delivered Secrets live ($ROUTEVPN_NAMESPACE)",
+    )
+    parser.add_argument(
+        "--vici-socket",
+        default="/run/routevpn/charon.vici",
+        help="charon's VICI socket (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--http-port", type=int, default=9478, help="/metrics, /healthz, /readyz port"
+    )
+    parser.add_argument(
+        "--bind-address",
+        default="0.0.0.0",  # noqa: S104 - probes and scraping reach the pod's host network
+        help="address the HTTP server binds (default: %(default)s)",
+    )
+    parser.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster)")
+    parser.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=30.0,
+        help="re-check every tunnel this often, repairing drift (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--counters-period",
+        type=float,
+        default=60.0,
+        help="byte/packet counters reach status at most this often (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=120.0,
+        help="TrafficFlowing turns False after this long without received bytes",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env.get("ROUTEVPN_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING (default: $ROUTEVPN_LOG_LEVEL or INFO)",
+    )

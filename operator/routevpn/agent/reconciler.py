@@ -1,0 +1,350 @@
+"""One reconcile pass over some tunnels: observe → plan → diff/apply → report.
+
+Level-based: each pass reads what the node has (one `driver.observe()` before and one
+after applying), asks the driver to make the node match each plan (it changes only
+what differs and says what it changed), and reports conditions and SA facts through
+server-side apply, only when they differ from what the server already holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from routevpn.agent import conditions as cond
+from routevpn.agent import status as st
+from routevpn.agent.decide import Action, decide, delivered, has_finalizer
+from routevpn.agent.desired import Blocked, DeliveredSecret, build_plan, local_address
+from routevpn.agent.kube import ConflictError, Kube, Obj, key_of
+from routevpn.agent.metrics import Metrics
+from routevpn.api import naming
+from routevpn.api.conditions import Reason, Status
+from routevpn.api.tunnel import VpnTunnel
+from routevpn.dataplane.driver import Driver
+from routevpn.dataplane.errors import DataplaneError
+from routevpn.dataplane.facts import Facts, IpsecFacts
+from routevpn.dataplane.plan import TunnelPlan
+from routevpn.dataplane.reasons import ReasonTracker
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The agent's knobs (flags of `routevpn agent`)."""
+
+    node: str
+    namespace: str
+    resync_seconds: float = 30.0
+    counters_period: float = st.DEFAULT_COUNTERS_PERIOD
+    quiet_seconds: float = cond.DEFAULT_QUIET_SECONDS
+
+
+@dataclass
+class _Work:
+    """One tunnel's state within a pass."""
+
+    key: Key
+    obj: Obj
+    tunnel: VpnTunnel | None = None
+    plan: TunnelPlan | None = None
+    problem: cond.Problem | None = None
+    problem_status: Status = Status.FALSE
+
+
+@dataclass
+class State:
+    """What the agent knows: the watched objects and what it has configured."""
+
+    tunnels: dict[Key, Obj] = field(default_factory=dict)
+    secrets: dict[Key, Obj] = field(default_factory=dict)
+    configured: set[Key] = field(default_factory=set)
+
+
+def underlay_of(facts: Facts | None, local: str | None) -> str | None:
+    """The interface holding the local address (what an XFRM interface binds to)."""
+    if facts is None or local is None:
+        return None
+    want = ipaddress.ip_address(local)
+    for addr in facts.netlink.addresses:
+        if addr.address.ip == want:
+            return addr.ifname
+    return None
+
+
+class Reconciler:
+    """Turns watched objects into node changes and status writes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        kube: Kube,
+        driver: Driver,
+        metrics: Metrics,
+        reasons: ReasonTracker | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.driver = driver
+        self.metrics = metrics
+        self.reasons = reasons or ReasonTracker()
+        self.clock = clock
+        self.state = State()
+        self.traffic = cond.TrafficTracker(settings.quiet_seconds)
+        self.charon_ok = False
+        self.gc_done = False
+
+    # -- the pass -------------------------------------------------------------------
+
+    async def run_pass(self, keys: Iterable[Key]) -> None:
+        """Reconcile `keys` (tunnels that changed, or all of them on a resync)."""
+        keys = sorted(set(keys))
+        facts = await self._observe()
+        work: list[_Work] = []
+        for key in keys:
+            obj = self.state.tunnels.get(key)
+            if obj is None:
+                await self._gone(key)
+                continue
+            action = decide(obj, self.settings.node)
+            if action is Action.TEARDOWN:
+                await self._teardown(key, obj)
+            elif action is Action.CONFIGURE:
+                work.append(self._plan(key, obj, facts))
+        if not self.gc_done:
+            await self._garbage_collect(work)
+        for w in work:
+            await self._apply(w)
+        after = await self._observe() if work else facts
+        for w in work:
+            await self._report(w, after.ipsec if after else None)
+        self.metrics.tunnels.set(len(self.state.configured))
+
+    async def _observe(self) -> Facts | None:
+        try:
+            facts = await self.driver.observe()
+        except DataplaneError as e:
+            if self.charon_ok:
+                log.warning("cannot observe the node: %s", e)
+            self.charon_ok = False
+            return None
+        self.charon_ok = True
+        return facts
+
+    async def _garbage_collect(self, work: list[_Work]) -> None:
+        """Once, after the first full list: remove what we own that no tunnel wants."""
+        desired = [w.plan for w in work if w.plan is not None]
+        try:
+            changes = await self.driver.garbage_collect(desired)
+        except DataplaneError as e:
+            log.warning("garbage collection postponed: %s", e)
+            return
+        for change in changes:
+            log.info("garbage-collected %s", change)
+            self.metrics.dataplane_changes_total.labels(change.what).inc()
+        self.gc_done = True
+
+    # -- configure ------------------------------------------------------------------
+
+    def _plan(self, key: Key, obj: Obj, facts: Facts | None) -> _Work:
+        w = _Work(key, obj)
+        ref = naming.tunnel_ref(*key)
+        try:
+            w.tunnel = VpnTunnel.from_wire(obj)
+        except ValidationError as e:
+            first = e.errors()[0]
+            w.problem = cond.Problem(
+                Reason.INVALID_SPEC, f"tunnel {ref}: {first.get('msg', 'invalid')} "
+                f"at {'.'.join(str(x) for x in first.get('loc', ()))}"
+            )  # fmt: skip
+            return w
+        secret = self._secret(key)
+        made = build_plan(w.tunnel, secret, underlay_of(facts, local_address(w.tunnel)))
+        if isinstance(made, Blocked):
+            w.problem, w.problem_status = cond.Problem(made.reason, made.message), made.status
+        else:
+            w.plan = made
+        return w
+
+    def _secret(self, key: Key) -> DeliveredSecret | None:
+        obj = self.state.secrets.get(key)
+        return delivered(obj) if obj is not None else None
+
+    async def _apply(self, w: _Work) -> None:
+        ref = naming.tunnel_ref(*w.key)
+        if not has_finalizer(w.obj):
+            # Finalizer first: from here on the object can't vanish before teardown.
+            updated = await self._add_finalizer(w.obj)
+            if updated is None:
+                w.plan, w.problem = None, cond.Problem(Reason.PENDING, "adding the finalizer")
+                w.problem_status = Status.UNKNOWN
+                return
+            w.obj = updated
+            self.state.tunnels[w.key] = updated
+        plan = w.plan
+        if plan is None:
+            return
+        conn = plan.conn.name
+        for peer in plan.conn.remote_addrs:
+            self.reasons.peers[peer] = conn
+        self.reasons.expected[conn] = plan.conn.remote_id
+        try:
+            result = await self.driver.apply(plan)
+        except DataplaneError as e:
+            w.problem = cond.problem_of(e)
+            log.warning("%s", e)
+            return
+        self.state.configured.add(w.key)
+        for change in result.changes:
+            self.metrics.dataplane_changes_total.labels(change.what).inc()
+        if result.findings:
+            first = result.findings[0]
+            msg = " ".join(f.message for f in result.findings)
+            w.problem = cond.Problem(first.reason, msg)
+            log.warning("tunnel %s not applied: %s", ref, msg)
+        elif result.changes:
+            log.info("tunnel %s: %d change(s) applied", ref, len(result.changes))
+
+    async def _add_finalizer(self, obj: Obj) -> Obj | None:
+        for _ in range(3):
+            try:
+                out: Obj = await asyncio.to_thread(
+                    self.kube.add_finalizer, obj, naming.AGENT_FINALIZER
+                )
+                return out
+            except ConflictError:
+                fresh = await asyncio.to_thread(self.kube.get_tunnel, *key_of(obj))
+                if fresh is None:
+                    return None
+                if has_finalizer(fresh):
+                    return fresh
+                obj = fresh
+        return None
+
+    # -- report ---------------------------------------------------------------------
+
+    async def _report(self, w: _Work, ipsec: IpsecFacts | None) -> None:
+        ns, name = w.key
+        conn = naming.conn_name(ns, name)
+        now_ts = self.clock()
+        now = datetime.fromtimestamp(now_ts, UTC)
+        ike = cond.best_ike(list(ipsec.sas), conn) if ipsec is not None else None
+        child = cond.best_child(ike, conn)
+        problem, problem_status = w.problem, w.problem_status
+        if problem is None and ipsec is None:
+            problem = cond.Problem(
+                Reason.CHARON_UNAVAILABLE,
+                f"tunnel {ns}/{name}: charon's VICI socket does not answer; is the charon "
+                "container running?",
+            )
+        failure = self.reasons.get(conn)
+        mode = w.tunnel.spec.effective_mode.value if w.tunnel is not None else "route"
+        start = w.plan.conn.child.start_action if w.plan is not None else "start"
+        obs = cond.Observation(
+            mode="policy" if mode == "policy" else "route",
+            plan=w.plan,
+            problem=problem,
+            problem_status=problem_status,
+            failure=cond.Problem(failure.reason, failure.message) if failure else None,
+            ike=ike,
+            traffic=self.traffic.judge(f"{ns}/{name}", child, now_ts),
+            start_action=start,
+        )
+        current: dict[str, Any] = dict(w.obj.get("status") or {})
+        generation = int((w.obj.get("metadata") or {}).get("generation") or 1)
+        previous = current.get("conditions") or []
+        computed = cond.keep_known_failures(cond.compute(obs, conn), previous)
+        conds = st.merge_conditions(computed, previous, generation, now)
+        configured = problem is None
+        ike_wire = st.ike_status(ike, current.get("ike"), now) if configured else None
+        child_wire = (
+            st.child_status(child, current.get("child"), now, self.settings.counters_period)
+            if configured
+            else None
+        )
+        desired = st.desired_status(conds, ike_wire, child_wire)
+        self.metrics.tunnel(ns, name, ike, child, now_ts)
+        if not st.needs_write(desired, current):
+            return
+        moved = st.transitions(conds, current)
+        updated = await asyncio.to_thread(self.kube.apply_status, ns, name, desired)
+        self._remember(w.key, updated)
+        for c in moved:
+            await asyncio.to_thread(
+                self.kube.event,
+                updated,
+                type_=st.event_type(c),
+                reason=str(c["reason"]),
+                message=f"{c['type']} is {c['status']}: {c['message']}",
+                node=self.settings.node,
+            )
+
+    def _remember(self, key: Key, obj: Obj) -> None:
+        """Keep the newer of the cached and the returned object."""
+        old = self.state.tunnels.get(key)
+        if old is None:
+            return
+        try:
+            newer = int(obj["metadata"]["resourceVersion"]) >= int(
+                old["metadata"]["resourceVersion"]
+            )
+        except (KeyError, ValueError, TypeError):
+            newer = True
+        if newer:
+            self.state.tunnels[key] = obj
+
+    # -- tear down ------------------------------------------------------------------
+
+    async def _teardown(self, key: Key, obj: Obj) -> None:
+        ref = naming.tunnel_ref(*key)
+        try:
+            changes = await self.driver.remove(ref)
+        except DataplaneError as e:
+            log.warning("tunnel %s: teardown failed, will retry: %s", ref, e)
+            raise
+        for change in changes:
+            self.metrics.dataplane_changes_total.labels(change.what).inc()
+        if changes:
+            log.info("tunnel %s torn down (%d change(s))", ref, len(changes))
+        self._forget(key)
+        if has_finalizer(obj):
+            try:
+                updated = await asyncio.to_thread(
+                    self.kube.remove_finalizer, obj, naming.AGENT_FINALIZER
+                )
+            except ConflictError:
+                fresh = await asyncio.to_thread(self.kube.get_tunnel, *key)
+                if fresh is not None and has_finalizer(fresh):
+                    updated = await asyncio.to_thread(
+                        self.kube.remove_finalizer, fresh, naming.AGENT_FINALIZER
+                    )
+                else:
+                    return
+            log.info("tunnel %s: cleaned up, agent finalizer removed", ref)
+            self._remember(key, updated)
+
+    async def _gone(self, key: Key) -> None:
+        """The tunnel left this agent's view (deleted, or relabelled to another node)."""
+        if key not in self.state.configured:
+            self._forget(key)
+            return
+        ref = naming.tunnel_ref(*key)
+        changes = await self.driver.remove(ref)
+        log.info("tunnel %s is no longer this node's: removed (%d change(s))", ref, len(changes))
+        self._forget(key)
+
+    def _forget(self, key: Key) -> None:
+        self.state.configured.discard(key)
+        self.traffic.forget(naming.tunnel_ref(*key))
+        self.metrics.forget(*key)
