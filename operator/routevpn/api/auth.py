@@ -6,8 +6,15 @@ import ipaddress
 
 from pydantic import Field, field_validator, model_validator
 
-from routevpn.api.base import ApiModel, cel, rules
-from routevpn.api.fields import DNS_NAME, AuthType, Identity, check_ip
+from routevpn.api.base import ApiModel, cel, cel_string, rules
+from routevpn.api.fields import (
+    DNS_NAME,
+    UNICAST_CEL,
+    UNICAST_MSG,
+    AuthType,
+    Identity,
+    check_unicast,
+)
 
 # --- endpoints and auth ---------------------------------------------------------------
 
@@ -23,7 +30,8 @@ class LocalEndpoint(ApiModel):
             "on the node. Default: the node's InternalIP of the remote address's family."
         ),
         json_schema_extra=rules(
-            cel("isIP(self)", "spec.local.address: must be an IP address, e.g. 2001:db8:0:1::1")
+            cel("isIP(self)", "spec.local.address: must be an IP address, e.g. 2001:db8:0:1::1"),
+            cel(f"!isIP(self) || {UNICAST_CEL}", f"spec.local.address: {UNICAST_MSG}"),
         ),
     )
     id: Identity | None = Field(
@@ -38,7 +46,7 @@ class LocalEndpoint(ApiModel):
     @field_validator("address")
     @classmethod
     def _address_is_ip(cls, v: str | None) -> str | None:
-        return None if v is None else check_ip(v, "spec.local.address")
+        return None if v is None else check_unicast(v, "spec.local.address")
 
 
 class RemoteEndpoint(ApiModel):
@@ -51,9 +59,10 @@ class RemoteEndpoint(ApiModel):
         ),
         json_schema_extra=rules(
             cel(
-                "isIP(self) || self.matches('" + DNS_NAME.pattern.replace("\\", "\\\\") + "')",
+                f"isIP(self) || self.matches('{cel_string(DNS_NAME.pattern)}')",
                 "spec.remote.address: must be an IP address or a DNS name",
-            )
+            ),
+            cel(f"!isIP(self) || {UNICAST_CEL}", f"spec.remote.address: {UNICAST_MSG}"),
         ),
     )
     id: Identity | None = Field(
@@ -69,7 +78,10 @@ class RemoteEndpoint(ApiModel):
     def _address_is_ip_or_name(cls, v: str) -> str:
         try:
             ipaddress.ip_address(v)
-        except ValueError:
+            return check_unicast(v, "spec.remote.address")
+        except ValueError as err:
+            if str(err).startswith("spec.remote.address"):
+                raise
             if not DNS_NAME.match(v):
                 raise ValueError(
                     f"spec.remote.address: must be an IP address or a DNS name (got {v!r})"

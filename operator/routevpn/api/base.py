@@ -23,6 +23,11 @@ def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str
     return entry
 
 
+def cel_string(text: str) -> str:
+    """`text` as the body of a single-quoted CEL string literal (backslashes doubled)."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
 def rules(*entries: dict[str, str]) -> dict[str, Any]:
     """`json_schema_extra` carrying CEL rules for a model or a field."""
     return {CEL_KEY: list(entries)}

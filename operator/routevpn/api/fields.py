@@ -25,6 +25,17 @@ DNS_NAME: Final = re.compile(
     r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
     r"[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
 )
+#: A Kubernetes object name (DNS-1123 subdomain), as Node names are.
+DNS_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A label key (optional DNS prefix, then a name) and a label value, as Kubernetes checks them.
+LABEL_KEY: Final = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE: Final = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+#: CEL: an outer (IKE/ESP) address must be unicast: not unspecified, loopback or multicast.
+UNICAST_CEL: Final = "ip(self).isGlobalUnicast() || ip(self).isLinkLocalUnicast()"
+UNICAST_MSG: Final = "must be a unicast address (not unspecified, loopback or multicast)"
 IFNAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 DURATION_PATTERN: Final = r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"
 PROPOSAL_PATTERN: Final = r"^[a-z0-9_]+(-[a-z0-9_]+)*$"
@@ -46,6 +57,14 @@ def check_ip(value: str, field: str) -> str:
         ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"{field}: must be an IP address (got {value!r})") from None
+    return value
+
+
+def check_unicast(value: str, field: str) -> str:
+    """An outer endpoint address: an IP that can terminate IKE (as UNICAST_CEL)."""
+    addr = ipaddress.ip_address(check_ip(value, field))
+    if addr.is_unspecified or addr.is_loopback or addr.is_multicast:
+        raise ValueError(f"{field}: {UNICAST_MSG} (got {value!r})")
     return value
 
 

@@ -51,7 +51,15 @@ class Ike(ApiModel):
     """The IKE SA (phase 1)."""
 
     model_config = ApiModel.model_config | {
-        "json_schema_extra": rules(lifetime_rule("spec.ike", *IKE_LIFETIMES))
+        "json_schema_extra": rules(
+            lifetime_rule("spec.ike", *IKE_LIFETIMES),
+            cel(
+                "!has(self.dpd) || !has(self.dpd.timeout) || "
+                "(has(self.version) && self.version == 1)",
+                "spec.ike.dpd.timeout: only for IKEv1 (IKEv2 declares a peer dead when its "
+                "retransmissions run out)",
+            ),
+        )
     }
 
     version: int | None = Field(
@@ -106,6 +114,8 @@ class Ike(ApiModel):
 
     @model_validator(mode="after")
     def _lifetimes_ordered(self) -> Ike:
+        if self.dpd is not None and self.dpd.timeout is not None and self.version != 1:
+            raise ValueError("spec.ike.dpd.timeout: only for IKEv1")
         check_lifetimes(
             "spec.ike", self.lifetime, self.rekey_margin, self.rekey_fuzz, IKE_LIFETIMES
         )

@@ -11,19 +11,23 @@ show drift; defaults are applied in code and documented in each description.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Final
+import re
+from typing import Annotated, Any, Final
 
 from pydantic import Field, model_validator
 
 from routevpn.api.auth import Auth, LocalEndpoint, RemoteEndpoint
 from routevpn.api.base import ApiModel, cel, rules
-from routevpn.api.fields import Mode
+from routevpn.api.fields import DNS_SUBDOMAIN, LABEL_KEY, LABEL_VALUE, Mode
 from routevpn.api.link import Interface, Route
 from routevpn.api.sa import Child, Ike
 
 # --- the spec ------------------------------------------------------------------------------
 
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
 _POLICY: Final = "(has(self.mode) && self.mode == 'policy')"
+_TABLE: Final = "(has({0}.table) ? {0}.table : 254)"
+_METRIC: Final = "(has({0}.metric) ? {0}.metric : 0)"
 
 
 class VpnTunnelSpec(ApiModel):
@@ -50,6 +54,18 @@ class VpnTunnelSpec(ApiModel):
                 "spec.remote.address: must be of the same IP family as spec.local.address",
             ),
             cel(
+                "!has(self.local) || !has(self.local.address) || !isIP(self.remote.address) || "
+                "self.local.address != self.remote.address",
+                "spec.remote.address: must differ from spec.local.address",
+            ),
+            cel(
+                "!has(self.routes) || self.routes.all(r, self.routes.exists_one(o, "
+                f"o.to == r.to && {_TABLE.format('o')} == {_TABLE.format('r')} && "
+                f"{_METRIC.format('o')} == {_METRIC.format('r')}))",
+                "spec.routes: two routes have the same to, table and metric; the kernel holds "
+                "one route per destination, table and metric",
+            ),
+            cel(
                 "!has(self.routes) || self.routes.all(r, !has(r.via) || !isIP(r.via) || "
                 "(has(self.interface) && has(self.interface.addresses) && "
                 "self.interface.addresses.exists(a, isCIDR(a) && "
@@ -64,15 +80,19 @@ class VpnTunnelSpec(ApiModel):
         default=None,
         min_length=1,
         max_length=253,
+        pattern=DNS_SUBDOMAIN,
         description="Run the tunnel on this node. Set this or nodeSelector.",
     )
-    node_selector: dict[str, str] | None = Field(
+    node_selector: dict[str, LabelValue] | None = Field(
         default=None,
         max_length=16,
         description=(
             "Run the tunnel on one node whose labels match all of these (chosen "
             "deterministically, kept while it stays eligible). Set this or nodeName."
         ),
+        # Values are checked by the schema; keys only by the models (a CEL regex over map
+        # keys of unbounded length is beyond the API server's cost budget), so a bad key
+        # surfaces as an InvalidSpec condition rather than at apply time.
     )
     mode: Mode | None = Field(
         default=None,
@@ -99,6 +119,12 @@ class VpnTunnelSpec(ApiModel):
     def _whole(self) -> VpnTunnelSpec:
         if (self.node_name is None) == (self.node_selector is None):
             raise ValueError("spec: set exactly one of nodeName or nodeSelector")
+        for key, value in (self.node_selector or {}).items():
+            if not re.match(LABEL_KEY, key) or not re.match(LABEL_VALUE, value):
+                raise ValueError(
+                    f"spec.nodeSelector: keys must be label keys and values label values "
+                    f"(got {key!r}: {value!r})"
+                )
         if self.effective_mode is Mode.POLICY:
             if self.interface is not None or self.routes is not None:
                 raise ValueError("spec.interface, spec.routes: not allowed in policy mode")
@@ -110,6 +136,11 @@ class VpnTunnelSpec(ApiModel):
             raise ValueError(
                 "spec.remote.address: must be of the same IP family as spec.local.address"
             )
+        if local_ip is not None and local_ip == remote_ip:
+            raise ValueError("spec.remote.address: must differ from spec.local.address")
+        keys = [(r.to, r.table or 254, r.metric or 0) for r in self.routes or []]
+        if len(set(keys)) != len(keys):
+            raise ValueError("spec.routes: two routes have the same to, table and metric")
         families = self.interface.families() if self.interface else set()
         for route in self.routes or []:
             if route.via is not None and ipaddress.ip_address(route.via).version not in families:
