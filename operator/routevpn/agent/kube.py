@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
@@ -49,6 +49,32 @@ def key_of(obj: Mapping[str, Any]) -> tuple[str, str]:
     """(namespace, name) of an object."""
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace", "")), str(meta.get("name", ""))
+
+
+class Api(Protocol):
+    """What the reconciler needs from the API server (`Kube`; an in-memory fake in tests)."""
+
+    def add_finalizer(self, obj: Mapping[str, Any], finalizer: str) -> Obj:
+        """Add `finalizer`; the updated object. Raises ConflictError if `obj` is stale."""
+        ...
+
+    def remove_finalizer(self, obj: Mapping[str, Any], finalizer: str) -> Obj:
+        """Remove `finalizer`; the updated object. Raises ConflictError if `obj` is stale."""
+        ...
+
+    def get_tunnel(self, ns: str, name: str) -> Obj | None:
+        """The tunnel now, or None."""
+        ...
+
+    def apply_status(self, ns: str, name: str, status: Mapping[str, Any]) -> Obj:
+        """Server-side apply of the agent's status fields; the updated object."""
+        ...
+
+    def event(
+        self, obj: Mapping[str, Any], *, type_: str, reason: str, message: str, node: str
+    ) -> None:
+        """Record one Event about `obj`."""
+        ...
 
 
 class ConflictError(Exception):

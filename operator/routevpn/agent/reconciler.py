@@ -23,7 +23,7 @@ from routevpn.agent import conditions as cond
 from routevpn.agent import status as st
 from routevpn.agent.decide import Action, decide, delivered, has_finalizer
 from routevpn.agent.desired import Blocked, DeliveredSecret, build_plan, local_address
-from routevpn.agent.kube import ConflictError, Kube, Obj, key_of
+from routevpn.agent.kube import Api, ConflictError, Obj, key_of
 from routevpn.agent.metrics import Metrics
 from routevpn.api import naming
 from routevpn.api.conditions import Reason, Status
@@ -88,7 +88,7 @@ class Reconciler:
     def __init__(
         self,
         settings: Settings,
-        kube: Kube,
+        kube: Api,
         driver: Driver,
         metrics: Metrics,
         reasons: ReasonTracker | None = None,

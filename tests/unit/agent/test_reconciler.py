@@ -1,0 +1,265 @@
+"""Reconcile decisions over the data plane's FakeDriver and an in-memory API.
+
+The API stand-in keeps objects as the server would (finalizers, resourceVersion bumps,
+the agent's status fields replaced as server-side apply does for one field manager);
+what is proved here is the agent's decision logic. The real API server and charon are
+proved in tests/cluster/test_agent_node.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from routevpn.agent.desired import DeliveredSecret, build_plan
+from routevpn.agent.kube import Obj
+from routevpn.agent.metrics import Metrics
+from routevpn.agent.reconciler import Reconciler, Settings
+from routevpn.api import naming
+from routevpn.api.tunnel import VpnTunnel
+from routevpn.dataplane import safety
+from routevpn.dataplane.driver import FakeDriver
+from routevpn.dataplane.errors import CharonUnavailableError
+from routevpn.dataplane.plan import TunnelPlan
+
+NODE = "node-a"
+KEY = ("prod", "site-b")
+CONN = "routevpn.prod.site-b"
+UNDERLAY = safety.HostRoute(ipaddress.ip_network("2001:db8:0:2::/64"), "eth0")
+
+
+class MemoryApi:
+    """Objects by key; counts writes like the real client's metrics do."""
+
+    def __init__(self, objects: dict[tuple[str, str], Obj]) -> None:
+        self.objects = objects
+        self.writes: list[str] = []
+        self.events: list[tuple[str, str]] = []
+
+    def _bump(self, obj: Obj) -> Obj:
+        meta = obj["metadata"]
+        meta["resourceVersion"] = str(int(meta.get("resourceVersion", "1")) + 1)
+        return copy.deepcopy(obj)
+
+    def add_finalizer(self, obj: Mapping[str, Any], finalizer: str) -> Obj:
+        self.writes.append("finalizer")
+        stored = self.objects[(obj["metadata"]["namespace"], obj["metadata"]["name"])]
+        stored["metadata"].setdefault("finalizers", []).append(finalizer)
+        return self._bump(stored)
+
+    def remove_finalizer(self, obj: Mapping[str, Any], finalizer: str) -> Obj:
+        self.writes.append("finalizer")
+        stored = self.objects[(obj["metadata"]["namespace"], obj["metadata"]["name"])]
+        stored["metadata"]["finalizers"].remove(finalizer)
+        return self._bump(stored)
+
+    def get_tunnel(self, ns: str, name: str) -> Obj | None:
+        obj = self.objects.get((ns, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def apply_status(self, ns: str, name: str, status: Mapping[str, Any]) -> Obj:
+        self.writes.append("status")
+        stored = self.objects[(ns, name)]
+        current = stored.setdefault("status", {})
+        mine = {"Configured", "IkeEstablished", "ChildSaInstalled", "RoutesInstalled",
+                "TrafficFlowing"}  # fmt: skip
+        kept = [c for c in current.get("conditions", []) if c["type"] not in mine]
+        current["conditions"] = kept + copy.deepcopy(status["conditions"])
+        for key in ("ike", "child"):
+            current.pop(key, None)
+            if key in status:
+                current[key] = copy.deepcopy(status[key])
+        return self._bump(stored)
+
+    def event(
+        self, obj: Mapping[str, Any], *, type_: str, reason: str, message: str, node: str
+    ) -> None:
+        self.writes.append("event")
+        self.events.append((type_, reason))
+
+
+def tunnel(**status: Any) -> Obj:
+    return {
+        "apiVersion": "routevpn.io/v1alpha1",
+        "kind": "VpnTunnel",
+        "metadata": {
+            "name": "site-b",
+            "namespace": "prod",
+            "generation": 2,
+            "resourceVersion": "10",
+            "labels": {naming.NODE_LABEL: NODE},
+        },
+        "spec": {
+            "nodeName": NODE,
+            "local": {"address": "2001:db8:0:1::1"},
+            "remote": {"address": "2001:db8:0:2::1"},
+            "auth": {"type": "psk", "psk": {"secretRef": {"name": "site-b-psk"}}},
+            "interface": {"type": "vti", "name": "vti1", "addresses": ["2001:db8:100::/127"]},
+            "routes": [{"to": "::/0", "via": "2001:db8:100::1"}],
+        },
+        "status": {
+            "node": NODE,
+            "interface": {"name": "vti1", "type": "vti", "key": 4096},
+            **status,
+        },
+    }
+
+
+def secret() -> Obj:
+    return {
+        "metadata": {
+            "name": naming.secret_name(*KEY),
+            "resourceVersion": "3",
+            "labels": {"routevpn.io/tunnel-namespace": "prod", "routevpn.io/tunnel-name": "site-b"},
+        },
+        "data": {"psk": base64.b64encode(b"p" * 40).decode()},
+    }
+
+
+def setup(obj: Obj, driver: FakeDriver | None = None) -> tuple[Reconciler, MemoryApi, FakeDriver]:
+    api = MemoryApi({KEY: obj})
+    # the node reaches the peer through its underlay, so ::/0 into the tunnel is no loop
+    drv = driver or FakeDriver(host_routes=[UNDERLAY])
+    rec = Reconciler(Settings(node=NODE, namespace="routevpn"), api, drv, Metrics(),
+                     clock=lambda: 1_800_000_000.0)  # fmt: skip
+    rec.state.tunnels[KEY] = copy.deepcopy(obj)
+    rec.state.secrets[KEY] = secret()
+    return rec, api, drv
+
+
+def run(rec: Reconciler, api: MemoryApi) -> None:
+    asyncio.run(rec.run_pass([KEY]))
+    # the watch would deliver the server's object; do what it does
+    stored = api.get_tunnel(*KEY)
+    if stored is not None:
+        rec.state.tunnels[KEY] = stored
+    else:
+        rec.state.tunnels.pop(KEY, None)
+
+
+def conds(api: MemoryApi) -> dict[str, tuple[str, str]]:
+    status = api.objects[KEY].get("status") or {}
+    return {c["type"]: (c["status"], c["reason"]) for c in status.get("conditions", [])}
+
+
+def test_configure_adds_finalizer_applies_and_reports_once() -> None:
+    rec, api, drv = setup(tunnel())
+    run(rec, api)
+    assert naming.AGENT_FINALIZER in api.objects[KEY]["metadata"]["finalizers"]
+    assert api.writes[0] == "finalizer"  # before anything touches the node
+    assert drv.calls == ["apply prod/site-b"]
+    assert CONN in drv.plans["prod/site-b"].conn.name
+    c = conds(api)
+    assert c["Configured"] == ("True", "Applied")
+    assert c["IkeEstablished"] == ("Unknown", "Connecting")
+    assert c["RoutesInstalled"] == ("True", "Installed")
+    assert len(api.events) == 5  # one per condition on the first visit
+    assert api.objects[KEY]["status"]["node"] == NODE  # the operator's field stays
+
+
+def test_second_pass_changes_nothing_and_writes_nothing() -> None:
+    rec, api, drv = setup(tunnel())
+    run(rec, api)
+    writes = len(api.writes)
+    changes = _changes(rec)
+    assert changes > 0
+    run(rec, api)
+    assert len(api.writes) == writes
+    assert _changes(rec) == changes
+    assert drv.calls == ["apply prod/site-b", "apply prod/site-b"]
+
+
+def _changes(rec: Reconciler) -> float:
+    """routevpn_agent_dataplane_changes_total, all labels."""
+    return sum(
+        s.value
+        for m in rec.metrics.dataplane_changes_total.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
+
+
+def test_route_mode_waits_for_the_interface_and_touches_nothing() -> None:
+    obj = tunnel()
+    del obj["status"]["interface"]
+    rec, api, drv = setup(obj)
+    run(rec, api)
+    assert drv.calls == []
+    assert conds(api)["Configured"] == ("Unknown", "Pending")
+    assert conds(api)["IkeEstablished"] == ("Unknown", "Pending")
+    assert "ike" not in api.objects[KEY]["status"]
+
+
+def test_missing_secret_is_reported_not_guessed() -> None:
+    rec, api, drv = setup(tunnel())
+    rec.state.secrets.clear()
+    run(rec, api)
+    assert drv.calls == []
+    assert conds(api)["Configured"] == ("Unknown", "SecretMissing")
+
+
+def test_moved_to_another_node_tears_down_then_releases_finalizer() -> None:
+    rec, api, drv = setup(tunnel())
+    run(rec, api)
+    api.objects[KEY]["status"]["node"] = "node-b"
+    rec.state.tunnels[KEY] = api.get_tunnel(*KEY) or {}
+    run(rec, api)
+    assert drv.calls[-1] == "remove prod/site-b"
+    assert "prod/site-b" not in drv.plans
+    assert naming.AGENT_FINALIZER not in api.objects[KEY]["metadata"]["finalizers"]
+
+
+def test_deletion_tears_down_then_releases_finalizer() -> None:
+    rec, api, drv = setup(tunnel())
+    run(rec, api)
+    api.objects[KEY]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    rec.state.tunnels[KEY] = api.get_tunnel(*KEY) or {}
+    run(rec, api)
+    assert drv.calls[-1] == "remove prod/site-b"
+    assert api.objects[KEY]["metadata"]["finalizers"] == []
+
+
+def test_route_loop_is_refused_with_its_reason() -> None:
+    obj = tunnel()
+    obj["spec"]["interface"]["addresses"] = ["2001:db8::/64"]
+    obj["spec"]["routes"] = [{"to": "2001:db8::/32"}]
+    driver = FakeDriver(
+        host_routes=[safety.HostRoute(ipaddress.ip_network("::/0"), "eth0")],
+    )
+    rec, api, drv = setup(obj, driver)
+    run(rec, api)
+    assert conds(api)["Configured"] == ("False", "RouteLoop")
+    assert conds(api)["RoutesInstalled"] == ("False", "RouteLoop")
+    assert "prod/site-b" not in drv.plans
+
+
+def test_charon_down_is_reported_and_retried() -> None:
+    driver = FakeDriver(
+        host_routes=[UNDERLAY],
+        fail={"prod/site-b": CharonUnavailableError("prod/site-b", "no socket")},
+    )
+    rec, api, _ = setup(tunnel(), driver)
+    run(rec, api)
+    assert conds(api)["Configured"] == ("False", "CharonUnavailable")
+    driver.fail.clear()
+    run(rec, api)
+    assert conds(api)["Configured"] == ("True", "Applied")
+
+
+def test_first_pass_garbage_collects_what_no_tunnel_wants() -> None:
+    rec, api, drv = setup(tunnel())
+    # a plan of a tunnel that no longer exists, left by an earlier agent run
+    stale = tunnel()
+    stale["metadata"]["name"] = "gone"
+    stale["status"]["interface"]["name"] = "vti9"
+    plan = build_plan(VpnTunnel.from_wire(stale), DeliveredSecret({"psk": "x" * 32}))
+    assert isinstance(plan, TunnelPlan)
+    drv.plans[plan.ref] = plan
+    run(rec, api)
+    assert "remove prod/gone" in drv.calls
+    assert set(drv.plans) == {"prod/site-b"}
+    assert rec.gc_done
