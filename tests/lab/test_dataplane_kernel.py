@@ -7,6 +7,7 @@ whose CHILD SA reaches INSTALLED with traffic passing (the peer hand-configured)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import sys
 import tempfile
@@ -17,8 +18,6 @@ from support import charon, swanctl
 from support.netns import netns, veth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "netns"))
-from dp_support import in_netns
-
 from routevpn.api import naming
 from routevpn.dataplane.facts import Change, LinkFacts
 from routevpn.dataplane.ipsec import IpsecAdapter
@@ -32,6 +31,7 @@ from routevpn.dataplane.plan import (
     Secret,
     TunnelPlan,
 )
+from support.dataplane import in_netns
 
 ip = ipaddress.ip_address
 LINKS = [
@@ -74,14 +74,10 @@ def test_vti_vti6_and_xfrm_links_are_created_idempotently() -> None:
         assert (x.kind, x.if_id, x.underlay_index) == ("xfrm", 4098, by_name["eth0"].index)
         assert v4.alias == "routevpn:lab/v4"
         # change an immutable attribute: the link is recreated with the new key
-        changed = [LinkPlan(**{**_fields(LINKS[0]), "key": 5000})]
+        changed = [dataclasses.replace(LINKS[0], key=5000)]
         again, _, links = in_netns(ns, _ensure_all, changed)
         assert [c.action for c in again][:2] == ["deleted", "created"]
         assert {lk.name: lk for lk in links}["vti4096"].ikey == 5000
-
-
-def _fields(link: LinkPlan) -> dict[str, object]:
-    return {f: getattr(link, f) for f in link.__dataclass_fields__}
 
 
 PSK = "lab-psk-0123456789"

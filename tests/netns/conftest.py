@@ -1,7 +1,7 @@
-"""Fixtures of the netns tier (helpers live in dp_support.py, importable by name)."""
+"""Fixtures of the netns tier (helpers live in support/dataplane.py)."""
 
 from __future__ import annotations
 
-from dp_support import node_ns
+from support.dataplane import node_ns
 
 __all__ = ["node_ns"]

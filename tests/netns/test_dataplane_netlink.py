@@ -11,8 +11,6 @@ import errno
 import ipaddress
 import json
 
-from dp_support import NetnsCallError, in_netns, ns_sysctl
-
 from routevpn.api import naming
 from routevpn.dataplane.facts import Change, NetlinkFacts
 from routevpn.dataplane.netlink import NetlinkAdapter
@@ -25,6 +23,7 @@ from routevpn.dataplane.plan import (
     SysctlPlan,
     TunnelPlan,
 )
+from support.dataplane import NetnsCallError, in_netns, ns_sysctl
 from support.netns import Netns
 
 IF4 = ipaddress.ip_interface

@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
-from chart_helpers import ROOT, Manifest, containers, find, render
+
+from support.chart import ROOT, Manifest, containers, find, render
 
 APP_DOCKERFILE = ROOT / "Dockerfile"
 CHARON_DOCKERFILE = ROOT / "images" / "charon" / "Dockerfile"

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_helpers import (
+
+from support.chart import (
     CHART,
     LONG_RELEASE,
     VALUE_SETS,

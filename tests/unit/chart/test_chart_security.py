@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_helpers import VALUE_SETS, Manifest, containers, find, render
+
+from support.chart import VALUE_SETS, Manifest, containers, find, render
 
 Rule = tuple[str, str, frozenset[str]]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import values_doc
-from chart_helpers import CHART
+from support import chart_values as values_doc
+from support.chart import CHART
 
 VALUES = CHART / "values.yaml"
 

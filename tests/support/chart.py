@@ -17,7 +17,7 @@ import yaml
 
 from support.tiers import missing
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "routevpn"
 TOOLS_SH = ROOT / "hack" / "tools.sh"
 CONVERTER = ROOT / "hack" / "tools" / "openapi2jsonschema.py"

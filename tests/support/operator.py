@@ -1,0 +1,296 @@
+"""Run `routevpn operator` as a real process and drive tunnels through the API.
+
+Shared by the operator's cluster tests (tests/cluster/test_operator_*.py, whose fixtures
+wrap these) and the benchmarks. Nothing here is a mock: the operator is a subprocess of
+this interpreter against a real apiserver, and "the agent" is played through the API the
+way the real one writes (server-side apply with fieldManager routevpn-agent, its
+finalizer added and removed under a resourceVersion guard).
+
+``Operator(kubeconfig, namespace, peering, log, not_ready_grace=…, orphan_wait=…)``
+    ``.pid .port .healthy() .metric(name) .metrics() .active() .peak_rss_mib() .stop()``
+``peering(api, name)``           context manager: a ClusterKopfPeering, deleted afterwards
+``apply_peering_crds(kubectl)``  kopf's peering CRDs as the chart ships them
+``psk_secret(api, ns, name, value)``  ``tunnel_body(name, selector, **spec)``
+``create_tunnel`` ``get_tunnel`` ``list_tunnels`` ``delete_tunnel``
+``condition(obj, type)`` ``label(obj)`` ``is_placed(obj)``
+``agent_apply(api, ns, name, status)`` ``agent_finalizer(api, ns, name, present)``
+``events_for(api, ns, name)``
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client import ApiException
+
+from support.cluster import REPO, Kubectl, free_port
+from support.kube import apply_crd
+
+GROUP, VERSION, PLURAL = "routevpn.io", "v1alpha1", "vpntunnels"
+NODE_LABEL = "routevpn.io/node"
+PEERING_CRDS = REPO / "charts" / "routevpn" / "crds" / "kopf-peering.yaml"
+#: The PSK every helper-made Secret carries unless told otherwise (base64 of "secret-1").
+DEFAULT_PSK = "c2VjcmV0LTE="
+
+
+def _custom(api: client.ApiClient) -> Any:
+    # The client's generated annotations say `object` for every custom-object body.
+    return client.CustomObjectsApi(api)
+
+
+def _core(api: client.ApiClient) -> Any:
+    return client.CoreV1Api(api)
+
+
+class Operator:
+    """One `routevpn operator` process; stopped by its PID (SIGTERM, then SIGKILL)."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        peering: str,
+        log: Path,
+        *,
+        not_ready_grace: float = 1.0,
+        orphan_wait: float = 2.0,
+        extra_args: Sequence[str] = (),
+        log_level: str = "info",
+    ) -> None:
+        self.port = free_port()
+        self.log = log
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "ROUTEVPN_LOG_LEVEL": log_level}
+        argv = [
+            sys.executable,
+            "-m",
+            "routevpn",
+            "operator",
+            "--namespace",
+            namespace,
+            "--http-port",
+            str(self.port),
+            "--http-host",
+            "127.0.0.1",
+            "--peering",
+            peering,
+            "--orphan-wait",
+            str(orphan_wait),
+            "--not-ready-grace",
+            str(not_ready_grace),
+            *extra_args,
+        ]
+        self._out = log.open("ab")
+        self.proc = subprocess.Popen(argv, env=env, stdout=self._out, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        """The operator's process id (it is this interpreter's child, not a wrapper)."""
+        return self.proc.pid
+
+    def metrics(self) -> str:
+        """The /metrics text."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            text: str = r.read().decode()
+        return text
+
+    def metric(self, name: str) -> float:
+        """Sum of a metric's samples (all label values) from /metrics."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            if series.split("{", 1)[0] == name:
+                total += float(value)
+        return total
+
+    def active(self) -> bool:
+        """Is this replica the one that acts (peering)? False when it does not answer."""
+        try:
+            return self.metric("routevpn_operator_active") == 1
+        except OSError:
+            return False
+
+    def healthy(self) -> bool:
+        """/healthz answers 200."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def peak_rss_mib(self) -> float:
+        """Peak resident set size so far (VmHWM), in MiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no VmHWM for pid {self.pid}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 20 s; close the log."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._out.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the operator's log, for failure messages."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def apply_peering_crds(kubectl: Kubectl) -> None:
+    """kopf's peering CRDs (as the chart ships them)."""
+    apply_crd(kubectl, PEERING_CRDS.read_text())
+
+
+@contextmanager
+def peering(api: client.ApiClient, name: str) -> Iterator[str]:
+    """A ClusterKopfPeering named `name` for the operators started inside; deleted after."""
+    custom = _custom(api)
+    custom.create_cluster_custom_object(
+        "kopf.dev",
+        "v1",
+        "clusterkopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}},
+    )
+    try:
+        yield name
+    finally:
+        try:
+            custom.delete_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+def psk_secret(api: client.ApiClient, ns: str, name: str = "psk", value: str = DEFAULT_PSK) -> None:
+    """Create a PSK Secret (key `psk`, base64 `value`) in `ns`."""
+    _core(api).create_namespaced_secret(ns, {"metadata": {"name": name}, "data": {"psk": value}})
+
+
+def tunnel_body(name: str, selector: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    """A minimal PSK VpnTunnel; nodeSelector `selector` unless `nodeName` is given."""
+    body: dict[str, Any] = {
+        "remote": {"address": "198.51.100.1"},
+        "auth": {"type": "psk", "psk": {"secretRef": {"name": "psk"}}},
+    }
+    if "nodeName" not in spec:
+        body["nodeSelector"] = selector or {"routevpn.io/gateway": "true"}
+    body.update(spec)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VpnTunnel",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def create_tunnel(api: client.ApiClient, ns: str, body: dict[str, Any]) -> None:
+    """Create a VpnTunnel in `ns`."""
+    _custom(api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+
+
+def get_tunnel(api: client.ApiClient, ns: str, name: str) -> dict[str, Any] | None:
+    """The VpnTunnel, or None when it does not exist."""
+    try:
+        got: dict[str, Any] = _custom(api).get_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, name
+        )
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return got
+
+
+def list_tunnels(api: client.ApiClient, ns: str) -> list[dict[str, Any]]:
+    """Every VpnTunnel in `ns`."""
+    items: list[dict[str, Any]] = _custom(api).list_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL
+    )["items"]
+    return items
+
+
+def delete_tunnel(api: client.ApiClient, ns: str, name: str) -> None:
+    """Delete a VpnTunnel (its finalizers decide when it is gone)."""
+    _custom(api).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    """The condition of type `ctype` ({} when absent)."""
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return {}
+
+
+def label(obj: dict[str, Any] | None) -> str | None:
+    """The routevpn.io/node label (the node whose agent acts)."""
+    return (((obj or {}).get("metadata") or {}).get("labels") or {}).get(NODE_LABEL)
+
+
+def is_placed(obj: dict[str, Any] | None) -> bool:
+    """Placed and allocated: status.node, status.interface and the label, all agreeing."""
+    st = (obj or {}).get("status") or {}
+    node = st.get("node")
+    return bool(node and st.get("interface") and label(obj) == node)
+
+
+def agent_apply(api: client.ApiClient, ns: str, name: str, status: dict[str, Any]) -> None:
+    """Write status as the agent does: SSA on /status with fieldManager routevpn-agent."""
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VpnTunnel",
+        "metadata": {"name": name, "namespace": ns},
+        "status": status,
+    }
+    _custom(api).patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        ns,
+        PLURAL,
+        name,
+        body,
+        field_manager="routevpn-agent",
+        force=True,
+        _content_type="application/apply-patch+yaml",
+    )
+
+
+def agent_finalizer(api: client.ApiClient, ns: str, name: str, present: bool) -> None:
+    """Add or remove routevpn.io/agent (JSON merge patch guarded by resourceVersion)."""
+    custom = _custom(api)
+    obj = custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+    fins = [f for f in obj["metadata"].get("finalizers") or [] if f != "routevpn.io/agent"]
+    if present:
+        fins.append("routevpn.io/agent")
+    custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        PLURAL,
+        name,
+        {"metadata": {"finalizers": fins, "resourceVersion": obj["metadata"]["resourceVersion"]}},
+        _content_type="application/merge-patch+json",
+    )
+
+
+def events_for(api: client.ApiClient, ns: str, name: str) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of the Events about object `name` in `ns`."""
+    evs = _core(api).list_namespaced_event(ns).items
+    return [
+        (str(e.type), str(e.reason), str(e.message)) for e in evs if e.involved_object.name == name
+    ]
