@@ -647,6 +647,27 @@ def test_drift_is_repaired_within_one_resync(w: World) -> None:
     wait_conditions(w, T1, {"IkeEstablished": ("True", "Established")})
 
 
+def test_secret_rotation_reloads_the_key_without_dropping_the_tunnel(w: World) -> None:
+    conn = f"routevpn.{w.tunnel_ns}.{T1}"
+    wait_conditions(w, T1, {"IkeEstablished": ("True", "Established")})
+    ike_before = charon_state(w.charon.vici_socket)["sas"][conn]
+    loaded = metric_sum(w.agent.metrics(), "routevpn_agent_dataplane_changes_total", what="secret")
+    w.psk = secrets.token_hex(24)
+    deliver_secret(w, T1, w.psk)  # a new content hash, as the operator writes it
+    wait_until(
+        lambda: (
+            metric_sum(w.agent.metrics(), "routevpn_agent_dataplane_changes_total", what="secret")
+            > loaded
+        ),
+        timeout=RESYNC + 15,
+        interval=0.3,
+        what="the rotated key loaded into charon",
+    )
+    state = charon_state(w.charon.vici_socket)
+    assert conn in state["keys"]
+    assert state["sas"][conn][:2] == ike_before[:2], "rotation dropped the IKE SA"
+
+
 def test_restart_of_the_agent_disturbs_nothing_and_gcs_only_its_own(w: World) -> None:
     conn = f"routevpn.{w.tunnel_ns}.{T1}"
     # a foreign connection, and a stale one of routevpn's own that no tunnel wants, loaded

@@ -151,7 +151,7 @@ class Reconciler:
             log.warning("garbage collection postponed: %s", e)
             return
         for change in changes:
-            log.info("garbage-collected %s", change)
+            log.debug("garbage-collected %s", change)
             self.metrics.dataplane_changes_total.labels(change.what).inc()
         self.gc_done = True
 

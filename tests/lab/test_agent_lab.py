@@ -1,0 +1,482 @@
+"""routevpn end to end on a real IPsec kernel: one site by the agent, the other by hand.
+
+Runs inside the QEMU lab guest (tests/lab/conftest.py), on the reference topology
+(support.sites): site "left" is a node whose charon is driven by a real `routevpn agent`
+process, site "right" is configured by hand with ip + swanctl. The test plays the
+operator through the API: node label, status.node and status.interface via server-side
+apply (field manager routevpn-operator), and the delivered Secret.
+
+The API server: ``ROUTEVPN_LAB_KUBECONFIG`` when the lab forwards the host's apiserver
+into the guest (QEMU user networking, service address 192.0.2.100); otherwise a
+control plane of its own inside the guest (hack/local-cluster.sh, ~60 s under TCG).
+The agent lives in the left site's namespace; a relay in this process carries its
+TCP connection to the API server's port in the guest's own namespace.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import http.client
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import vici
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from support import labspec
+from support import swanctl as sw
+from support.cluster import ControlPlane, Kubectl, bin_dir, free_port
+from support.kube import api_client, apply_crd, create_namespace, create_node, wait_until
+from support.netns import Netns
+from support.sites import LEFT, RIGHT, Site, two_sites
+from support.tiers import missing
+
+pytestmark = pytest.mark.timeout(900)
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "routevpn.io", "v1alpha1", "vpntunnels"
+NODE_LABEL = "routevpn.io/node"
+FINALIZER = "routevpn.io/agent"
+KEY = 4096  # what the operator would allocate (naming.ALLOC_MIN)
+PEER_KEY = 42  # the hand-configured far end's own mark
+RESYNC = 3.0
+
+# --- relays between namespaces (setns in helper threads only) -----------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _in_ns(ns: Netns, fn: Any) -> Any:
+    """Run `fn()` in a thread switched into `ns`; its result (or its exception)."""
+    out: list[Any] = []
+
+    def run() -> None:
+        here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        there = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+        try:
+            _setns(there)
+            try:
+                out.append(fn())
+            finally:
+                _setns(here)
+        except BaseException as e:
+            out.append(e)
+        finally:
+            os.close(here)
+            os.close(there)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def forward_into(ns: Netns, port: int, target: tuple[str, int]) -> Iterator[None]:
+    """127.0.0.1:port inside `ns` relays to `target` in this process's namespace."""
+
+    def listen() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen(64)
+        return s
+
+    server = cast(socket.socket, _in_ns(ns, listen))
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                up = socket.create_connection(target, timeout=10)
+            except OSError:
+                conn.close()
+                continue
+            up.settimeout(None)
+            conn.settimeout(None)
+            threading.Thread(target=_pump, args=(conn, up), daemon=True).start()
+            threading.Thread(target=_pump, args=(up, conn), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+def http_get_in(ns: Netns, port: int, path: str) -> tuple[int, str]:
+    """GET http://127.0.0.1:port/path inside `ns`: (status, body), (0, error) if refused."""
+
+    def get() -> tuple[int, str]:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read().decode()
+            conn.close()
+            return resp.status, body
+        except OSError as e:
+            return 0, str(e)
+
+    return cast(tuple[int, str], _in_ns(ns, get))
+
+
+# --- the API server ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The forwarded host apiserver's kubeconfig, or a control plane inside the guest."""
+    given = os.environ.get("ROUTEVPN_LAB_KUBECONFIG")
+    if given:
+        yield Path(given)
+        return
+    if os.environ.get(labspec.IN_LAB_ENV) != "1":
+        missing("the lab guest (run through tests/lab/conftest.py)")
+    if bin_dir() is None:
+        missing("etcd/kube-apiserver not built: run hack/local-cluster.sh build")
+    cp = ControlPlane.ephemeral(tmp_path_factory.mktemp("control-plane"))
+    try:
+        kc = cp.up()
+    except Exception as e:
+        cp.down(purge=False)
+        pytest.fail(f"no control plane inside the guest: {e}", pytrace=False)
+    try:
+        yield kc
+    finally:
+        cp.down(purge=True)
+
+
+@dataclass
+class Agent:
+    """The agent process in the left site's namespace."""
+
+    ns: Netns
+    argv: list[str]
+    log: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(self.ns.argv(*self.argv), stdout=out, stderr=out)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def ready(self) -> bool:
+        return http_get_in(self.ns, self.port, "/readyz")[0] == 200
+
+    def metrics(self) -> str:
+        code, text = http_get_in(self.ns, self.port, "/metrics")
+        assert code == 200, text
+        return text
+
+    def tail(self, n: int = 60) -> str:
+        lines = self.log.read_text(errors="replace").splitlines()
+        return "\n".join([line for line in lines if " DEBUG " not in line][-n:])
+
+
+@dataclass
+class Lab:
+    """Everything the module's tests share."""
+
+    left: Site
+    right: Site
+    agent: Agent
+    custom: client.CustomObjectsApi
+    core: client.CoreV1Api
+    kubectl: Kubectl
+    node: str
+    agent_ns: str
+    tunnel_ns: str
+    psk: str
+    before: dict[str, str]
+
+
+def node_snapshot(site: Site) -> dict[str, str]:
+    """What a tunnel may change on the node: links, addresses, routes, xfrm, conns."""
+    ns = site.ns
+    out = {
+        "links": ns.ip("-o", "link", "show"),
+        "addrs": ns.ip("-o", "addr", "show"),
+        "routes4": ns.ip("-4", "route", "show", "table", "all"),
+        "routes6": ns.ip("-6", "route", "show", "table", "all"),
+        "xfrm_state": ns.ip("xfrm", "state"),
+        "xfrm_policy": ns.ip("xfrm", "policy"),
+        "conns": sw.swanctl(ns, site.uri, "--list-conns"),
+    }
+    # interface counters and the kernel's link-local bookkeeping vary on their own
+    out["links"] = "\n".join(
+        line.split(" link/")[0].split(" qdisc")[0] for line in out["links"].splitlines()
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def lab(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    tmp = tmp_path_factory.mktemp("agent-lab")
+    bins = bin_dir()
+    assert bins is not None
+    kubectl = Kubectl(bins / "kubectl", kubeconfig)
+    crd = subprocess.run(
+        [sys.executable, "-m", "routevpn", "crd"], capture_output=True, text=True, check=True
+    ).stdout
+    apply_crd(kubectl, crd)
+    api = api_client(kubeconfig)
+    node = f"lab-node-{secrets.token_hex(3)}"
+    agent_ns = create_namespace(api, "routevpn-system")
+    tunnel_ns = create_namespace(api, "sites")
+    create_node(api, node)
+    server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    api_host, api_port = server.removeprefix("https://").rsplit(":", 1)
+    inner = free_port()
+    conf = yaml.safe_load(kubeconfig.read_text())
+    conf["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{inner}"
+    agent_kc = tmp / "agent.kubeconfig"
+    agent_kc.write_text(yaml.safe_dump(conf))
+    agent_kc.chmod(0o600)
+    with two_sites(tmp / "sites") as (left, right):
+        before = node_snapshot(left)
+        agent = Agent(
+            left.ns,
+            [sys.executable, "-m", "routevpn", "agent", "--node", node, "--namespace", agent_ns,
+             "--vici-socket", str(left.charon.vici_socket if left.charon else ""),
+             "--http-port", "19478", "--bind-address", "127.0.0.1",
+             "--kubeconfig", str(agent_kc), "--resync-seconds", str(RESYNC),
+             "--counters-period", "5", "--quiet-seconds", "30", "--log-level", "DEBUG"],
+            tmp / "agent.log",
+            19478,
+        )  # fmt: skip
+        with forward_into(left.ns, inner, (api_host, int(api_port))):
+            agent.start()
+            try:
+                yield Lab(
+                    left, right, agent, client.CustomObjectsApi(api), client.CoreV1Api(api),
+                    kubectl, node, agent_ns, tunnel_ns, secrets.token_hex(24), before,
+                )  # fmt: skip
+            finally:
+                agent.stop()
+                api.close()  # type: ignore[no-untyped-call]
+
+
+# --- the operator's part ------------------------------------------------------------
+
+
+def operator_places(lab: Lab, name: str, interface: dict[str, Any] | None) -> None:
+    """Label, then status.node (+ interface) by server-side apply as routevpn-operator."""
+    lab.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, lab.tunnel_ns, PLURAL, name,
+        {"metadata": {"labels": {NODE_LABEL: lab.node}}},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
+    status: dict[str, Any] = {"node": lab.node}
+    if interface is not None:
+        status["interface"] = interface
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VpnTunnel",
+        "metadata": {"name": name, "namespace": lab.tunnel_ns},
+        "status": status,
+    }
+    lab.kubectl(
+        "apply", "--server-side", "--force-conflicts", "--subresource=status",
+        "--field-manager=routevpn-operator", "-f", "-", input=json.dumps(body),
+    )  # fmt: skip
+
+
+def deliver_secret(lab: Lab, name: str) -> None:
+    lab.core.create_namespaced_secret(
+        lab.agent_ns,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name=f"tunnel-{lab.tunnel_ns}-{name}",
+                labels={
+                    NODE_LABEL: lab.node,
+                    "routevpn.io/tunnel-namespace": lab.tunnel_ns,
+                    "routevpn.io/tunnel-name": name,
+                },
+                annotations={"routevpn.io/content-hash": "h1"},
+            ),
+            data={"psk": base64.b64encode(lab.psk.encode()).decode()},
+        ),
+    )
+
+
+def seed_tunnel(lab: Lab) -> dict[str, Any]:
+    """examples/seed-ipv6-vti.yaml, placed on this test's node and namespace."""
+    docs = yaml.safe_load_all((REPO / "examples" / "seed-ipv6-vti.yaml").read_text())
+    obj = next(d for d in docs if d and d.get("kind") == "VpnTunnel")
+    obj["metadata"]["namespace"] = lab.tunnel_ns
+    obj["spec"]["nodeName"] = lab.node
+    assert obj["spec"]["local"]["address"] == LEFT.outer6
+    assert obj["spec"]["remote"]["address"] == RIGHT.outer6
+    return cast(dict[str, Any], obj)
+
+
+def right_side_by_hand(lab: Lab) -> None:
+    """The far end of the seed tunnel: a VTI6, its inside address, a route, a conn."""
+    r = lab.right
+    r.vti("vti1", RIGHT.outer6, LEFT.outer6, PEER_KEY)
+    r.address("vti1", "2001:db8:100::1/127")
+    r.route(LEFT.net6, via="2001:db8:100::", dev="vti1")
+    conn = sw.Conn(
+        "seed", RIGHT.outer6, LEFT.outer6, RIGHT.outer6, LEFT.outer6, lab.psk,
+        [sw.Child("seed", esp_proposals="aes256gcm16-ecp384", mark=PEER_KEY)],
+        proposals="aes256gcm16-prfsha384-ecp384",
+    )  # fmt: skip
+    sw.write_and_load(r.ns, r.uri, r.workdir / "swanctl.conf", [conn])
+
+
+def get(lab: Lab, name: str) -> dict[str, Any] | None:
+    try:
+        return cast(
+            dict[str, Any],
+            lab.custom.get_namespaced_custom_object(GROUP, VERSION, lab.tunnel_ns, PLURAL, name),
+        )
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def conditions(obj: dict[str, Any] | None) -> dict[str, tuple[str, str, str]]:
+    conds = ((obj or {}).get("status") or {}).get("conditions") or []
+    return {c["type"]: (c["status"], c["reason"], c["message"]) for c in conds}
+
+
+def wait_true(lab: Lab, name: str, types: tuple[str, ...], timeout: float = 120) -> None:
+    def ok() -> bool:
+        c = conditions(get(lab, name))
+        return all(c.get(t, ("",))[0] == "True" for t in types)
+
+    try:
+        wait_until(ok, timeout=timeout, interval=0.5, what=f"{types} of {name}")
+    except TimeoutError:
+        pytest.fail(f"{name}: {conditions(get(lab, name))}\nagent:\n{lab.agent.tail()}")
+
+
+def child_spis(site: Site, conn: str) -> set[tuple[str, str]]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    assert site.charon is not None
+    s.connect(str(site.charon.vici_socket))
+    session = vici.Session(s)
+    try:
+        out = set()
+        for event in session.list_sas({"ike": conn}):
+            for sa in event.values():
+                for c in (sa.get("child-sas") or {}).values():
+                    if c.get("state") == b"INSTALLED":
+                        out.add((c["spi-in"].decode(), c["spi-out"].decode()))
+        return out
+    finally:
+        s.close()
+
+
+# --- the tests ---------------------------------------------------------------------
+
+SEED = "site-b"
+
+
+def test_seed_example_comes_up_and_carries_ipv6(lab: Lab) -> None:
+    wait_until(lab.agent.ready, timeout=120, interval=0.5, what="agent ready")
+    right_side_by_hand(lab)
+    lab.custom.create_namespaced_custom_object(GROUP, VERSION, lab.tunnel_ns, PLURAL,
+                                               seed_tunnel(lab))  # fmt: skip
+    deliver_secret(lab, SEED)
+    operator_places(lab, SEED, {"name": "vti1", "type": "vti", "key": KEY})
+    wait_true(lab, SEED, ("Configured", "IkeEstablished", "ChildSaInstalled", "RoutesInstalled"))
+    lab.left.ping(RIGHT.host6, src=LEFT.host6, count=5)
+    # the replies arrived through the tunnel: TrafficFlowing turns True at the next pass
+    wait_true(lab, SEED, ("TrafficFlowing",), timeout=30)
+    obj = get(lab, SEED)
+    assert obj is not None
+    child = obj["status"]["child"]
+    assert child["state"] == "INSTALLED" and child["spiIn"] and child["spiOut"]
+    link = lab.left.ns.ip("-d", "link", "show", "vti1")
+    assert "vti6" in link and "ikey 0.0.16.0" in link, link  # key 4096, dotted
+    assert f"alias routevpn:{lab.tunnel_ns}/{SEED}" in link, link
+    default = lab.left.ns.ip("-6", "route", "show", "default")
+    assert "via 2001:db8:100::1 dev vti1 proto 157" in default, default
+
+
+def test_kill_9_of_the_agent_loses_no_packet_and_keeps_the_spis(lab: Lab) -> None:
+    conn = f"routevpn.{lab.tunnel_ns}.{SEED}"
+    spis = child_spis(lab.left, conn)
+    assert spis, "no INSTALLED CHILD SA to begin with"
+    ping = subprocess.Popen(
+        lab.left.ns.argv("ping", "-n", "-i", "0.2", "-c", "60", "-W", "2", "-I", LEFT.host6,
+                         RIGHT.host6),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        lab.agent.stop(signal.SIGKILL)
+        lab.agent.start()
+        wait_until(lab.agent.ready, timeout=120, interval=0.5, what="agent ready again")
+        out, _ = ping.communicate(timeout=120)
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+            ping.wait()
+    assert ping.returncode == 0, out
+    assert " 0% packet loss" in out, out
+    assert child_spis(lab.left, conn) == spis, "the CHILD SA was re-keyed"
+
+
+def test_deleting_the_tunnel_leaves_the_node_as_it_was(lab: Lab) -> None:
+    lab.custom.delete_namespaced_custom_object(GROUP, VERSION, lab.tunnel_ns, PLURAL, SEED)
+    wait_until(lambda: get(lab, SEED) is None, timeout=60, interval=0.5, what="tunnel gone")
+    after = node_snapshot(lab.left)
+    for key, value in lab.before.items():
+        assert after[key] == value, f"{key} differs after teardown:\n{value}\n---\n{after[key]}"
