@@ -164,8 +164,19 @@ sign() {
     rm -f "$STATE/pki/$name.csr" "$ext"
 }
 
+APISERVER_SANS="DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:0:0:0:0:0:0:0:1,IP:$LAB_HOST_IP,IP:$LAB_SERVICE_IP,IP:$SERVICE_IP"
+
 gen_certs() {
-    [[ -f "$STATE/pki/ca.crt" ]] && return 0
+    if [[ -f "$STATE/pki/ca.crt" ]]; then
+        # A state dir from an older version may lack a name clients now use (the lab
+        # guest's forward address): re-sign the serving certificate with the same CA.
+        if ! openssl x509 -in "$STATE/pki/apiserver.crt" -noout -ext subjectAltName 2>/dev/null |
+            grep -q "IP Address:$LAB_SERVICE_IP"; then
+            log "re-signing the serving certificate for the current names"
+            sign apiserver "/CN=kube-apiserver" "$APISERVER_SANS"
+        fi
+        return 0
+    fi
     command -v openssl >/dev/null || die "openssl is not installed"
     log "generating a CA and certificates in $STATE/pki"
     mkdir -p "$STATE/pki"
@@ -178,8 +189,7 @@ gen_certs() {
     # in-cluster service names; and 192.0.2.2/192.0.2.100, where the QEMU lab guest reaches
     # this host's loopback port through its user-network forward (the demo's agent runs in
     # the guest and must verify this certificate like any other client).
-    sign apiserver "/CN=kube-apiserver" \
-        "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:0:0:0:0:0:0:0:1,IP:$LAB_HOST_IP,IP:$LAB_SERVICE_IP,IP:$SERVICE_IP"
+    sign apiserver "/CN=kube-apiserver" "$APISERVER_SANS"
     # system:masters: the admin of a throwaway cluster; the controller-manager gets its
     # own identity so RBAC applies to it as in a real cluster.
     sign admin "/O=system:masters/CN=routevpn-admin"
