@@ -1,16 +1,20 @@
 """Allocation of the tunnel interface on a node: key / if_id, name, inside addresses. Pure.
 
 One number space per node is shared by VTI keys and XFRM if_ids: a mark is a mark, and one
-space means a VTI and an XFRM interface can never match each other's traffic. A tunnel
-keeps what it holds (stable across restarts and resyncs) unless an earlier tunnel
-(creationTimestamp, then namespace/name) asks for it explicitly. A value a tunnel asks
-for explicitly that another tunnel claims first is a conflict, reported on the later one.
+space means a VTI and an XFRM interface can never match each other's traffic.
+
+Who wins a value two tunnels claim: the one that holds it (placed on the node with it)
+keeps it, whoever asks later and however (nothing that runs is taken away: a tunnel
+losing its key would be torn down and re-keyed). Between two tunnels that both hold it
+(only after a split decision) or neither, the earlier one wins (creationTimestamp, then
+namespace/name). The loser of a value it asked for explicitly reports a conflict naming
+the winner; the loser of a value it was merely allocated re-allocates.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from routevpn.api import naming
@@ -30,6 +34,25 @@ class Holder:
     ifname: str | None
     ifname_explicit: bool
     addresses: frozenset[str]
+    #: What it holds (status.interface on this node): None when not placed here.
+    held_number: int | None = None
+    held_ifname: str | None = None
+    placed: bool = False
+
+    def holds_number(self, n: int) -> bool:
+        """Is the tunnel placed with key/if_id `n`?"""
+        return self.held_number == n
+
+    def holds_name(self, name: str) -> bool:
+        """Is the tunnel placed with interface name `name`?"""
+        return self.held_ifname == name
+
+
+def beats(other: Holder, me: Holder, other_holds: bool, me_holds: bool) -> bool:
+    """Does `other` win a value both claim? The holder keeps it; otherwise the earlier."""
+    if other_holds != me_holds:
+        return other_holds
+    return other.order < me.order
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +98,9 @@ def holder_for(
         ifname=name if name is not None else held_name,
         ifname_explicit=name is not None,
         addresses=inside_ips(spec),
+        held_number=held_number,
+        held_ifname=held_name,
+        placed=held is not None,
     )
 
 
@@ -84,42 +110,35 @@ def allocate(
     """The interface for tunnel `me` given the other tunnels on its node."""
     kind, number, name = requested(spec)
     others = list(others)
-    earlier = [o for o in others if o.order < me.order]
 
-    # Explicit asks lose to anything an earlier tunnel claims.
-    if number is not None:
-        for o in earlier:
-            if o.number == number:
-                reason = Reason.KEY_IN_USE if kind is InterfaceType.VTI else Reason.IF_ID_IN_USE
-                what = "key" if kind is InterfaceType.VTI else "ifId"
-                return _conflict(reason, f"{what} {number} is used by {o.ref} on this node", o)
-    if name is not None:
-        for o in earlier:
-            if o.ifname == name:
-                msg = f"interface name {name} is used by {o.ref} on this node"
-                return _conflict(Reason.INTERFACE_NAME_IN_USE, msg, o)
-    for o in earlier:
+    def number_winner(n: int) -> Holder | None:
+        for o in others:
+            if o.number == n and beats(o, me, o.holds_number(n), me.holds_number(n)):
+                return o
+        return None
+
+    def name_winner(ifname: str) -> Holder | None:
+        for o in others:
+            if o.ifname == ifname and beats(o, me, o.holds_name(ifname), me.holds_name(ifname)):
+                return o
+        return None
+
+    if number is not None and (o := number_winner(number)) is not None:
+        reason = Reason.KEY_IN_USE if kind is InterfaceType.VTI else Reason.IF_ID_IN_USE
+        what = "key" if kind is InterfaceType.VTI else "ifId"
+        return _conflict(reason, f"{what} {number} is used by {o.ref} on this node", o)
+    if name is not None and (o := name_winner(name)) is not None:
+        msg = f"interface name {name} is used by {o.ref} on this node"
+        return _conflict(Reason.INTERFACE_NAME_IN_USE, msg, o)
+    for o in others:
         shared = me.addresses & o.addresses
-        if shared:
+        # Inside addresses are not allocated: placed with them is what holding means.
+        if shared and beats(o, me, o.placed, me.placed):
             msg = f"inside address {min(shared)} is used by {o.ref} on this node"
             return _conflict(Reason.ADDRESS_IN_USE, msg, o)
 
-    # Explicit asks also wait while a later tunnel still holds the value explicitly:
-    # that one is told to give it up (its own conflict), and both are never applied.
-    later = [o for o in others if o.order >= me.order]
-    if number is not None:
-        for o in later:
-            if o.number == number and o.number_explicit:
-                reason = Reason.KEY_IN_USE if kind is InterfaceType.VTI else Reason.IF_ID_IN_USE
-                what = "key" if kind is InterfaceType.VTI else "ifId"
-                return _conflict(reason, f"{what} {number} is used by {o.ref} on this node", o)
-
-    # Whatever an earlier tunnel claims, or a later one asked for explicitly, is taken.
-    # What a later tunnel merely holds by allocation is not: it re-allocates.
-    taken_numbers = {o.number for o in others if o.number is not None}
-    taken_names = {o.ifname for o in others if o.ifname is not None}
     if number is None:
-        number = _keep_or_pick(me, name, kind, taken_numbers, taken_names, lo, hi)
+        number = _keep_or_pick(me, name, kind, others, number_winner, name_winner, lo, hi)
         if number is None:
             return Allocation(
                 None,
@@ -127,11 +146,9 @@ def allocate(
                 f"no free key/ifId left in {lo}..{hi} on this node",
             )
     ifname = name if name is not None else naming.default_ifname(kind.value, number)
-    if name is None:
-        for o in others:
-            if o.ifname == ifname and (o.order < me.order or o.ifname_explicit):
-                msg = f"interface name {ifname} is used by {o.ref} on this node"
-                return _conflict(Reason.INTERFACE_NAME_IN_USE, msg, o)
+    if name is None and (o := name_winner(ifname)) is not None:
+        msg = f"interface name {ifname} is used by {o.ref} on this node"
+        return _conflict(Reason.INTERFACE_NAME_IN_USE, msg, o)
     iface: dict[str, object] = {"name": ifname, "type": kind.value}
     iface["key" if kind is InterfaceType.VTI else "ifId"] = number
     return Allocation(iface, Reason.PLACED)
@@ -141,21 +158,29 @@ def _keep_or_pick(
     me: Holder,
     name: str | None,
     kind: InterfaceType,
-    taken_numbers: set[int],
-    taken_names: set[str],
+    others: list[Holder],
+    number_winner: Callable[[int], Holder | None],
+    name_winner: Callable[[str], Holder | None],
     lo: int,
     hi: int,
 ) -> int | None:
-    def free(n: int) -> bool:
-        if n in taken_numbers:
-            return False
-        return name is not None or naming.default_ifname(kind.value, n) not in taken_names
-
-    if me.number is not None and lo <= me.number <= hi and free(me.number):
-        return me.number
+    """Keep the held number unless someone wins it; else the lowest number nobody claims."""
+    held = me.number
+    if (
+        held is not None
+        and lo <= held <= hi
+        and number_winner(held) is None
+        and (name is not None or name_winner(naming.default_ifname(kind.value, held)) is None)
+    ):
+        return held
+    taken_numbers = {o.number for o in others if o.number is not None}
+    taken_names = {o.ifname for o in others if o.ifname is not None}
     for n in range(lo, hi + 1):
-        if free(n):
-            return n
+        if n in taken_numbers:
+            continue
+        if name is None and naming.default_ifname(kind.value, n) in taken_names:
+            continue
+        return n
     return None
 
 

@@ -10,8 +10,13 @@ write; the worker only sends it. The move protocol with the node agent:
   agent finalizer to go (A tore down), then label := B. A node that is gone (deleted, or
   NotReady for good) cannot tear down: after a bounded wait the operator drops the
   agent's finalizer itself and says so in a Warning Event;
-* a tunnel that can't be placed (no node, a conflict, a bad Secret) loses its label the
-  same way, so nothing half-applied is left on a node.
+* a tunnel that can't be placed (no node, a conflict) loses its label the same way, so
+  nothing half-applied is left on a node;
+* a bad Secret (missing, invalid) keeps a tunnel that never ran unplaced. One already
+  running stays where it is with its label, allocation and last delivered Secret
+  (Scheduled=False says why): nothing that works is torn down over a Secret a person
+  is fixing. Only if it must move as well does it go the unplaced way (the new node
+  has no material to start from).
 """
 
 from __future__ import annotations
@@ -182,10 +187,18 @@ def _target(
         if got.interface is None:
             return Scheduled(Status.FALSE, got.reason, got.message), None, None, None
         iface = got.interface
+    local = placement.local_address(spec, w.nodes.get(where.node))
     made = bundle.build(spec, rec.namespace, w.user_secrets)
     if isinstance(made, bundle.Problem):
+        if rec.label_node is not None and rec.label_node == where.node == cur_node:
+            # Already running there: tearing it down would cut traffic over a Secret
+            # that may be fixed in a minute. The agent keeps the last delivered material.
+            msg = (
+                f"{made.message}; the tunnel keeps running on node {where.node} with the "
+                "last delivered key material until the Secret is fixed"
+            )
+            return Scheduled(Status.FALSE, made.reason, msg), where.node, iface, local
         return Scheduled(Status.FALSE, made.reason, made.message), None, None, None
-    local = placement.local_address(spec, w.nodes.get(where.node))
     return Scheduled(Status.TRUE, Reason.PLACED, where.message), where.node, iface, local
 
 

@@ -56,8 +56,11 @@ def test_explicit_key_conflict_names_the_earlier_tunnel() -> None:
     got = allocate(h(2, spec(key=7)), spec(key=7), [first], LO, HI)
     assert (got.interface, got.reason, got.other) == (None, Reason.KEY_IN_USE, "ns/t1")
     assert "ns/t1" in got.message
-    # The earlier one is not the one that loses.
-    assert allocate(first, spec(key=7), [h(2, spec(key=7))], LO, HI).reason == Reason.KEY_IN_USE
+    # Between two that ask, neither placed with it, the earlier one is not the one that loses.
+    assert allocate(first, spec(key=7), [h(2, spec(key=7))], LO, HI).interface is not None
+    # A later tunnel already placed with it keeps it: the earlier ask waits.
+    placed_later = h(2, spec(key=7), {"name": "vti7", "type": "vti", "key": 7})
+    assert allocate(first, spec(key=7), [placed_later], LO, HI).other == "ns/t2"
     xf = spec(type="xfrm", ifId=9)
     assert allocate(h(2, xf), xf, [h(1, xf)], LO, HI).reason == Reason.IF_ID_IN_USE
 
@@ -79,10 +82,33 @@ def test_allocation_steps_over_explicit_claims_and_names() -> None:
     assert got.interface == {"name": f"vti{LO + 2}", "type": "vti", "key": LO + 2}
 
 
-def test_later_allocation_gives_way_to_earlier_explicit_ask() -> None:
-    later = h(9, spec(), {"name": f"vti{LO}", "type": "vti", "key": LO})
-    got = allocate(later, spec(), [h(1, spec(key=LO))], LO, HI)
-    assert got.interface is not None and got.interface["key"] != LO
+def test_placed_tunnel_keeps_its_allocation_against_any_newcomer() -> None:
+    """Nothing that runs is taken away: the asker waits (a conflict naming the holder)."""
+    held = {"name": f"vti{LO}", "type": "vti", "key": LO}
+    placed = h(9, spec(), held)
+    # An earlier-created tunnel asking for the number explicitly: the placed one keeps it...
+    assert allocate(placed, spec(), [h(1, spec(key=LO))], LO, HI).interface == held
+    # ...and the asker is told who holds it.
+    got = allocate(h(1, spec(key=LO)), spec(key=LO), [placed], LO, HI)
+    assert (got.interface, got.reason, got.other) == (None, Reason.KEY_IN_USE, "ns/t9")
+    # A later tunnel created in the same second (name sorts first) asking for the name.
+    named = spec(name=f"vti{LO}")
+    got = allocate(h(0, named), named, [placed], LO, HI)
+    assert (got.reason, got.other) == (Reason.INTERFACE_NAME_IN_USE, "ns/t9")
+    # Inside addresses: placed with them is holding them.
+    a = spec(addresses=["169.254.10.1/30"])
+    placed_a = h(9, a, held)
+    assert allocate(placed_a, a, [h(1, a)], LO, HI).interface == held
+    assert allocate(h(1, a), a, [placed_a], LO, HI).reason == Reason.ADDRESS_IN_USE
+
+
+def test_a_duplicate_is_resolved_in_favour_of_the_earlier() -> None:
+    """Both placed with one number (only after a split decision): the later re-allocates."""
+    held = {"name": f"vti{LO}", "type": "vti", "key": LO}
+    early, late = h(1, spec(), held), h(2, spec(), held)
+    assert allocate(early, spec(), [late], LO, HI).interface == held
+    got = allocate(late, spec(), [early], LO, HI)
+    assert got.interface is not None and got.interface["key"] == LO + 1
 
 
 def test_exhausted() -> None:

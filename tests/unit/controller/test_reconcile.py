@@ -8,7 +8,7 @@ from typing import Any
 from routevpn.api import naming
 from routevpn.api.conditions import Reason
 from routevpn.controller import bundle
-from routevpn.controller.model import NodeRecord, TunnelRecord, tunnel_from_body
+from routevpn.controller.model import DeliveredSecret, NodeRecord, TunnelRecord, tunnel_from_body
 from routevpn.controller.reconcile import Settings, World, decide
 from routevpn.controller.status import changed, desired_status
 
@@ -142,3 +142,58 @@ def test_transition_time_kept_when_status_unchanged() -> None:
     again = desired_status(first, 1, Scheduled("True", "Placed", "y"), "a", None, None, "T2")  # type: ignore[arg-type]
     assert again["conditions"][0]["lastTransitionTime"] == "T1"
     assert changed(first, again) and not changed(again, again)
+
+
+def _delivered(node: str) -> DeliveredSecret:
+    return DeliveredSecret("tunnel-ns-t", node, "sha256:old", ("ns", "t"))
+
+
+def test_placed_tunnel_keeps_running_when_its_secret_goes_missing_or_invalid() -> None:
+    placed = decide(tunnel(), {}, world(["a"]), 0).status
+    assert placed is not None
+    rec = tunnel(
+        label="a", status=placed, finalizers=(naming.OPERATOR_FINALIZER, naming.AGENT_FINALIZER)
+    )
+    cases: list[tuple[dict[str, bundle.UserSecret], str]] = [
+        ({"s": None}, Reason.SECRET_MISSING),
+        ({"s": ("Opaque", {"other": "eQ=="})}, Reason.SECRET_INVALID),
+    ]
+    for secrets, reason in cases:
+        w = world(["a"], secrets=secrets)
+        w = World(w.nodes, w.holders_on, w.user_secrets, _delivered("a"), w.now, None, w.settings)
+        d = decide(rec, placed, w, 0)
+        # Label, allocation, node and the delivered Secret all stay.
+        assert not d.label_changed and d.label == "a"
+        assert d.status is not None and d.status["node"] == "a"
+        assert d.status["interface"] == placed["interface"]
+        assert d.status["localAddress"] == placed["localAddress"]
+        assert d.secret is None and not d.delete_secret and not d.remove_agent_finalizer
+        sched = d.status["conditions"][0]
+        assert (sched["type"], sched["status"], sched["reason"]) == ("Scheduled", "False", reason)
+        assert "ns/s" in sched["message"]
+        assert "keeps running" in sched["message"] and "last delivered" in sched["message"]
+        assert [(e[0], e[1]) for e in d.events] == [("Warning", reason)]
+        # Looked at again with nothing new: nothing more is written.
+        again = decide(rec, d.status, w, 0)
+        assert not again.status_changed and not again.events and not again.label_changed
+
+
+def test_never_placed_tunnel_waits_unplaced_for_its_secret() -> None:
+    d = decide(tunnel(), {}, world(["a"], secrets={"s": None}), 0)
+    assert d.status is not None and "node" not in d.status and "interface" not in d.status
+    assert d.label is None and not d.label_changed
+    assert "keeps running" not in d.status["conditions"][0]["message"]
+
+
+def test_fixed_secret_is_delivered_and_scheduled_again() -> None:
+    placed = decide(tunnel(), {}, world(["a"]), 0).status
+    assert placed is not None
+    rec = tunnel(label="a", status=placed)
+    w = world(["a"], secrets={"s": None})
+    broken = decide(rec, placed, w, 0).status
+    assert broken is not None
+    w = world(["a"])
+    w = World(w.nodes, w.holders_on, w.user_secrets, _delivered("a"), w.now, None, w.settings)
+    d = decide(tunnel(label="a", status=broken), broken, w, 0)
+    assert d.status is not None and d.status["conditions"][0]["status"] == "True"
+    assert d.secret is not None and d.status["interface"] == placed["interface"]
