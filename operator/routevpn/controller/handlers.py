@@ -3,12 +3,18 @@
 Indexes fill the view (tunnels, nodes, delivered Secrets) and kopf runs no handler until
 every index holds the whole listing, so the first allocation already sees every number
 that existing tunnels hold. Event handlers only queue the tunnels to look at.
+
+Every handler is `async` although none awaits: kopf runs plain functions in a thread
+pool, and the view and the queue must only ever be touched from the event loop's thread
+(a thread adding a tunnel while the worker iterates the view, or putting into the
+asyncio queue, races).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +23,7 @@ import kopf
 from routevpn.api import naming
 from routevpn.controller import http
 from routevpn.controller.kubeio import KubeIO
+from routevpn.controller.leader import Leader
 from routevpn.controller.model import (
     CONTENT_HASH_ANNOTATION,
     delivered_from_body,
@@ -35,9 +42,11 @@ class Runtime:
     settings: Settings
     peering: str
     priority: int
+    #: Our identity in the peering object (also given to kopf), to find ourselves there.
+    identity: str
     http_host: str
     http_port: int
-    concurrency: int = 8
+    concurrency: int = 32
     store: Store = field(default_factory=Store)
     worker: Worker | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -95,9 +104,18 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     settings.networking.request_timeout = 60
     # 1000 tunnels created at once: don't let kopf's per-object workers be the limit.
     settings.batching.worker_limit = None
-    io = KubeIO.from_environment()
-    rt.worker = Worker(rt.store, io, rt.settings)
-    rt.tasks.append(asyncio.create_task(rt.worker.run(rt.concurrency)))
+    # Every API call runs in a thread (the kubernetes client blocks): the default pool
+    # (cpu + 4 threads) would cap the reconcilers' writes in flight far below --concurrency.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=rt.concurrency + 4, thread_name_prefix="kube")
+    )
+    io = KubeIO.from_environment(pool=rt.concurrency + 4)
+    leader = Leader(rt.identity, rt.priority)
+    rt.worker = worker = Worker(rt.store, io, rt.settings, leader)
+    rt.tasks.append(asyncio.create_task(worker.run(rt.concurrency)))
+    rt.tasks.append(
+        asyncio.create_task(leader.run(lambda: io.read_peering(rt.peering), worker.resync))
+    )
     rt.tasks.append(asyncio.create_task(_gauge(rt.worker)))
     rt.http_runner = await http.start(rt.http_host, rt.http_port)
     logger.info(
@@ -130,20 +148,20 @@ async def stop(**_: Any) -> None:
 
 
 @kopf.index(naming.GROUP, naming.VERSION, naming.PLURAL)
-def tunnels(body: kopf.Body, **_: Any) -> None:
+async def tunnels(body: kopf.Body, **_: Any) -> None:
     """Keep the tunnel view current (deletions: see `tunnel_event`)."""
     _rt().store.put_tunnel(tunnel_from_body(body))
 
 
 @kopf.index("", "v1", "nodes")
-def nodes(body: kopf.Body, **_: Any) -> None:
+async def nodes(body: kopf.Body, **_: Any) -> None:
     """Keep the node view current."""
     rec = node_from_body(body)
     _rt().store.nodes[rec.name] = rec
 
 
 @kopf.index("", "v1", "secrets")
-def secrets(body: kopf.Body, namespace: str | None, name: str | None, **_: Any) -> None:
+async def secrets(body: kopf.Body, namespace: str | None, name: str | None, **_: Any) -> None:
     """Delivered Secrets (by tunnel) and the user Secrets tunnels refer to (cached)."""
     store = _rt().store
     if namespace == _rt().settings.routevpn_namespace and CONTENT_HASH_ANNOTATION in (
@@ -163,7 +181,7 @@ def secrets(body: kopf.Body, namespace: str | None, name: str | None, **_: Any) 
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, naming.PLURAL)
-def tunnel_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+async def tunnel_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """Queue the tunnel; on deletion forget it and wake tunnels waiting for its claims."""
     rt, w = _rt(), _worker()
     rec = tunnel_from_body(body)
@@ -177,7 +195,7 @@ def tunnel_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """Re-place tunnels when a node's labels, readiness or addresses change, or it goes."""
     rt, w = _rt(), _worker()
     rec = node_from_body(body)
@@ -198,7 +216,7 @@ def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "secrets")
-def secret_event(
+async def secret_event(
     event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str | None, **_: Any
 ) -> None:
     """React only to Secrets that tunnels refer to (and to our own delivered ones)."""

@@ -32,13 +32,16 @@ class KubeIO:
         self._core = client.CoreV1Api(api)
 
     @classmethod
-    def from_environment(cls) -> KubeIO:
-        """In a pod: the service account; elsewhere: KUBECONFIG."""
+    def from_environment(cls, pool: int = 10) -> KubeIO:
+        """In a pod: the service account; elsewhere: KUBECONFIG. `pool`: connections kept
+        open to the API server (as many as calls in flight, or each waits for one)."""
         try:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
             config.load_kube_config()  # type: ignore[no-untyped-call]
-        return cls(client.ApiClient())
+        conf = client.Configuration.get_default_copy()
+        conf.connection_pool_maxsize = pool
+        return cls(client.ApiClient(conf))
 
     async def apply_status(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply of the operator's status fields (force: they are ours)."""
@@ -132,6 +135,29 @@ class KubeIO:
         except ApiException as e:
             if e.status != 404:
                 raise
+
+    async def list_tunnels(self) -> list[dict[str, Any]]:
+        """Every VpnTunnel in the cluster, as the API server has it now."""
+        got: Any = await asyncio.to_thread(
+            self._custom.list_cluster_custom_object, naming.GROUP, naming.VERSION, naming.PLURAL
+        )
+        return list(got.get("items") or [])
+
+    async def read_peering(self, name: str) -> dict[str, Any] | None:
+        """The status (peers) of ClusterKopfPeering `name`, or None when it does not exist."""
+        try:
+            got: Any = await asyncio.to_thread(
+                self._custom.get_cluster_custom_object,
+                "kopf.dev",
+                "v1",
+                "clusterkopfpeerings",
+                name,
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return dict(got.get("status") or {})
 
     async def read_secret(self, namespace: str, name: str) -> bundle.UserSecret:
         """A user's Secret as (type, data), or None when it does not exist."""

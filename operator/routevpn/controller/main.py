@@ -6,6 +6,8 @@ import argparse
 import logging
 import os
 import secrets
+import socket
+from typing import Any, cast
 
 import kopf
 
@@ -39,7 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds a node may be NotReady before its tunnels move",
     )
-    parser.add_argument("--concurrency", type=int, default=8, help="tunnels reconciled at once")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=32,
+        help="tunnels reconciled at once (each mostly waits on the API server)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Peering pauses every replica of equal priority: draw one, distinct with near certainty.
     priority = secrets.randbelow(2**31 - 1) + 1
+    # Our own identity (kopf's layout) so the worker can find this replica in the peering.
+    identity = f"{socket.gethostname()}/{secrets.token_hex(4)}"
     handlers.RUNTIME = handlers.Runtime(
         settings=Settings(
             routevpn_namespace=args.namespace,
@@ -58,9 +67,17 @@ def run(args: argparse.Namespace) -> int:
         ),
         peering=args.peering,
         priority=priority,
+        identity=identity,
         http_host=args.http_host,
         http_port=args.http_port,
         concurrency=args.concurrency,
     )
-    kopf.run(clusterwide=True, peering_name=args.peering, priority=priority, standalone=False)
+    kopf.run(
+        clusterwide=True,
+        peering_name=args.peering,
+        priority=priority,
+        standalone=False,
+        # kopf's Identity is a NewType of str, not exported from its public package.
+        identity=cast(Any, identity),
+    )
     return 0

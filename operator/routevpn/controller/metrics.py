@@ -28,3 +28,13 @@ API_WRITES = Counter(
 TUNNELS = Gauge(
     "routevpn_tunnels", "VpnTunnels by their Ready condition.", ["ready"], registry=REGISTRY
 )
+ACTIVE = Gauge(
+    "routevpn_operator_active",
+    "1 while this replica is the one that places and allocates (peering), else 0.",
+    registry=REGISTRY,
+)
+PEERS = Gauge(
+    "routevpn_operator_peers",
+    "Live operator replicas in the peering object, this one included.",
+    registry=REGISTRY,
+)

@@ -16,6 +16,7 @@ from routevpn.api import naming
 from routevpn.api.conditions import ConditionType
 from routevpn.controller import bundle
 from routevpn.controller.kubeio import ConflictError, KubeIO
+from routevpn.controller.leader import Leader
 from routevpn.controller.metrics import (
     RECONCILE_DURATION,
     RECONCILE_ERRORS,
@@ -36,10 +37,14 @@ RETRY_DELAY = 2.0
 class Worker:
     """Reconciles tunnels named by `enqueue`, each key never twice at the same time."""
 
-    def __init__(self, store: Store, io: KubeIO, settings: Settings) -> None:
+    def __init__(
+        self, store: Store, io: KubeIO, settings: Settings, leader: Leader | None = None
+    ) -> None:
         self.store = store
         self.io = io
         self.settings = settings
+        #: None: always act (a single process with nobody to defer to).
+        self.leader = leader
         self._queue: asyncio.Queue[TunnelKey] = asyncio.Queue()
         self._queued: set[TunnelKey] = set()
         self._busy: set[TunnelKey] = set()
@@ -65,8 +70,21 @@ class Worker:
         """Run `concurrency` reconcilers until cancelled."""
         await asyncio.gather(*(self._loop() for _ in range(concurrency)))
 
+    async def resync(self) -> None:
+        """Re-read every tunnel, forget our own decisions, and look at all of them."""
+        items = await self.io.list_tunnels()
+        self.store.resync(tunnel_from_body(body) for body in items)
+        self._waiting_since.clear()
+        for key in list(self.store.tunnels):
+            self.enqueue(key)
+
+    def _may_act(self) -> bool:
+        return self.leader is None or self.leader.active
+
     async def _loop(self) -> None:
         while True:
+            if self.leader is not None:
+                await self.leader.wait()
             key = await self._queue.get()
             self._queued.discard(key)
             self._busy.add(key)
@@ -106,7 +124,8 @@ class Worker:
         secrets = await self._user_secrets(rec)
         # From here to store.applied() nothing awaits: the decision and its claim are atomic.
         rec = self.store.tunnels.get(key)
-        if rec is None:
+        if rec is None or not self._may_act():
+            # Standing by: the replica that becomes active re-reads and looks at everything.
             return
         now = time.monotonic()
         since = self._waiting_since.get(key)
