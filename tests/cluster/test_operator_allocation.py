@@ -3,29 +3,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
-from test_operator_harness import (
+
+from support.kube import NodeFactory, wait_until
+from support.operator import (  # fixtures are imported to be used
     condition,
     create_tunnel,
     get_tunnel,
+    list_tunnels,
     peering_crds,  # noqa: F401
     psk_secret,
     routevpn_ns,  # noqa: F401
     start_operator,  # noqa: F401
     tunnel_body,
+    tunnel_when,
 )
-
-from support.kube import NodeFactory, wait_until
-
-
-def _all(kube: client.ApiClient, ns: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = client.CustomObjectsApi(kube).list_namespaced_custom_object(
-        "routevpn.io", "v1alpha1", ns, "vpntunnels"
-    )["items"]
-    return items
 
 
 def test_200_concurrent_creates_two_operators_unique(
@@ -43,7 +39,7 @@ def test_200_concurrent_creates_two_operators_unique(
         )
 
     def placed() -> list[dict[str, Any]] | None:
-        items = _all(kube, namespace)
+        items = list_tunnels(kube, namespace)
         ok = [o for o in items if condition(o, "Scheduled").get("status") == "True"]
         return items if len(ok) == 200 else None
 
@@ -54,6 +50,10 @@ def test_200_concurrent_creates_two_operators_unique(
     # Only one of the two processes acted (peering).
     writes = [op.metric("routevpn_operator_api_writes_total") for op in (first, second)]
     assert sorted(writes)[0] == 0 and sorted(writes)[1] > 0, writes
+
+
+def _scheduled_reason(want: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda o: condition(o, "Scheduled").get("reason") == want
 
 
 def test_every_conflict_kind(
@@ -72,19 +72,18 @@ def test_every_conflict_kind(
     for case, (iface, _) in cases.items():
         create_tunnel(kube, namespace, tunnel_body(f"{case}-a", sel, interface=iface))
         wait_until(
-            lambda c=case: (
-                condition(get_tunnel(kube, namespace, f"{c}-a"), "Scheduled").get("status")
-                == "True"
+            tunnel_when(
+                kube,
+                namespace,
+                f"{case}-a",
+                lambda o: condition(o, "Scheduled").get("status") == "True",
             ),
             what=f"{case}-a placed",
         )
         create_tunnel(kube, namespace, tunnel_body(f"{case}-b", sel, interface=iface))
     for case, (_, reason) in cases.items():
         got = wait_until(
-            lambda c=case, r=reason: (
-                condition(get_tunnel(kube, namespace, f"{c}-b"), "Scheduled").get("reason") == r
-                and get_tunnel(kube, namespace, f"{c}-b")
-            ),
+            tunnel_when(kube, namespace, f"{case}-b", _scheduled_reason(reason)),
             what=f"{case}-b {reason}",
         )
         assert f"{namespace}/{case}-a" in condition(got, "Scheduled")["message"]

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client import ApiException
-from test_operator_harness import (  # fixtures are imported to be used
+
+from support.kube import NodeFactory, wait_until
+from support.operator import (  # fixtures are imported to be used
     agent_apply,
     agent_finalizer,
     condition,
@@ -21,9 +23,8 @@ from test_operator_harness import (  # fixtures are imported to be used
     routevpn_ns,  # noqa: F401
     start_operator,  # noqa: F401
     tunnel_body,
+    tunnel_when,
 )
-
-from support.kube import NodeFactory, wait_until
 
 GW = {"routevpn.io/gateway": "true"}
 
@@ -55,11 +56,12 @@ def test_place_move_ready_and_delete(
         tunnel_body("t1", {**GW, "zone": namespace}, interface={"addresses": ["169.254.10.1/30"]}),
     )
     placed = wait_until(
-        lambda: (o := get_tunnel(kube, namespace, "t1")) and label(o) and o,
+        tunnel_when(kube, namespace, "t1", label),
         timeout=30,
         what="t1 placed",
     )
     first = label(placed)
+    assert first is not None
     st = placed["status"]
     assert st["node"] == first and st["interface"]["key"] >= 4096
     assert st["localAddress"] in {"192.0.2.10", "192.0.2.11"}
@@ -92,6 +94,7 @@ def test_place_move_ready_and_delete(
     )
     assert ready
     both = get_tunnel(kube, namespace, "t1")
+    assert both is not None
     types = {c["type"] for c in both["status"]["conditions"]}
     assert {"Scheduled", "Ready", "Configured", "RoutesInstalled"} <= types
 
@@ -123,7 +126,7 @@ def test_place_move_ready_and_delete(
     other = b if first == a else a
     client.CoreV1Api(kube).patch_node(first, {"metadata": {"labels": {"zone": "elsewhere"}}})
     moving = wait_until(
-        lambda: (o := get_tunnel(kube, namespace, "t1")) and o["status"].get("node") == other and o,
+        tunnel_when(kube, namespace, "t1", lambda o: o["status"].get("node") == other),
         timeout=20,
         what="moving",
     )
@@ -206,7 +209,7 @@ def test_missing_then_created_secret_and_unplaced_delete(
     assert (got["status"], got["reason"]) == ("False", "SecretMissing")
     assert f"{namespace}/psk" in got["message"]
     assert label(get_tunnel(kube, namespace, "t")) is None
-    client.CoreV1Api(kube).create_namespaced_secret(
+    cast(Any, client.CoreV1Api(kube)).create_namespaced_secret(
         namespace, {"metadata": {"name": "psk"}, "data": {"other": "eA=="}}
     )
     wait_until(

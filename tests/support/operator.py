@@ -11,10 +11,14 @@ finalizer added and removed under a resourceVersion guard).
 ``peering(api, name)``           context manager: a ClusterKopfPeering, deleted afterwards
 ``apply_peering_crds(kubectl)``  kopf's peering CRDs as the chart ships them
 ``psk_secret(api, ns, name, value)``  ``tunnel_body(name, selector, **spec)``
-``create_tunnel`` ``get_tunnel`` ``list_tunnels`` ``delete_tunnel``
+``create_tunnel`` ``get_tunnel`` ``tunnel_when(api, ns, name, pred)``
+``list_tunnels`` ``delete_tunnel``
 ``condition(obj, type)`` ``label(obj)`` ``is_placed(obj)``
 ``agent_apply(api, ns, name, status)`` ``agent_finalizer(api, ns, name, present)``
 ``events_for(api, ns, name)``
+
+pytest fixtures (import them into a test module, they are its parameters):
+``peering_crds`` (module), ``routevpn_ns``, ``start_operator`` -> ``StartOperator``
 """
 
 from __future__ import annotations
@@ -24,16 +28,17 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 from kubernetes.client import ApiException
 
 from support.cluster import REPO, Kubectl, free_port
-from support.kube import apply_crd
+from support.kube import apply_crd, create_namespace, delete_namespace, wait_until
 
 GROUP, VERSION, PLURAL = "routevpn.io", "v1alpha1", "vpntunnels"
 NODE_LABEL = "routevpn.io/node"
@@ -216,6 +221,18 @@ def get_tunnel(api: client.ApiClient, ns: str, name: str) -> dict[str, Any] | No
     return got
 
 
+def tunnel_when(
+    api: client.ApiClient, ns: str, name: str, pred: Callable[[dict[str, Any]], object]
+) -> Callable[[], dict[str, Any] | None]:
+    """A `wait_until` check: the tunnel once `pred(tunnel)` holds, else None."""
+
+    def check() -> dict[str, Any] | None:
+        obj = get_tunnel(api, ns, name)
+        return obj if obj is not None and pred(obj) else None
+
+    return check
+
+
 def list_tunnels(api: client.ApiClient, ns: str) -> list[dict[str, Any]]:
     """Every VpnTunnel in `ns`."""
     items: list[dict[str, Any]] = _custom(api).list_namespaced_custom_object(
@@ -294,3 +311,68 @@ def events_for(api: client.ApiClient, ns: str, name: str) -> list[tuple[str, str
     return [
         (str(e.type), str(e.reason), str(e.message)) for e in evs if e.involved_object.name == name
     ]
+
+
+# --- pytest fixtures ---------------------------------------------------------------------
+
+#: `start_operator(**kw)`: keyword arguments are Operator's (not_ready_grace, ...).
+StartOperator = Callable[..., Operator]
+
+
+@pytest.fixture(scope="module")
+def peering_crds(kubectl: Kubectl) -> None:
+    """kopf's peering CRDs (as the chart ships them)."""
+    apply_peering_crds(kubectl)
+
+
+@pytest.fixture
+def routevpn_ns(kube: client.ApiClient) -> Iterator[str]:
+    """The operator's own namespace (delivered Secrets go here)."""
+    name = create_namespace(kube, "routevpn")
+    try:
+        yield name
+    finally:
+        delete_namespace(kube, name)
+
+
+@pytest.fixture
+def start_operator(
+    kube: client.ApiClient,
+    kubeconfig: Path,
+    routevpn_ns: str,
+    crd: list[str],
+    peering_crds: None,
+    tmp_path: Path,
+) -> Iterator[StartOperator]:
+    """`start_operator(**kw)` -> a running Operator, in this test's own peering.
+
+    Returns once the peering has settled: every operator started so far sees all of
+    them, and exactly one is active (so a test never races a replica's first moments).
+    Every operator is stopped by PID at teardown, whatever the test did.
+    """
+    started: list[Operator] = []
+
+    def settled() -> bool:
+        seen = [op.metric("routevpn_operator_peers") for op in started]
+        active = [op.active() for op in started]
+        return all(n == len(started) for n in seen) and sum(active) == 1
+
+    with peering(kube, routevpn_ns) as name:  # the namespace's name is unique per test
+
+        def start(**kw: Any) -> Operator:
+            op = Operator(
+                kubeconfig, routevpn_ns, name, tmp_path / f"operator-{len(started)}.log", **kw
+            )
+            started.append(op)
+            try:
+                wait_until(op.healthy, timeout=60, what="operator /healthz")
+                wait_until(settled, timeout=60, what="operator peering settled")
+            except TimeoutError as e:
+                raise TimeoutError(f"{e}\n--- operator log:\n{op.log_tail()}") from None
+            return op
+
+        try:
+            yield start
+        finally:
+            for op in started:
+                op.stop()
