@@ -51,7 +51,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "commonLabels": {"team": "network"},
         "operator": {
             "replicas": 3,
-            "extraArgs": ["--verbose"],
+            "extraArgs": ["--concurrency=16"],
             "extraEnv": [{"name": "EXTRA", "value": "1"}],
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "infra"}],
             "priorityClassName": "system-cluster-critical",

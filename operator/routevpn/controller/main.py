@@ -23,7 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="routevpn's own namespace: delivered Secrets live here",
     )
     parser.add_argument("--http-port", type=int, default=8080, help="/metrics and /healthz")
-    parser.add_argument("--http-host", default="0.0.0.0", help="bind address of --http-port")  # noqa: S104
+    parser.add_argument(
+        "--http-host",
+        "--bind-address",  # the agent's name for it: one spelling works for both commands
+        dest="http_host",
+        default="0.0.0.0",  # noqa: S104 - probes and scraping reach the pod's address
+        help="bind address of --http-port",
+    )
     parser.add_argument(
         "--peering",
         default=os.environ.get("ROUTEVPN_PEERING", "routevpn"),
