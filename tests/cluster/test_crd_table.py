@@ -7,20 +7,16 @@ layers: the CRD's CEL rules and the models' validators cannot drift apart unnoti
 
 from __future__ import annotations
 
-import copy
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from support.cluster import Kubectl
+from support.mistakes import apply_set, load_table
 
-TABLE = yaml.safe_load(
-    (Path(__file__).resolve().parents[1] / "data" / "invalid-vpntunnels.yaml").read_text()
-)
+TABLE = load_table()
 
 
 def manifest(spec: dict[str, Any]) -> str:
@@ -32,20 +28,6 @@ def manifest(spec: dict[str, Any]) -> str:
             "spec": spec,
         }
     )
-
-
-def apply_set(spec: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(spec)
-    for path, value in changes.items():
-        *parents, last = path.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        if value is None:
-            node.pop(last, None)
-        else:
-            node[last] = value
-    return out
 
 
 def dry_run(kubectl: Kubectl, spec: dict[str, Any]) -> tuple[int, str]:

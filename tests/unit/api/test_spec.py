@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -14,29 +13,15 @@ from pydantic import ValidationError
 from routevpn.api.fields import InterfaceType, Mode
 from routevpn.api.spec import VpnTunnelSpec, parse_spec
 from routevpn.api.tunnel import VpnTunnel
+from support.mistakes import apply_set, load_table
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-TABLE = yaml.safe_load((ROOT / "tests/data/invalid-vpntunnels.yaml").read_text())
+TABLE = load_table()
 
 
 def tunnels_in(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "VpnTunnel"]
-
-
-def apply_set(spec: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """Apply the table's dotted-path changes to a copy of `spec` (None deletes)."""
-    out = copy.deepcopy(spec)
-    for path, value in changes.items():
-        *parents, last = path.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        if value is None:
-            node.pop(last, None)
-        else:
-            node[last] = value
-    return out
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
