@@ -1,0 +1,277 @@
+"""The node agent bringing up N tunnels on one node, beside the same work done by hand.
+
+    .venv/bin/python benchmarks/bench_agent_scale.py [--tunnels 1 200] [--timeout 1500]
+
+CHILD SAs need a real IPsec kernel, so the measurement runs inside the QEMU lab guest
+(this script boots it and re-runs itself there with --in-guest). Inside, on the
+reference topology (support.sites), for each N:
+
+* baseline, by hand: a shell-style script (ip + one swanctl.conf + swanctl --initiate)
+  makes N XFRM interfaces with an inside address and a route each on the left site,
+  loads N connections and initiates them; seconds until all N CHILD SAs are INSTALLED
+  and all routes are in; then it is all removed again;
+* the agent: N VpnTunnels (XFRM interface, inside address, route), their delivered
+  Secrets and the operator's placement written through the API, then seconds until all
+  N report IkeEstablished, ChildSaInstalled and RoutesInstalled True; the agent's RSS
+  (VmRSS, VmHWM); API writes while nothing changes (a quiet window of several resyncs).
+
+The far end (right site) is configured by hand once per N and serves both runs. The API
+server is a control plane inside the guest (hack/local-cluster.sh). Figures are
+printed; nothing asserts on wall time. XFRM interfaces are used because many VTIs
+sharing the same two outer addresses can't all receive (the VTI input lookup ignores
+keys), while XFRM interfaces are told apart by if_id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the test-support package (tests/ is no package)
+sys.path.insert(0, str(REPO / "tests" / "lab"))  # the agent lab test's relay helpers
+
+PSK = "bench-agent-psk-0123456789abcdef0123456789"  # throwaway, never logged
+BASE_ID = 4096
+GROUP, VERSION, PLURAL = "routevpn.io", "v1alpha1", "vpntunnels"
+
+
+def inside(i: int) -> tuple[str, str, str]:
+    """(left inside /127, right inside address, the far prefix routed into tunnel i)."""
+    return f"2001:db8:f0:{i:x}::/127", f"2001:db8:f0:{i:x}::1", f"2001:db8:e0:{i:x}::/64"
+
+
+def poll(check: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
+    """Poll with a deadline (no bare sleeps); raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not done after {timeout:.0f}s")
+        time.sleep(every)
+
+
+def installed(site: Any, n: int, prefix: str) -> int:
+    """CHILD SAs INSTALLED in the site's charon among connections starting with `prefix`."""
+    from support import swanctl as sw
+
+    states = sw.child_states(sw.list_sas(site.ns, site.uri))
+    return sum(1 for name, st in states.items() if name.startswith(prefix) and st == "INSTALLED")
+
+
+def right_side(right: Any, n: int, workdir: Path) -> None:
+    """The far end of N tunnels, by hand: XFRM interfaces, addresses, routes, conns."""
+    from support import swanctl as sw
+    from support.sites import LEFT, RIGHT
+
+    conns = []
+    for i in range(n):
+        _, far, _ = inside(i)
+        right.ns.ip("link", "add", f"bx{i}", "type", "xfrm", "dev", right.wan,
+                    "if_id", str(BASE_ID + i))  # fmt: skip
+        right.ns.ip("link", "set", f"bx{i}", "up")
+        right.ns.ip("-6", "addr", "add", f"{far}/127", "dev", f"bx{i}", "nodad")
+        child = sw.Child(f"t{i}", esp_proposals="aes256gcm16-ecp384", if_id=BASE_ID + i)
+        conns.append(sw.Conn(
+            f"t{i}", RIGHT.outer6, LEFT.outer6, f"right-{i}.test", f"left-{i}.test", PSK,
+            [child], proposals="aes256gcm16-prfsha384-ecp384",
+        ))  # fmt: skip
+    sw.write_and_load(right.ns, right.uri, workdir / "right.conf", conns)
+
+
+def by_hand(left: Any, n: int, workdir: Path) -> float:
+    """The baseline: ip + swanctl on the left; seconds until N CHILD SAs and routes."""
+    from support import swanctl as sw
+    from support.sites import LEFT, RIGHT
+
+    t0 = time.monotonic()
+    conns = []
+    for i in range(n):
+        mine, far, prefix = inside(i)
+        left.ns.ip("link", "add", f"hx{i}", "type", "xfrm", "dev", left.wan,
+                   "if_id", str(BASE_ID + i))  # fmt: skip
+        left.ns.ip("link", "set", f"hx{i}", "up")
+        left.ns.ip("-6", "addr", "add", mine, "dev", f"hx{i}", "nodad")
+        left.ns.ip("-6", "route", "replace", prefix, "via", far, "dev", f"hx{i}")
+        child = sw.Child(f"h{i}", esp_proposals="aes256gcm16-ecp384", if_id=BASE_ID + i,
+                         start_action="start")  # fmt: skip
+        conns.append(sw.Conn(
+            f"h{i}", LEFT.outer6, RIGHT.outer6, f"left-{i}.test", f"right-{i}.test", PSK,
+            [child], proposals="aes256gcm16-prfsha384-ecp384",
+        ))  # fmt: skip
+    sw.write_and_load(left.ns, left.uri, workdir / "left.conf", conns)
+    poll(lambda: installed(left, n, "h") >= n, 900, f"{n} hand-made CHILD SAs")
+    took = time.monotonic() - t0
+    sw.write_and_load(left.ns, left.uri, workdir / "left.conf", [])  # unload all again
+    for i in range(n):
+        left.ns.ip("link", "delete", f"hx{i}", check=False)
+    poll(lambda: installed(left, n, "h") == 0, 120, "hand-made SAs gone")
+    return took
+
+
+def agent_run(lab: Any, n: int, quiet: float) -> dict[str, float]:
+    """The agent: API objects for N tunnels → seconds until all are up; RSS; quiet writes."""
+    from kubernetes import client
+
+    from support.sites import LEFT, RIGHT
+
+    t0 = time.monotonic()
+    names = [f"t{i}" for i in range(n)]
+    for i, name in enumerate(names):
+        mine, far, prefix = inside(i)
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "VpnTunnel",
+            "metadata": {"name": name, "namespace": lab.tunnel_ns},
+            "spec": {
+                "nodeName": lab.node,
+                "local": {"address": LEFT.outer6, "id": f"left-{i}.test"},
+                "remote": {"address": RIGHT.outer6, "id": f"right-{i}.test"},
+                "auth": {"type": "psk", "psk": {"secretRef": {"name": "psk"}}},
+                "interface": {"type": "xfrm", "addresses": [mine]},
+                "routes": [{"to": prefix, "via": far}],
+            },
+        }  # fmt: skip
+        lab.custom.create_namespaced_custom_object(GROUP, VERSION, lab.tunnel_ns, PLURAL, body)
+        lab.core.create_namespaced_secret(lab.agent_ns, client.V1Secret(
+            metadata=client.V1ObjectMeta(name=f"tunnel-{lab.tunnel_ns}-{name}", labels={
+                "routevpn.io/node": lab.node, "routevpn.io/tunnel-namespace": lab.tunnel_ns,
+                "routevpn.io/tunnel-name": name}),
+            data={"psk": base64.b64encode(PSK.encode()).decode()},
+        ))  # fmt: skip
+        lab.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, lab.tunnel_ns, PLURAL, name,
+            {"metadata": {"labels": {"routevpn.io/node": lab.node}}},
+            _content_type="application/merge-patch+json",
+        )  # fmt: skip
+        status = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "VpnTunnel",
+            "metadata": {"name": name, "namespace": lab.tunnel_ns},
+            "status": {
+                "node": lab.node,
+                "interface": {"name": f"xfrm{BASE_ID + i}", "type": "xfrm", "ifId": BASE_ID + i},
+            },
+        }
+        lab.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, lab.tunnel_ns, PLURAL, name, status,
+            field_manager="routevpn-operator", force=True,
+            _content_type="application/apply-patch+yaml",
+        )  # fmt: skip
+    placed = time.monotonic() - t0
+    want = {"IkeEstablished", "ChildSaInstalled", "RoutesInstalled"}
+
+    def all_up() -> bool:
+        items = lab.custom.list_namespaced_custom_object(GROUP, VERSION, lab.tunnel_ns, PLURAL)[
+            "items"
+        ]
+        up = 0
+        for obj in items:
+            conds = {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
+            up += all(conds.get(t) == "True" for t in want)
+        return up >= n
+
+    poll(all_up, 1200, f"{n} tunnels up through the agent", every=1.0)
+    took = time.monotonic() - t0
+    pid = lab.agent.pid()
+    rss = _status_kib(pid, "VmRSS") / 1024
+    hwm = _status_kib(pid, "VmHWM") / 1024
+    # steady state: nothing changes; count API writes over several resyncs
+    before = _writes(lab.agent.metrics())
+    t_quiet = time.monotonic()
+    poll(lambda: time.monotonic() - t_quiet >= quiet, quiet + 5, "quiet window", every=1.0)
+    after = _writes(lab.agent.metrics())
+    for name in names:
+        lab.custom.delete_namespaced_custom_object(GROUP, VERSION, lab.tunnel_ns, PLURAL, name)
+    poll(
+        lambda: (
+            not lab.custom.list_namespaced_custom_object(GROUP, VERSION, lab.tunnel_ns, PLURAL)[
+                "items"
+            ]
+        ),
+        900,
+        "tunnels deleted",
+        every=1.0,
+    )
+    return {"placed_s": placed, "up_s": took, "rss_mib": rss, "hwm_mib": hwm,
+            "quiet_writes": after - before, "quiet_s": quiet}  # fmt: skip
+
+
+def _status_kib(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _writes(metrics: str) -> float:
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in metrics.splitlines()
+        if line.startswith("routevpn_agent_api_writes_total")
+    )
+
+
+def in_guest(counts: list[int], quiet: float) -> int:
+    """The measurement itself (inside the lab guest)."""
+    import tempfile
+
+    import test_agent_lab as tal  # type: ignore[import-not-found]
+
+    results: list[dict[str, Any]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp,
+        tal.guest_control_plane(Path(tmp) / "cp") as kubeconfig,
+    ):
+        for n in counts:
+            work = Path(tmp) / f"n{n}"
+            work.mkdir()
+            with tal.lab_world(kubeconfig, work) as lab:
+                poll(lab.agent.ready, 180, "agent ready")
+                right_side(lab.right, n, work)
+                hand = by_hand(lab.left, n, work)
+                agent = agent_run(lab, n, quiet)
+                results.append({"tunnels": n, "by_hand_s": hand, **agent})
+    print("BENCH-RESULTS " + json.dumps(results))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tunnels", type=int, nargs="+", default=[1, 200])
+    parser.add_argument("--quiet", type=float, default=20.0, help="steady-state window (s)")
+    parser.add_argument("--timeout", type=float, default=2400.0, help="guest deadline (s)")
+    parser.add_argument("--in-guest", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.in_guest:
+        return in_guest(args.tunnels, args.quiet)
+    from support import lab
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--in-guest", "--quiet",
+           str(args.quiet), "--tunnels", *map(str, args.tunnels)]  # fmt: skip
+    os.environ.setdefault("ROUTEVPN_LAB_MEMORY_MB", "2048")
+    res = lab.run_in_guest(cmd, timeout=args.timeout, cwd=REPO)
+    line = next((x for x in res.output.splitlines() if x.startswith("BENCH-RESULTS ")), None)
+    if line is None:
+        print(res.output[-6000:])
+        print(f"no results (guest exit {res.returncode}, timed out {res.timed_out})")
+        return 1
+    print(f"lab guest: accel={res.accel}, wall {res.wall_seconds:.0f}s")
+    print(f"{'tunnels':>8} {'by hand':>9} {'agent':>9} {'placed':>8} {'RSS':>8} {'HWM':>8} "
+          f"{'quiet writes':>13}")  # fmt: skip
+    for r in json.loads(line.removeprefix("BENCH-RESULTS ")):
+        print(
+            f"{r['tunnels']:>8} {r['by_hand_s']:>8.1f}s {r['up_s']:>8.1f}s {r['placed_s']:>7.1f}s "
+            f"{r['rss_mib']:>6.0f}Mi {r['hwm_mib']:>6.0f}Mi "
+            f"{r['quiet_writes']:>6.0f} in {r['quiet_s']:.0f}s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
