@@ -231,7 +231,9 @@ def _boot(
     }
     for name in ("output", "rc", "times"):
         (scratch / name).unlink(missing_ok=True)
-    (scratch / "stage2.sh").write_text(spec.stage2_script(modules=modules, net=net))
+    (scratch / "stage2.sh").write_text(
+        spec.stage2_script(modules=modules, net=net, keep=(str(cwd), str(REPO), sys.prefix))
+    )
     (scratch / "command.sh").write_text(spec.command_script(command, cwd=str(cwd), env=guest_env))
     console = scratch / "console.log"
     boot = spec.BootSpec(

@@ -244,9 +244,45 @@ def qemu_argv(spec: BootSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
     return argv + list(spec.extra)
 
 
-def stage2_script(*, modules: Sequence[str] = IPSEC_MODULES, net: UserNet | None = None) -> str:
-    """Stage 2, run as PID 1 from the host's root: set up, run ``command.sh``, power off."""
+def _kept_mounts(keep: Sequence[str]) -> tuple[str, str]:
+    """Shell lines that keep host paths under /tmp or /run visible through their tmpfs.
+
+    The guest mounts fresh tmpfs on /run and /tmp; a repository cloned under /tmp (as CI
+    may do) would vanish behind it. Each such path is bind-mounted aside first and moved
+    back on top of the new tmpfs.
+    """
+    hidden = sorted(
+        {
+            p.rstrip("/")
+            for p in keep
+            if p.rstrip("/") in ("/tmp", "/run") or p.startswith(("/tmp/", "/run/"))
+        }
+    )
+    outer = [p for p in hidden if not any(p.startswith(q + "/") for q in hidden if q != p)]
+    before = "".join(
+        f"mkdir -p /mnt/.keep{i}\nmount --bind {shlex.quote(p)} /mnt/.keep{i}\n"
+        for i, p in enumerate(outer)
+    )
+    after = "".join(
+        f"mkdir -p {shlex.quote(p)}\nmount --move /mnt/.keep{i} {shlex.quote(p)}\n"
+        for i, p in enumerate(outer)
+    )
+    return before, after
+
+
+def stage2_script(
+    *,
+    modules: Sequence[str] = IPSEC_MODULES,
+    net: UserNet | None = None,
+    keep: Sequence[str] = (),
+) -> str:
+    """Stage 2, run as PID 1 from the host's root: set up, run ``command.sh``, power off.
+
+    `keep`: host paths (the repository, the working directory) that must stay visible
+    even when they live under /tmp or /run, which get a fresh tmpfs in the guest.
+    """
     s = GUEST_SCRATCH
+    keep_before, keep_after = _kept_mounts(keep)
     modprobe = ""
     if modules:
         # a module that fails to load shows up in the tests that need it, with this log
@@ -265,9 +301,9 @@ mount -t sysfs sysfs /sys
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /run
+{keep_before}mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
-echo "start $(cut -d' ' -f1 /proc/uptime)" > {s}/times
+{keep_after}echo "start $(cut -d' ' -f1 /proc/uptime)" > {s}/times
 {modprobe}ip link set lo up
 {netup}hostname routevpn-lab
 echo "command $(cut -d' ' -f1 /proc/uptime)" >> {s}/times
