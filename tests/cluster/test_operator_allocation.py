@@ -11,6 +11,7 @@ from kubernetes import client
 
 from support.kube import NodeFactory, wait_until
 from support.operator import (  # fixtures are imported to be used
+    Operator,
     condition,
     create_tunnel,
     get_tunnel,
@@ -31,6 +32,9 @@ def test_200_concurrent_creates_two_operators_unique(
     make_node(f"{namespace}-n", sel)
     psk_secret(kube, namespace)
     first, second = start_operator(), start_operator()
+    # Counted from here: until the peering settled the first replica led, alone at first,
+    # and rightly wrote (for tunnels earlier tests left behind in the cluster, say).
+    before = [_writes(op) for op in (first, second)]
     with ThreadPoolExecutor(8) as pool:
         list(
             pool.map(
@@ -47,9 +51,23 @@ def test_200_concurrent_creates_two_operators_unique(
     keys = [o["status"]["interface"]["key"] for o in items]
     names = [o["status"]["interface"]["name"] for o in items]
     assert len(set(keys)) == 200 and len(set(names)) == 200 and min(keys) >= 4096
-    # Only one of the two processes acted (peering).
-    writes = [op.metric("routevpn_operator_api_writes_total") for op in (first, second)]
-    assert sorted(writes)[0] == 0 and sorted(writes)[1] > 0, writes
+    # Only one of the two processes acted (peering): the standby wrote nothing at all.
+    ops = (first, second)
+    after = [_writes(op) for op in ops]
+    made = [
+        {kind: n - was.get(kind, 0.0) for kind, n in now.items() if n != was.get(kind, 0.0)}
+        for was, now in zip(before, after, strict=True)
+    ]
+    detail = "\n".join(
+        f"--- operator {i}: writes {made[i]}\n{op.log_tail(30)}" for i, op in enumerate(ops)
+    )
+    low, top = sorted(range(2), key=lambda i: ops[i].metric("routevpn_operator_priority"))
+    assert made[low] == {}, f"the standby wrote: {made}\n{detail}"
+    assert sum(made[top].values()) >= 200, f"one status write a tunnel at least: {made}"
+
+
+def _writes(op: Operator) -> dict[str, float]:
+    return op.metric_by_label("routevpn_operator_api_writes_total", "kind")
 
 
 def _scheduled_reason(want: str) -> Callable[[dict[str, Any]], bool]:

@@ -68,7 +68,12 @@ def test_place_move_ready_and_delete(
     assert condition(placed, "Scheduled")["status"] == "True"
     assert condition(placed, "Ready")["reason"] == "WaitingForAgent"
     assert "routevpn.io/operator" in placed["metadata"]["finalizers"]
-    sec = wait_until(lambda: delivered(kube, routevpn_ns, namespace, "t1"), what="secret")
+    # The operator writes the Secret before the label: once labelled, it is there at once
+    # (a label without it is another writer's, or a deletion; the log tells which).
+    try:
+        sec = wait_until(lambda: delivered(kube, routevpn_ns, namespace, "t1"), what="secret")
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}\n--- operator log:\n{op.log_tail(60)}") from None
     assert sec.data["psk"] == "c2VjcmV0LTE=" and sec.metadata.labels["routevpn.io/node"] == first
     assert "secret" not in str(events_for(kube, namespace, "t1")).lower().replace("secret ", "")
 

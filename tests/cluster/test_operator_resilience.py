@@ -4,6 +4,7 @@ broken Secret and a node blip; a node NotReady for good moves its tunnels elsewh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -36,6 +37,10 @@ def _delivered(kube: client.ApiClient, rns: str, ns: str, name: str) -> Any:
         if e.status == 404:
             return None
         raise
+
+
+def _warned(kube: client.ApiClient, ns: str, name: str, reason: str) -> Callable[[], bool]:
+    return lambda: any(t == "Warning" and r == reason for t, r, _ in events_for(kube, ns, name))
 
 
 def _placed(kube: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
@@ -94,7 +99,8 @@ def test_placed_tunnel_keeps_running_through_a_missing_then_invalid_secret(
         assert got["status"]["interface"] == placed["status"]["interface"]
         assert "routevpn.io/agent" in got["metadata"]["finalizers"]
         assert condition(got, "Ready")["reason"] == reason
-        assert any(t == "Warning" and r == reason for t, r, _ in events_for(kube, namespace, "t"))
+        # The Event is posted after the status write it tells of: poll for it.
+        wait_until(_warned(kube, namespace, "t", reason), what=f"a Warning {reason} Event")
     # The agent's material is the last good one, still labelled for its node.
     kept = _delivered(kube, routevpn_ns, namespace, "t")
     assert kept is not None and kept.data["psk"] == DEFAULT_PSK
@@ -193,9 +199,14 @@ def test_node_notready_longer_than_grace_moves_the_tunnel(
         ),
         what="the key material follows to the new node",
     )
-    evs = events_for(kube, namespace, "t")
-    assert any(r == "NodeGone" and t == "Warning" for t, r, _ in evs), evs
-    assert any(r == "Moved" for _, r, _ in evs), evs
+
+    # Events are posted after the writes they tell of: poll for them too.
+    def told() -> bool:
+        evs = events_for(kube, namespace, "t")
+        gone = any(r == "NodeGone" and t == "Warning" for t, r, _ in evs)
+        return gone and any(r == "Moved" for _, r, _ in evs)
+
+    wait_until(told, what="Warning NodeGone and Moved Events")
 
 
 def test_node_notready_shorter_than_grace_keeps_the_tunnel(

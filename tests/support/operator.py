@@ -7,12 +7,13 @@ way the real one writes (server-side apply with fieldManager routevpn-agent, its
 finalizer added and removed under a resourceVersion guard).
 
 ``Operator(kubeconfig, namespace, peering, log, not_ready_grace=…, orphan_wait=…)``
-    ``.pid .port .healthy() .metric(name) .metrics() .active() .peak_rss_mib() .stop()``
+    ``.pid .port .healthy() .metric(name) .metric_by_label(name, label) .metrics() .active()``
+    ``.peak_rss_mib() .stop() .log_tail()``
 ``peering(api, name)``           context manager: a ClusterKopfPeering, deleted afterwards
 ``apply_peering_crds(kubectl)``  kopf's peering CRDs as the chart ships them
 ``psk_secret(api, ns, name, value)``  ``tunnel_body(name, selector, **spec)``
 ``create_tunnel`` ``get_tunnel`` ``tunnel_when(api, ns, name, pred)``
-``list_tunnels`` ``delete_tunnel``
+``list_tunnels`` ``delete_tunnel`` ``release_tunnels(api, ns)``
 ``condition(obj, type)`` ``label(obj)`` ``is_placed(obj)``
 ``agent_apply(api, ns, name, status)`` ``agent_finalizer(api, ns, name, present)``
 ``events_for(api, ns, name)``
@@ -117,6 +118,22 @@ class Operator:
             if series.split("{", 1)[0] == name:
                 total += float(value)
         return total
+
+    def metric_by_label(self, name: str, label: str) -> dict[str, float]:
+        """A metric's samples by the value of one label, e.g. writes by `kind`."""
+        out: dict[str, float] = {}
+        for line in self.metrics().splitlines():
+            if line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            metric, _, labels = series.partition("{")
+            if metric != name:
+                continue
+            for pair in labels.rstrip("}").split(","):
+                key, _, quoted = pair.partition("=")
+                if key == label:
+                    out[quoted.strip('"')] = out.get(quoted.strip('"'), 0.0) + float(value)
+        return out
 
     def active(self) -> bool:
         """Is this replica the one that acts (peering)? False when it does not answer."""
@@ -335,9 +352,33 @@ def routevpn_ns(kube: client.ApiClient) -> Iterator[str]:
         delete_namespace(kube, name)
 
 
+def release_tunnels(api: client.ApiClient, ns: str) -> None:
+    """Delete every VpnTunnel in `ns` and drop its finalizers (no operator or agent is left
+    to): otherwise they wait, Terminating, for the next test's operator (cluster-wide),
+    which then spends its first minute releasing them instead of doing its own test."""
+    custom = _custom(api)
+    for obj in list_tunnels(api, ns):
+        name = obj["metadata"]["name"]
+        try:
+            custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                ns,
+                PLURAL,
+                name,
+                {"metadata": {"finalizers": None}},
+                _content_type="application/merge-patch+json",
+            )
+            custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
 @pytest.fixture
 def start_operator(
     kube: client.ApiClient,
+    namespace: str,
     kubeconfig: Path,
     routevpn_ns: str,
     crd: list[str],
@@ -347,15 +388,21 @@ def start_operator(
     """`start_operator(**kw)` -> a running Operator, in this test's own peering.
 
     Returns once the peering has settled: every operator started so far sees all of
-    them, and exactly one is active (so a test never races a replica's first moments).
-    Every operator is stopped by PID at teardown, whatever the test did.
+    them, and exactly one, the one of highest priority, is active (so a test never races
+    a replica's first moments or a hand-over). Every operator is stopped by PID at
+    teardown, whatever the test did; then the test's tunnels (in `namespace`) are deleted
+    without waiting for anyone.
     """
     started: list[Operator] = []
 
     def settled() -> bool:
         seen = [op.metric("routevpn_operator_peers") for op in started]
         active = [op.active() for op in started]
-        return all(n == len(started) for n in seen) and sum(active) == 1
+        # The highest priority must be the active one: a replica started with a higher
+        # priority than the leader takes over a moment later (a hand-over), and until then
+        # "exactly one active" names the old leader, which then still acts.
+        top = max(started, key=lambda op: op.metric("routevpn_operator_priority"))
+        return all(n == len(started) for n in seen) and sum(active) == 1 and top.active()
 
     with peering(kube, routevpn_ns) as name:  # the namespace's name is unique per test
 
@@ -376,3 +423,4 @@ def start_operator(
         finally:
             for op in started:
                 op.stop()
+            release_tunnels(kube, namespace)

@@ -25,6 +25,8 @@ from routevpn.controller.model import (
 UserSecret = tuple[str, Mapping[str, str]] | None
 
 TLS_TYPE = "kubernetes.io/tls"
+#: The `app.kubernetes.io/managed-by` value of delivered Secrets (the operator lists by it).
+MANAGED_BY = "routevpn-operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +120,7 @@ def delivered_body(
         naming.NODE_LABEL: node or "",
         TUNNEL_NAMESPACE_LABEL: namespace,
         TUNNEL_NAME_LABEL: _label_value(name),
-        "app.kubernetes.io/managed-by": "routevpn-operator",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
     }
     return {
         "apiVersion": "v1",

@@ -234,8 +234,10 @@ async def secret_event(
             w.enqueue(got.tunnel)
         return
     users = rt.store.referencing(namespace, name)
-    if not users:
+    if not users and (namespace, name) not in rt.store.user_secrets:
         return
+    # Cached but unused (its tunnels are gone) still follows: the index below never sees
+    # a deletion, and a tunnel created later must not start from a Secret that is gone.
     rt.store.user_secrets[(namespace, name)] = (
         None if deleted else (str(body.get("type") or "Opaque"), dict(body.get("data") or {}))
     )

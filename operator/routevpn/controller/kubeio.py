@@ -28,6 +28,7 @@ class KubeIO:
     """Typed, counted access to the few API calls the operator makes."""
 
     def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
 
@@ -142,6 +143,24 @@ class KubeIO:
             self._custom.list_cluster_custom_object, naming.GROUP, naming.VERSION, naming.PLURAL
         )
         return list(got.get("items") or [])
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        """Every Node, as plain bodies (the layout watch events have)."""
+        got: Any = await asyncio.to_thread(self._core.list_node)
+        return [self._plain(node) for node in got.items]
+
+    async def list_delivered(self, namespace: str) -> list[dict[str, Any]]:
+        """The Secrets the operator delivered into `namespace`, as plain bodies."""
+        got: Any = await asyncio.to_thread(
+            self._core.list_namespaced_secret,
+            namespace,
+            label_selector=f"app.kubernetes.io/managed-by={bundle.MANAGED_BY}",
+        )
+        return [self._plain(sec) for sec in got.items]
+
+    def _plain(self, model: object) -> dict[str, Any]:
+        plain: object = self._api.sanitize_for_serialization(model)  # type: ignore[no-untyped-call]
+        return cast(dict[str, Any], plain)
 
     async def read_peering(self, name: str) -> dict[str, Any] | None:
         """The status (peers) of ClusterKopfPeering `name`, or None when it does not exist."""

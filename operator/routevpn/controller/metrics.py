@@ -38,3 +38,8 @@ PEERS = Gauge(
     "Live operator replicas in the peering object, this one included.",
     registry=REGISTRY,
 )
+PRIORITY = Gauge(
+    "routevpn_operator_priority",
+    "This replica's peering priority (drawn at start): the highest live one is active.",
+    registry=REGISTRY,
+)

@@ -23,7 +23,13 @@ from routevpn.controller.metrics import (
     RECONCILE_TOTAL,
     TUNNELS,
 )
-from routevpn.controller.model import TunnelKey, TunnelRecord, tunnel_from_body
+from routevpn.controller.model import (
+    TunnelKey,
+    TunnelRecord,
+    delivered_from_body,
+    node_from_body,
+    tunnel_from_body,
+)
 from routevpn.controller.reconcile import Decision, Settings, World, decide
 from routevpn.controller.status import apply_body
 from routevpn.controller.store import Store
@@ -32,6 +38,10 @@ log = logging.getLogger("routevpn.operator")
 
 #: Delay before retrying a reconcile that failed (API error, 409): long enough not to spin.
 RETRY_DELAY = 2.0
+
+
+class NotLeadingError(Exception):
+    """This replica stopped being the active one between the decision and a write."""
 
 
 class Worker:
@@ -71,15 +81,32 @@ class Worker:
         await asyncio.gather(*(self._loop() for _ in range(concurrency)))
 
     async def resync(self) -> None:
-        """Re-read every tunnel, forget our own decisions, and look at all of them."""
+        """Re-read every tunnel, node and delivered Secret, forget our own decisions, and
+        look at every tunnel. kopf re-lists when its paused watches resume, but what was
+        deleted meanwhile never comes as an event: a delivered Secret the other replica
+        deleted would still count as delivered (a label without its Secret)."""
         items = await self.io.list_tunnels()
+        nodes = await self.io.list_nodes()
+        delivered = await self.io.list_delivered(self.settings.routevpn_namespace)
         self.store.resync(tunnel_from_body(body) for body in items)
+        self.store.nodes = {rec.name: rec for rec in (node_from_body(b) for b in nodes)}
+        self.store.delivered = {
+            got.tunnel: got
+            for got in (delivered_from_body(b) for b in delivered)
+            if got.tunnel is not None
+        }
         self._waiting_since.clear()
         for key in list(self.store.tunnels):
             self.enqueue(key)
 
     def _may_act(self) -> bool:
         return self.leader is None or self.leader.active
+
+    def _guard(self) -> None:
+        """Right before each write: only the active replica writes (its lease may have
+        run out while an earlier write of the same batch was in flight)."""
+        if not self._may_act():
+            raise NotLeadingError
 
     async def _loop(self) -> None:
         while True:
@@ -93,6 +120,11 @@ class Worker:
                 await self._process(key)
             except ConflictError:
                 self.enqueue(key, RETRY_DELAY / 4)
+            except NotLeadingError:
+                # Not a failure: the view is re-read when this replica leads again, and
+                # the key stays queued (the loop waits for the lead before taking it).
+                self.store.applied(key, None)
+                self.enqueue(key)
             except Exception:
                 RECONCILE_ERRORS.inc()
                 log.exception("%s: reconcile failed, retrying", naming.tunnel_ref(*key))
@@ -113,7 +145,10 @@ class Worker:
         for name in bundle.referenced(rec.spec):
             ckey = (rec.namespace, name)
             if ckey not in self.store.user_secrets:
-                self.store.user_secrets[ckey] = await self.io.read_secret(rec.namespace, name)
+                got = await self.io.read_secret(rec.namespace, name)
+                # An event may have filled it while we read: the event is newer than our
+                # read, so it wins (overwriting it would keep a rotated key stale).
+                self.store.user_secrets.setdefault(ckey, got)
             out[name] = self.store.user_secrets[ckey]
         return out
 
@@ -124,8 +159,11 @@ class Worker:
         secrets = await self._user_secrets(rec)
         # From here to store.applied() nothing awaits: the decision and its claim are atomic.
         rec = self.store.tunnels.get(key)
-        if rec is None or not self._may_act():
-            # Standing by: the replica that becomes active re-reads and looks at everything.
+        if rec is None:
+            return
+        if not self._may_act():
+            # Standing by: keep it queued (the loop waits for the lead before taking it).
+            self.enqueue(key)
             return
         now = time.monotonic()
         since = self._waiting_since.get(key)
@@ -166,11 +204,13 @@ class Worker:
         finalizers = list(rec.finalizers)
         rv = rec.resource_version
         if d.status_changed and d.status is not None:
+            self._guard()
             got = await self.io.apply_status(ns, name, apply_body(ns, name, d.status))
             fresh = tunnel_from_body(got)
             self.store.put_tunnel(fresh)
             finalizers, rv = list(fresh.finalizers), fresh.resource_version
         if d.secret is not None:
+            self._guard()
             await self.io.apply_secret(d.secret)
         patch: dict[str, Any] = {"metadata": {}}
         new_fin = list(finalizers)
@@ -189,20 +229,25 @@ class Worker:
             patch["metadata"]["labels"] = {naming.NODE_LABEL: d.label}
         secret_ns, secret_name = self.settings.routevpn_namespace, naming.secret_name(ns, name)
         if d.delete_secret and d.remove_operator_finalizer:
+            self._guard()
             await self.io.delete_secret(secret_ns, secret_name)
         if patch["metadata"]:
+            self._guard()
             patched = await self.io.patch_metadata(ns, name, patch, "metadata")
             if patched is not None:
                 self.store.put_tunnel(tunnel_from_body(patched))
             if d.label_changed:
                 log.info("%s: label %s=%s", rec.ref, naming.NODE_LABEL, d.label or "(removed)")
         if d.delete_secret and not d.remove_operator_finalizer:
+            self._guard()
             await self.io.delete_secret(secret_ns, secret_name)
         if d.remove_operator_finalizer:
             log.info("%s: released (allocation freed, delivered Secret deleted)", rec.ref)
         for etype, reason, message in d.events:
             log.info("%s: %s %s: %s", rec.ref, etype, reason, message)
             # An Event that can't be posted must not undo the decision: logged above.
+            if not self._may_act():
+                return  # the decision is written; only its Events are left out
             try:
                 stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 await self.io.post_event(body_ref, etype, reason, message, stamp)
