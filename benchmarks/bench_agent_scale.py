@@ -115,7 +115,7 @@ def by_hand(left: Any, n: int, workdir: Path) -> float:
     return took
 
 
-def agent_run(lab: Any, n: int, quiet: float) -> dict[str, float]:
+def agent_run(lab: Any, n: int, quiet: float) -> dict[str, Any]:
     """The agent: API objects for N tunnels → seconds until all are up; RSS; quiet writes."""
     from kubernetes import client
 
@@ -178,7 +178,7 @@ def agent_run(lab: Any, n: int, quiet: float) -> dict[str, float]:
 
     poll(all_up, 1200, f"{n} tunnels up through the agent", every=1.0)
     took = time.monotonic() - t0
-    pid = lab.agent.pid()
+    pid = lab.agent.pid
     rss = _status_kib(pid, "VmRSS") / 1024
     hwm = _status_kib(pid, "VmHWM") / 1024
     # steady state: nothing changes; count API writes over several resyncs
@@ -198,8 +198,15 @@ def agent_run(lab: Any, n: int, quiet: float) -> dict[str, float]:
         "tunnels deleted",
         every=1.0,
     )
+    quiet_writes = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k)}
     return {"placed_s": placed, "up_s": took, "rss_mib": rss, "hwm_mib": hwm,
-            "quiet_writes": after - before, "quiet_s": quiet}  # fmt: skip
+            "quiet_writes": sum(quiet_writes.values()), "quiet_by_kind": quiet_writes,
+            "quiet_s": quiet, "writes_total": sum(after.values())}  # fmt: skip
+
+
+def progress(text: str) -> None:
+    """A progress line on the guest's output (seen even if a later step fails)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
 def _status_kib(pid: int, key: str) -> float:
@@ -209,12 +216,14 @@ def _status_kib(pid: int, key: str) -> float:
     return 0.0
 
 
-def _writes(metrics: str) -> float:
-    return sum(
-        float(line.rpartition(" ")[2])
-        for line in metrics.splitlines()
-        if line.startswith("routevpn_agent_api_writes_total")
-    )
+def _writes(metrics: str) -> dict[str, float]:
+    """routevpn_agent_api_writes_total by kind."""
+    out: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("routevpn_agent_api_writes_total{"):
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            out[kind] = float(line.rpartition(" ")[2])
+    return out
 
 
 def in_guest(counts: list[int], quiet: float) -> int:
@@ -228,14 +237,18 @@ def in_guest(counts: list[int], quiet: float) -> int:
         tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp,
         tal.guest_control_plane(Path(tmp) / "cp") as kubeconfig,
     ):
+        progress("control plane up")
         for n in counts:
             work = Path(tmp) / f"n{n}"
             work.mkdir()
             with tal.lab_world(kubeconfig, work) as lab:
                 poll(lab.agent.ready, 180, "agent ready")
                 right_side(lab.right, n, work)
+                progress(f"N={n}: far end ready")
                 hand = by_hand(lab.left, n, work)
+                progress(f"N={n}: by hand {hand:.1f}s")
                 agent = agent_run(lab, n, quiet)
+                progress(f"N={n}: agent {agent}")
                 results.append({"tunnels": n, "by_hand_s": hand, **agent})
     print("BENCH-RESULTS " + json.dumps(results))
     return 0
@@ -268,7 +281,8 @@ def main() -> int:
         print(
             f"{r['tunnels']:>8} {r['by_hand_s']:>8.1f}s {r['up_s']:>8.1f}s {r['placed_s']:>7.1f}s "
             f"{r['rss_mib']:>6.0f}Mi {r['hwm_mib']:>6.0f}Mi "
-            f"{r['quiet_writes']:>6.0f} in {r['quiet_s']:.0f}s"
+            f"{r['quiet_writes']:>6.0f} in {r['quiet_s']:.0f}s {r['quiet_by_kind']} "
+            f"(writes to get there: {r['writes_total']:.0f})"
         )
     return 0
 

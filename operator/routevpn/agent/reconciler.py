@@ -127,8 +127,11 @@ class Reconciler:
         for w in work:
             await self._apply(w)
         after = await self._observe() if work else facts
+        # charon reports relative seconds: turn them into times with the clock of the
+        # observation, not of each report, or a slow pass would shift every timestamp
+        observed_at = self.clock()
         for w in work:
-            await self._report(w, after.ipsec if after else None)
+            await self._report(w, after.ipsec if after else None, observed_at)
         self.metrics.tunnels.set(len(self.state.configured))
 
     async def _observe(self) -> Facts | None:
@@ -234,10 +237,9 @@ class Reconciler:
 
     # -- report ---------------------------------------------------------------------
 
-    async def _report(self, w: _Work, ipsec: IpsecFacts | None) -> None:
+    async def _report(self, w: _Work, ipsec: IpsecFacts | None, now_ts: float) -> None:
         ns, name = w.key
         conn = naming.conn_name(ns, name)
-        now_ts = self.clock()
         now = datetime.fromtimestamp(now_ts, UTC)
         ike = cond.best_ike(list(ipsec.sas), conn) if ipsec is not None else None
         child = cond.best_child(ike, conn)
