@@ -91,9 +91,16 @@ ldflags_k8s() {
 cmd_build() {
     mkdir -p "$CACHE/bin"
     # One build at a time per cache (hack/setup.sh may run in several shells at once);
-    # a second caller waits, then finds the first one's binaries.
-    exec 9>"$CACHE/bin/.build.lock"
-    flock 9
+    # a second caller waits, then finds the first one's binaries. The lock's descriptor
+    # is open only around the build: daemons that `up` starts afterwards must not inherit
+    # it, or a later `build` (hack/test.sh with a cluster up) would wait forever.
+    {
+        flock 9
+        build_locked
+    } 9>"$CACHE/bin/.build.lock"
+}
+
+build_locked() {
     local digest
     digest="$(build_digest)"
     if [[ -f "$BIN/.digest" && "$(cat "$BIN/.digest")" == "$digest" ]]; then
