@@ -7,4 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="$ROOT/.venv/bin/python"
 [[ -x "$PY" ]] || PY=python3
-exec "$PY" "$ROOT/tests/support/lab.py" "$@"
+# As a module, not a script: a script's own folder would go first on sys.path, and
+# tests/support/operator.py would then shadow the standard library's `operator`.
+cd "$ROOT"
+PYTHONPATH="$ROOT/tests${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m support.lab "$@"

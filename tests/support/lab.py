@@ -22,11 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script by hack/lab.sh
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from support import labspec as spec
-else:
-    from . import labspec as spec
+from . import labspec as spec
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU = "qemu-system-x86_64"
