@@ -19,9 +19,9 @@ from routevpn.agent.desired import DeliveredSecret
 from routevpn.api import naming
 
 #: Labels and annotation of a delivered Secret (the operator's delivery contract).
-TUNNEL_NAMESPACE_LABEL = f"{naming.GROUP}/tunnel-namespace"
-TUNNEL_NAME_LABEL = f"{naming.GROUP}/tunnel-name"
-CONTENT_HASH_ANNOTATION = f"{naming.GROUP}/content-hash"
+TUNNEL_NAMESPACE_LABEL = naming.TUNNEL_NAMESPACE_LABEL
+TUNNEL_NAME_LABEL = naming.TUNNEL_NAME_LABEL
+CONTENT_HASH_ANNOTATION = naming.CONTENT_HASH_ANNOTATION
 
 
 class Action(enum.Enum):

@@ -21,6 +21,11 @@ CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 
 #: Label the operator sets on a placed tunnel; agents watch only `label == their node`.
 NODE_LABEL: Final = f"{GROUP}/node"
+#: On the Secret the operator delivers into routevpn's namespace for the node's agent.
+TUNNEL_NAMESPACE_LABEL: Final = f"{GROUP}/tunnel-namespace"
+TUNNEL_NAME_LABEL: Final = f"{GROUP}/tunnel-name"
+#: sha256 of the delivered material, so the agent tells a rotation from a resync.
+CONTENT_HASH_ANNOTATION: Final = f"{GROUP}/content-hash"
 #: Finalizers: the operator's and the agent's are distinct (two kopf processes, one object).
 OPERATOR_FINALIZER: Final = f"{GROUP}/operator"
 AGENT_FINALIZER: Final = f"{GROUP}/agent"

@@ -164,7 +164,7 @@ def delivered_from_body(body: Mapping[str, Any]) -> DeliveredSecret:
     )
 
 
-TUNNEL_NAMESPACE_LABEL = f"{naming.GROUP}/tunnel-namespace"
-TUNNEL_NAME_LABEL = f"{naming.GROUP}/tunnel-name"
-CONTENT_HASH_ANNOTATION = f"{naming.GROUP}/content-hash"
+TUNNEL_NAMESPACE_LABEL = naming.TUNNEL_NAMESPACE_LABEL
+TUNNEL_NAME_LABEL = naming.TUNNEL_NAME_LABEL
+CONTENT_HASH_ANNOTATION = naming.CONTENT_HASH_ANNOTATION
 TUNNEL_ANNOTATION = f"{naming.GROUP}/tunnel"
