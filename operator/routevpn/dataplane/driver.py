@@ -86,16 +86,21 @@ class RealDriver:
     async def apply(self, plan: TunnelPlan) -> ApplyResult:
         """Check, then interface/addresses/routes/sysctls, then credentials and conn.
 
-        The connection is initiated without waiting for IKE unless the child traps
-        (then traffic starts it); an existing IKE SA is never re-initiated.
+        A connection with start action `start` is brought up by charon itself when it is
+        (re)loaded; initiating as well would race charon into a second IKE SA. So this
+        initiates (without waiting for IKE) only a connection that was already loaded and
+        has no IKE SA (the peer closed it, DPD cleared it). `trap` connections start on
+        traffic and `none` ones wait for the peer: never initiated here.
         """
         addrs, routes = _host_facts(plan, await self.netlink.observe())
         findings = safety.check(plan, addrs, routes)
         if findings:
             return ApplyResult(plan.ref, findings=tuple(findings))
         changes = await self.netlink.apply(plan)
-        changes += await self.ipsec.load(plan)
-        if plan.conn.child.start_action != "trap":
+        loaded = await self.ipsec.load(plan)
+        changes += loaded
+        just_loaded = any(c.what == "conn" and c.action == "loaded" for c in loaded)
+        if plan.conn.child.start_action == "start" and not just_loaded:
             changes += await self.ipsec.initiate(plan.conn.name)
         return ApplyResult(plan.ref, tuple(changes))
 
