@@ -132,11 +132,11 @@ def test_parse_times_and_cache_key() -> None:
 
 
 def test_stage2_keeps_a_repository_under_tmp_visible() -> None:
-    text = spec.stage2_script(keep=("/tmp/ci/repo", "/tmp/ci/repo/tests", "/work/main"))
+    text = spec.stage2_script(keep=("/tmp/ci/repo", "/tmp/ci/repo/tests", "/srv/src/routevpn"))
     lines = text.splitlines()
     bind = lines.index("mount --bind /tmp/ci/repo /mnt/.keep0")
     tmpfs = lines.index("mount -t tmpfs tmpfs /tmp")
     move = lines.index("mount --move /mnt/.keep0 /tmp/ci/repo")
     assert bind < tmpfs < move
-    assert "/work/main" not in text  # not hidden by any tmpfs: nothing to do
+    assert "/srv/src/routevpn" not in text  # not hidden by any tmpfs: nothing to do
     assert text.count("mount --bind") == 1  # the nested path rides along with its parent
