@@ -1,9 +1,10 @@
 """One reconcile pass over some tunnels: observe → plan → diff/apply → report.
 
-Level-based: each pass reads what the node has (one `driver.observe()` before and one
-after applying), asks the driver to make the node match each plan (it changes only
-what differs and says what it changed), and reports conditions and SA facts through
-server-side apply, only when they differ from what the server already holds.
+Level-based: each pass reads what the node has (one `driver.observe()` before applying,
+shared by every tunnel of the pass through `driver.batch()`, and one after), asks the
+driver to make the node match each plan (it changes only what differs and says what it
+changed), and reports conditions and SA facts through server-side apply, only when they
+differ from what the server already holds.
 """
 
 from __future__ import annotations
@@ -110,22 +111,26 @@ class Reconciler:
     async def run_pass(self, keys: Iterable[Key]) -> None:
         """Reconcile `keys` (tunnels that changed, or all of them on a resync)."""
         keys = sorted(set(keys))
-        facts = await self._observe()
         work: list[_Work] = []
-        for key in keys:
-            obj = self.state.tunnels.get(key)
-            if obj is None:
-                await self._gone(key)
-                continue
-            action = decide(obj, self.settings.node)
-            if action is Action.TEARDOWN:
-                await self._teardown(key, obj)
-            elif action is Action.CONFIGURE:
-                work.append(self._plan(key, obj, facts))
-        if not self.gc_done:
-            await self._garbage_collect(work)
-        for w in work:
-            await self._apply(w)
+        # One observation for the whole pass: the driver keeps it current with its own
+        # changes, so each tunnel's safety check sees what earlier tunnels changed.
+        async with self.driver.batch():
+            facts = await self._observe()
+            for key in keys:
+                obj = self.state.tunnels.get(key)
+                if obj is None:
+                    await self._gone(key)
+                    continue
+                action = decide(obj, self.settings.node)
+                if action is Action.TEARDOWN:
+                    await self._teardown(key, obj)
+                elif action is Action.CONFIGURE:
+                    work.append(self._plan(key, obj, facts))
+            if not self.gc_done:
+                await self._garbage_collect(work)
+            for w in work:
+                await self._apply(w)
+        # outside the batch: a fresh observation of what the pass left (SAs for status)
         after = await self._observe() if work else facts
         # charon reports relative seconds: turn them into times with the clock of the
         # observation, not of each report, or a slow pass would shift every timestamp

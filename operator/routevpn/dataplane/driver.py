@@ -6,7 +6,8 @@ verb reports the changes it made, so "a second pass makes zero changes" is prova
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -46,6 +47,14 @@ def conn_of(ref: str) -> str:
 class Driver(Protocol):
     """What the agent needs from a node's data plane."""
 
+    def batch(self) -> AbstractAsyncContextManager[None]:
+        """A pass: within it the node is observed once and every verb shares that view.
+
+        The view follows the driver's own changes, so checks made for one tunnel see
+        what earlier tunnels of the same pass changed. Outside it every verb reads anew.
+        """
+        ...
+
     async def apply(self, plan: TunnelPlan) -> ApplyResult:
         """Make the node match `plan` (checked first; nothing half-applied on findings)."""
         ...
@@ -82,6 +91,17 @@ class RealDriver:
     def __init__(self, netlink: NetlinkAdapter, ipsec: IpsecAdapter) -> None:
         self.netlink = netlink
         self.ipsec = ipsec
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """One netlink dump and one set of VICI lists for the whole pass."""
+        self.netlink.begin_pass()
+        self.ipsec.begin_pass()
+        try:
+            yield
+        finally:
+            self.netlink.end_pass()
+            self.ipsec.end_pass()
 
     async def apply(self, plan: TunnelPlan) -> ApplyResult:
         """Check, then interface/addresses/routes/sysctls, then credentials and conn.
@@ -132,6 +152,18 @@ class FakeDriver:
     fail: dict[str, Exception] = field(default_factory=dict)
     plans: dict[str, TunnelPlan] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    batches: int = 0
+    in_batch: bool = False
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Count passes; `in_batch` tells whether a verb runs inside one."""
+        self.batches += 1
+        self.in_batch = True
+        try:
+            yield
+        finally:
+            self.in_batch = False
 
     async def apply(self, plan: TunnelPlan) -> ApplyResult:
         """Record `plan`; report what would change compared with the last one."""

@@ -71,6 +71,21 @@ class _Loaded:
     wants_up: bool = False
 
 
+@dataclass(slots=True)
+class _Listing:
+    """charon's lists, fetched at most once per pass and kept current with our commands.
+
+    Each field is filled on first use; `generation` tells a listing taken from a charon
+    that has since restarted (then everything is fetched again).
+    """
+
+    generation: int
+    conns: set[str] | None = None
+    shared: set[str] | None = None
+    keys: set[str] | None = None
+    sa_conns: set[str] | None = None
+
+
 class ViciCommands:
     """The command session: synchronous, serialized, reconnecting. Use from a thread."""
 
@@ -119,6 +134,8 @@ class IpsecAdapter:
         self._cmd = ViciCommands(vici_socket, timeout)
         self._loaded: dict[str, _Loaded] = {}
         self._seen_generation = 0
+        self._in_pass = False
+        self._listing: _Listing | None = None
 
     def close(self) -> None:
         """Close the command session."""
@@ -127,20 +144,81 @@ class IpsecAdapter:
     async def _run(self, ref: str, what: str, fn: Any) -> Any:
         return await asyncio.to_thread(self._cmd.call, ref, what, fn)
 
+    # -- passes ---------------------------------------------------------------------
+
+    def begin_pass(self) -> None:
+        """Until `end_pass`, list charon's conns, keys and SAs at most once."""
+        self._in_pass = True
+        self._listing = None
+
+    def end_pass(self) -> None:
+        """Forget the pass's listing: every later question asks charon again."""
+        self._in_pass = False
+        self._listing = None
+
+    def _cached(self) -> _Listing | None:
+        """The pass's listing, or None outside a pass (then ask charon every time)."""
+        if not self._in_pass:
+            return None
+        if self._listing is None or self._listing.generation != self._cmd.generation:
+            self._listing = _Listing(self._cmd.generation)
+        return self._listing
+
+    def _invalidate(self) -> None:
+        """After commands the listing does not track (terminate, unload)."""
+        self._listing = None
+
     # -- what charon holds ------------------------------------------------------------
+
+    async def _list_conns(self) -> set[str]:
+        reply = await self._run("charon", "get-conns", lambda s: s.get_conns())
+        return set(texts(reply.get("conns")))
 
     async def conns(self) -> list[str]:
         """Names of every connection charon has loaded (routevpn's and others')."""
-        reply = await self._run("charon", "get-conns", lambda s: s.get_conns())
-        return list(texts(reply.get("conns")))
+        cache = self._cached()
+        if cache is None:
+            return sorted(await self._list_conns())
+        if cache.conns is None:
+            cache.conns = await self._list_conns()
+        return sorted(cache.conns)
+
+    async def _has_conn(self, name: str) -> bool:
+        cache = self._cached()
+        if cache is None:
+            return name in await self._list_conns()
+        if cache.conns is None:
+            cache.conns = await self._list_conns()
+        return name in cache.conns
 
     async def _shared_ids(self) -> set[str]:
+        cache = self._cached()
+        if cache is not None and cache.shared is not None:
+            return cache.shared
         reply = await self._run("charon", "get-shared", lambda s: s.get_shared())
-        return set(texts(reply.get("keys")))
+        ids = set(texts(reply.get("keys")))
+        if cache is not None:
+            cache.shared = ids
+        return ids
 
     async def _key_ids(self) -> set[str]:
+        cache = self._cached()
+        if cache is not None and cache.keys is not None:
+            return cache.keys
         reply = await self._run("charon", "get-keys", lambda s: s.get_keys())
-        return set(texts(reply.get("keys")))
+        ids = set(texts(reply.get("keys")))
+        if cache is not None:
+            cache.keys = ids
+        return ids
+
+    async def _has_sa(self, conn: str) -> bool:
+        """Whether `conn` has an IKE SA (in a pass: from one listing of all SAs)."""
+        cache = self._cached()
+        if cache is None:
+            return bool(await self.sas(conn))
+        if cache.sa_conns is None:
+            cache.sa_conns = {sa.conn for sa in await self.sas()}
+        return conn in cache.sa_conns
 
     async def sas(self, conn: str | None = None) -> list[IkeSaFacts]:
         """IKE SAs (with CHILD SAs), of one connection or all."""
@@ -151,8 +229,13 @@ class IpsecAdapter:
         return vici_facts.ike_sas(events)
 
     async def observe(self) -> IpsecFacts:
-        """Connections and SAs charon has."""
-        return IpsecFacts(conns=tuple(await self.conns()), sas=tuple(await self.sas()))
+        """Connections and SAs charon has (in a pass: also the pass's listing)."""
+        conns = await self._list_conns()
+        sas = await self.sas()
+        cache = self._cached()
+        if cache is not None:
+            cache.conns, cache.sa_conns = set(conns), {sa.conn for sa in sas}
+        return IpsecFacts(conns=tuple(sorted(conns)), sas=tuple(sas))
 
     # -- load / unload -----------------------------------------------------------------
 
@@ -173,6 +256,7 @@ class IpsecAdapter:
             if not have or prev is None or prev.secret_digest != secret_digest:
                 shared = builders.build_shared(plan)
                 await self._run(ref, "load-shared", lambda s: s.load_shared(shared))
+                (await self._shared_ids()).add(name)
                 changes.append(Change(ref, "secret", "loaded", f"psk {name}"))
         elif isinstance(plan.auth, CertAuth):
             have = key_id is not None and key_id in await self._key_ids()
@@ -180,9 +264,14 @@ class IpsecAdapter:
                 key = builders.build_key(plan)
                 reply = await self._run(ref, "load-key", lambda s: s.load_key(key))
                 key_id = text(reply.get("id")) or None
+                if key_id is not None:
+                    (await self._key_ids()).add(key_id)
                 changes.append(Change(ref, "secret", "loaded", f"private key {key_id}"))
-        if name not in await self.conns() or prev is None or prev.conn_digest != conn_digest:
+        if not await self._has_conn(name) or prev is None or prev.conn_digest != conn_digest:
             await self._run(ref, "load-conn", lambda s: s.load_conn(message))
+            cache = self._cached()
+            if cache is not None and cache.conns is not None:
+                cache.conns.add(name)
             changes.append(Change(ref, "conn", "loaded", name))
         wants_up = prev.wants_up if prev else False
         self._loaded[name] = _Loaded(plan, conn_digest, secret_digest, key_id, wants_up)
@@ -199,7 +288,7 @@ class IpsecAdapter:
         ref = _ref(conn)
         if conn in self._loaded:
             self._loaded[conn].wants_up = True
-        if await self.sas(conn):
+        if await self._has_sa(conn):
             return []
         request = {"child": conn, "ike": conn, "timeout": "-1", "init-limits": "no"}
         try:
@@ -210,6 +299,9 @@ class IpsecAdapter:
             # call: the reason arrives as a `log` event (see reasons.py).
             log.warning("tunnel %s: initiate refused at once: %s", ref, e.message)
             return []
+        cache = self._cached()
+        if cache is not None and cache.sa_conns is not None:
+            cache.sa_conns.add(conn)  # initiating: never a second one in this pass
         change = Change(ref, "ike", "initiating", conn)
         log.info("%s", change)
         return [change]
@@ -217,6 +309,7 @@ class IpsecAdapter:
     async def terminate(self, conn: str) -> list[Change]:
         """Close every IKE SA of `conn` (without waiting for the peer's answer)."""
         ref = _ref(conn)
+        self._invalidate()
         if conn in self._loaded:
             self._loaded[conn].wants_up = False
         changes: list[Change] = []
@@ -232,6 +325,7 @@ class IpsecAdapter:
         """Terminate `conn`'s SAs and remove it and its credentials from charon."""
         ref = _ref(conn)
         changes = await self.terminate(conn)
+        self._invalidate()
         if conn in await self.conns():
             await self._run(ref, "unload-conn", lambda s: s.unload_conn({"name": conn}))
             changes.append(Change(ref, "conn", "unloaded", conn))
@@ -243,6 +337,7 @@ class IpsecAdapter:
             key_id = loaded.key_id
             await self._run(ref, "unload-key", lambda s: s.unload_key({"id": key_id}))
             changes.append(Change(ref, "secret", "unloaded", f"private key {key_id}"))
+        self._invalidate()
         for change in changes[-3:]:
             log.info("%s", change)
         return changes

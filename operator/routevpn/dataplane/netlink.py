@@ -22,6 +22,7 @@ import errno
 import ipaddress
 import logging
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -60,6 +61,7 @@ RT_SCOPE_NOWHERE = 255
 IFF_UP = 1
 #: Family value that makes the kernel dump routes of every family (see pyroute2 docs).
 ALL_FAMILIES = 255
+RTPROT_KERNEL = 2
 
 
 def _ip(value: Any) -> Any:
@@ -135,12 +137,72 @@ def link_matches(have: LinkFacts, want: LinkPlan, underlay_index: int | None) ->
     )
 
 
+@dataclass
+class _View:
+    """Links, addresses and routes as last dumped, kept current with the adapter's writes.
+
+    Within a pass (`begin_pass`/`end_pass`) every verb reads this instead of dumping
+    netlink again, so a pass over N tunnels costs one dump, not several per tunnel.
+    Each write updates it: links are re-read singly after a create or set; addresses and
+    routes are recorded as written; a connected prefix route is recorded for an added
+    address as the kernel adds one; a deleted link takes its addresses and routes along.
+    """
+
+    links: dict[int, LinkFacts] = field(default_factory=dict)
+    addresses: list[AddressFacts] = field(default_factory=list)
+    routes: list[RouteFacts] = field(default_factory=list)
+
+    def facts(self) -> NetlinkFacts:
+        return NetlinkFacts(tuple(self.links.values()), tuple(self.addresses), tuple(self.routes))
+
+    def by_name(self, name: str) -> LinkFacts | None:
+        return next((link for link in self.links.values() if link.name == name), None)
+
+    def put_link(self, link: LinkFacts) -> None:
+        self.links[link.index] = link
+
+    def drop_link(self, index: int) -> None:
+        self.links.pop(index, None)
+        self.addresses = [a for a in self.addresses if a.index != index]
+        self.routes = [r for r in self.routes if r.oif != index]
+
+    def add_address(self, index: int, address: IPInterface) -> None:
+        name = self.links[index].name if index in self.links else ""
+        self.addresses.append(AddressFacts(index, name, address))
+        if address.network.prefixlen < address.max_prefixlen:
+            metric = 0 if address.version == 4 else 256
+            self.put_route(
+                RouteFacts(address.network, index, name, None, metric, 254, RTPROT_KERNEL)
+            )
+
+    def drop_address(self, index: int, address: IPInterface) -> None:
+        self.addresses = [
+            a for a in self.addresses if not (a.index == index and a.address == address)
+        ]
+        if address.network.prefixlen < address.max_prefixlen:
+            self.routes = [
+                r
+                for r in self.routes
+                if not (r.oif == index and r.dst == address.network and r.proto == RTPROT_KERNEL)
+            ]
+
+    def put_route(self, route: RouteFacts) -> None:
+        self.drop_route(route)
+        self.routes.append(route)
+
+    def drop_route(self, route: RouteFacts) -> None:
+        key = (route.dst, route.table, route.metric)
+        self.routes = [r for r in self.routes if (r.dst, r.table, r.metric) != key]
+
+
 class NetlinkAdapter:
     """Idempotent verbs on the current network namespace. Use as `async with`."""
 
     def __init__(self, proc_sys: Path = Path("/proc/sys")) -> None:
         self._proc_sys = proc_sys
         self._ipr: AsyncIPRoute | None = None
+        self._in_pass = False
+        self._view: _View | None = None
 
     async def __aenter__(self) -> NetlinkAdapter:
         self._ipr = AsyncIPRoute()
@@ -177,6 +239,39 @@ class NetlinkAdapter:
             raise NetlinkOperationError(ref, what, e.code, str(e.args[-1])) from e
         return True
 
+    # -- passes --------------------------------------------------------------------
+
+    def begin_pass(self) -> None:
+        """From now until `end_pass`, dump netlink once and keep that view current."""
+        self._in_pass = True
+        self._view = None
+
+    def end_pass(self) -> None:
+        """Forget the pass's view: every later read dumps netlink again."""
+        self._in_pass = False
+        self._view = None
+
+    async def _current(self) -> _View:
+        """The pass's view (dumped on first use), or a fresh one outside a pass."""
+        if self._in_pass and self._view is not None:
+            return self._view
+        view = await self._dump()
+        if self._in_pass:
+            self._view = view
+        return view
+
+    async def _get_link(self, name: str) -> LinkFacts | None:
+        """One link by name (a single request, not a dump)."""
+        try:
+            reply = await self.ipr.link("get", ifname=name)
+            # pyroute2's async "get" answers a list, its dumps an async iterator
+            msgs = [m async for m in reply] if hasattr(reply, "__aiter__") else list(reply)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return None
+            raise
+        return _link_facts(msgs[0]) if msgs else None
+
     # -- observe -------------------------------------------------------------------
 
     async def links(self) -> list[LinkFacts]:
@@ -184,7 +279,13 @@ class NetlinkAdapter:
         return [_link_facts(m) async for m in await self.ipr.link("dump")]
 
     async def observe(self) -> NetlinkFacts:
-        """Links, addresses and unicast routes of every table, as typed facts."""
+        """Links, addresses and unicast routes of every table, as typed facts.
+
+        Within a pass: the pass's view (this pass's own changes included).
+        """
+        return (await self._current()).facts()
+
+    async def _dump(self) -> _View:
         links = await self.links()
         names = {link.index: link.name for link in links}
         addrs = [
@@ -200,13 +301,17 @@ class NetlinkAdapter:
             fact = _route_facts(m, names)
             if fact is not None:
                 routes.append(fact)
-        return NetlinkFacts(tuple(links), tuple(addrs), tuple(routes))
+        return _View({link.index: link for link in links}, addrs, routes)
 
     async def _link_by_name(self, name: str) -> LinkFacts | None:
         for link in await self.links():
             if link.name == name:
                 return link
         return None
+
+    def _invalidate(self) -> None:
+        """After writes the view does not track (remove, garbage collection)."""
+        self._view = None
 
     # -- links ---------------------------------------------------------------------
 
@@ -218,15 +323,16 @@ class NetlinkAdapter:
         (kind, endpoints, key, if_id, underlay) is deleted and created again.
         """
         changes: list[Change] = []
+        view = await self._current()
         underlay_index: int | None = None
         if link.underlay is not None:
-            under = await self._link_by_name(link.underlay)
+            under = view.by_name(link.underlay)
             if under is None:
                 raise NetlinkOperationError(
                     ref, f"find underlay {link.underlay}", errno.ENODEV, "no such device"
                 )
             underlay_index = under.index
-        have = await self._link_by_name(link.name)
+        have = view.by_name(link.name)
         if have is not None and naming.parse_link_alias(have.alias) is None:
             raise LinkNotOwnedError(
                 ref, f"interface {link.name} exists and is not routevpn's; not touching it"
@@ -235,6 +341,7 @@ class NetlinkAdapter:
             await self._call(
                 ref, f"delete {link.name}", {errno.ENODEV}, self.ipr.link("del", index=have.index)
             )
+            view.drop_link(have.index)
             changes.append(Change(ref, "link", "deleted", f"{link.name} (attributes changed)"))
             have = None
         if have is None:
@@ -247,14 +354,16 @@ class NetlinkAdapter:
             )
             if created:
                 changes.append(Change(ref, "link", "created", f"{link.kind} {link.name}"))
-            have = await self._link_by_name(link.name)
+            have = await self._get_link(link.name)
             if have is None:
                 raise NetlinkOperationError(ref, f"create {link.name}", errno.ENODEV, "vanished")
+            view.put_link(have)
         settings = builders.build_link_settings(link)
         if have.alias != link.alias or have.mtu != link.mtu or not have.up:
             await self._call(
                 ref, f"set {link.name}", (), self.ipr.link("set", index=have.index, **settings)
             )
+            view.put_link(await self._get_link(link.name) or have)
             changes.append(Change(ref, "link", "configured", f"{link.name} mtu {link.mtu} up"))
         for change in changes:
             log.info("%s", change)
@@ -284,23 +393,26 @@ class NetlinkAdapter:
         IPv6 link-local addresses are the kernel's own and are left alone.
         """
         want = set(wanted)
-        have = {
-            ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
-            async for m in await self.ipr.addr("dump")
-            if m["index"] == index
-        }
+        view = await self._current()
+        have = {a.address for a in view.addresses if a.index == index}
         changes: list[Change] = []
         for addr in sorted(want - have, key=str):
             kwargs = builders.build_address(index, addr)
-            if await self._call(ref, f"add {addr}", {errno.EEXIST}, self.ipr.addr("add", **kwargs)):
+            added = await self._call(
+                ref, f"add {addr}", {errno.EEXIST}, self.ipr.addr("add", **kwargs)
+            )
+            view.add_address(index, addr)
+            if added:
                 changes.append(Change(ref, "address", "added", str(addr)))
         for addr in sorted(have - want, key=str):
             if addr.version == 6 and addr.ip.is_link_local:
                 continue
             kwargs = builders.build_address(index, addr)
-            if await self._call(
+            removed = await self._call(
                 ref, f"remove {addr}", {errno.EADDRNOTAVAIL}, self.ipr.addr("del", **kwargs)
-            ):
+            )
+            view.drop_address(index, addr)
+            if removed:
                 changes.append(Change(ref, "address", "removed", str(addr)))
         for change in changes:
             log.info("%s", change)
@@ -346,7 +458,8 @@ class NetlinkAdapter:
         A route's identity is (dst, table, metric), as in the kernel; `via` and the
         device are what `replace` updates.
         """
-        every = await self._routes()
+        view = await self._current()
+        every = list(view.routes)
         owned = [r for r in every if r.proto == naming.ROUTE_PROTOCOL and r.oif == index]
         foreign = {(r.dst, r.table, r.metric) for r in every if r.proto != naming.ROUTE_PROTOCOL}
         by_key = {(r.dst, r.table, r.metric): r for r in owned}
@@ -370,12 +483,26 @@ class NetlinkAdapter:
                 (),
                 self.ipr.route("replace", **builders.build_route(route, index)),
             )
+            name = view.links[index].name if index in view.links else None
+            view.put_route(
+                RouteFacts(
+                    route.dst,
+                    index,
+                    name,
+                    route.via,
+                    key[2],
+                    route.table,
+                    naming.ROUTE_PROTOCOL,
+                )
+            )
             changes.append(Change(ref, "route", "replaced", f"{route.dst} table {route.table}"))
         keys = {(r.dst, r.table, effective_metric(r)) for r in want}
         for stale in owned:
-            if (stale.dst, stale.table, stale.metric) not in keys and await self._delete_route(
-                ref, stale
-            ):
+            if (stale.dst, stale.table, stale.metric) in keys:
+                continue
+            deleted = await self._delete_route(ref, stale)
+            view.drop_route(stale)
+            if deleted:
                 changes.append(Change(ref, "route", "deleted", f"{stale.dst} table {stale.table}"))
         for change in changes:
             log.info("%s", change)
@@ -419,6 +546,7 @@ class NetlinkAdapter:
 
     async def remove(self, ref: str) -> list[Change]:
         """Delete the link carrying `ref`'s alias (its addresses and routes go with it)."""
+        self._invalidate()
         changes: list[Change] = []
         for link in await self.links():
             owner = naming.parse_link_alias(link.alias)
@@ -432,6 +560,7 @@ class NetlinkAdapter:
         Only links with routevpn's alias and routes with routevpn's protocol number are
         candidates; an empty `desired` removes everything routevpn owns and nothing else.
         """
+        self._invalidate()
         plans = list(desired)
         links_wanted = {(p.ref, p.link.name) for p in plans if p.link is not None}
         changes: list[Change] = []

@@ -22,7 +22,7 @@ from routevpn.agent.reconciler import Reconciler, Settings
 from routevpn.api import naming
 from routevpn.api.tunnel import VpnTunnel
 from routevpn.dataplane import safety
-from routevpn.dataplane.driver import FakeDriver
+from routevpn.dataplane.driver import ApplyResult, FakeDriver
 from routevpn.dataplane.errors import CharonUnavailableError
 from routevpn.dataplane.plan import TunnelPlan
 
@@ -263,3 +263,20 @@ def test_first_pass_garbage_collects_what_no_tunnel_wants() -> None:
     assert "remove prod/gone" in drv.calls
     assert set(drv.plans) == {"prod/site-b"}
     assert rec.gc_done
+
+
+def test_a_pass_applies_inside_one_driver_batch_and_reports_after_it() -> None:
+    rec, api, drv = setup(tunnel())
+    inside: list[bool] = []
+    real_apply = drv.apply
+
+    async def apply(plan: TunnelPlan) -> ApplyResult:
+        inside.append(drv.in_batch)
+        return await real_apply(plan)
+
+    drv.apply = apply  # type: ignore[method-assign]
+    run(rec, api)
+    assert inside == [True]
+    assert drv.batches == 1 and not drv.in_batch
+    run(rec, api)
+    assert drv.batches == 2 and inside == [True, True]

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from dataclasses import replace
+from typing import Any
+
+import pytest
 
 from routevpn.dataplane.driver import Driver, FakeDriver, RealDriver, conn_of
+from routevpn.dataplane.ipsec import IpsecAdapter
 from routevpn.dataplane.plan import ConnPlan, LinkPlan, PskAuth, RoutePlan, Secret, TunnelPlan
 from routevpn.dataplane.safety import HostRoute
 
@@ -97,3 +101,109 @@ def test_failure_injection_remove_observe_and_gc() -> None:
         assert await d.remove("prod/a") == []
 
     asyncio.run(body())
+
+
+class _Phases:
+    """Stands in for an adapter: records the pass boundaries the driver sets."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    def begin_pass(self) -> None:
+        self.log.append("begin")
+
+    def end_pass(self) -> None:
+        self.log.append("end")
+
+
+def test_real_driver_batch_brackets_both_adapters_even_when_the_pass_fails() -> None:
+    nl, ipsec = _Phases(), _Phases()
+    d = RealDriver(nl, ipsec)  # type: ignore[arg-type]
+
+    async def body() -> None:
+        with pytest.raises(RuntimeError):
+            async with d.batch():
+                assert nl.log == ipsec.log == ["begin"]
+                raise RuntimeError("pass failed")
+
+    asyncio.run(body())
+    assert nl.log == ipsec.log == ["begin", "end"]
+
+
+class _Charon:
+    """A VICI command session in memory: counts the list calls a pass makes."""
+
+    def __init__(self) -> None:
+        self.generation = 1
+        self.conns: set[str] = set()
+        self.shared: set[str] = set()
+        self.sas: set[str] = set()
+        self.asked: list[str] = []
+
+    def call(self, ref: str, what: str, fn: Any) -> Any:
+        self.asked.append(what)
+        return fn(self)
+
+    def get_conns(self) -> dict[str, Any]:
+        return {"conns": sorted(self.conns)}
+
+    def get_shared(self) -> dict[str, Any]:
+        return {"keys": sorted(self.shared)}
+
+    def load_shared(self, msg: dict[str, Any]) -> None:
+        self.shared.add(str(msg["id"]))
+
+    def load_conn(self, msg: dict[str, Any]) -> None:
+        self.conns.update(msg)
+
+    def list_sas(self, filters: dict[str, str] | None) -> list[dict[str, Any]]:
+        names = (
+            sorted(self.sas) if filters is None else [c for c in self.sas if c == filters["ike"]]
+        )
+        return [{c: {"uniqueid": "1", "state": "ESTABLISHED"}} for c in names]
+
+    def initiate(self, request: dict[str, str]) -> list[Any]:
+        self.sas.add(request["ike"])
+        return []
+
+
+def _plans(n: int) -> list[TunnelPlan]:
+    out = []
+    for i in range(n):
+        conn = replace(PLAN.conn, name=f"routevpn.prod.t{i}")
+        out.append(replace(PLAN, ref=f"prod/t{i}", conn=conn))
+    return out
+
+
+def test_a_pass_lists_charon_once_and_keeps_the_listing_current() -> None:
+    charon = _Charon()
+    ipsec = IpsecAdapter("/nonexistent")
+    ipsec._cmd = charon  # type: ignore[assignment]
+    plans = _plans(5)
+
+    async def one_pass() -> list[str]:
+        charon.asked.clear()
+        ipsec.begin_pass()
+        try:
+            changes = []
+            for plan in plans:
+                changes += await ipsec.load(plan)
+                changes += await ipsec.initiate(plan.conn.name)
+        finally:
+            ipsec.end_pass()
+        return [f"{c.what} {c.action}" for c in changes]
+
+    first = asyncio.run(one_pass())
+    assert first.count("conn loaded") == 5 and first.count("ike initiating") == 5
+    assert charon.asked.count("get-conns") == 1
+    assert charon.asked.count("get-shared") == 1
+    assert charon.asked.count("list-sas") == 1
+    second = asyncio.run(one_pass())
+    assert second == []  # nothing changed: nothing loaded, nothing initiated
+    assert sorted(set(charon.asked)) == ["get-conns", "get-shared", "list-sas"]
+    assert len(charon.asked) == 3
+    # outside a pass every question goes to charon again
+    charon.asked.clear()
+    asyncio.run(ipsec.load(plans[0]))
+    asyncio.run(ipsec.load(plans[1]))
+    assert charon.asked.count("get-conns") == 2
