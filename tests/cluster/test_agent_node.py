@@ -17,17 +17,12 @@ restart without re-key, GC that spares foreign config, teardown) is asserted for
 from __future__ import annotations
 
 import base64
-import contextlib
-import ctypes
-import http.client
 import json
-import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +39,7 @@ from support.charon import CHARON, Charon
 from support.cluster import ClusterAccess, free_port
 from support.kube import create_namespace, create_node, delete_namespace, delete_node, wait_until
 from support.netns import Netns, have_root, netns, veth
+from support.nsrelay import forward_into, http_get_in
 from support.tiers import missing
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(420)]
@@ -61,122 +57,6 @@ RESYNC = 3.0
 # first reports it: the initiator (us) as KernelSaInstallFailed, or the responder (the
 # peer, which installs before answering) as a NO_PROPOSAL_CHOSEN notify we receive.
 KERNEL_REFUSES_SA = ("NoProposalChosen", "KernelSaInstallFailed")
-
-
-# --- a TCP port inside a namespace that reaches the host's loopback ------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _listen_in(ns: Netns, port: int) -> socket.socket:
-    """A listening socket on 127.0.0.1:port inside `ns` (setns in a helper thread only)."""
-    result: list[socket.socket | BaseException] = []
-
-    def make() -> None:
-        here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        there = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-        try:
-            _setns(there)
-            try:
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("127.0.0.1", port))
-                s.listen(64)
-                result.append(s)
-            finally:
-                _setns(here)
-        except BaseException as e:
-            result.append(e)
-        finally:
-            os.close(here)
-            os.close(there)
-
-    t = threading.Thread(target=make)
-    t.start()
-    t.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
-
-
-def http_get_in(ns: Netns, port: int, path: str) -> tuple[int, str]:
-    """GET http://127.0.0.1:port/path inside `ns`: (status, body); (0, error) when refused."""
-    out: list[tuple[int, str]] = []
-
-    def get() -> None:
-        here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        there = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-        try:
-            _setns(there)
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                conn.request("GET", path)
-                resp = conn.getresponse()
-                out.append((resp.status, resp.read().decode()))
-                conn.close()
-            finally:
-                _setns(here)
-        except OSError as e:
-            out.append((0, str(e)))
-        finally:
-            os.close(here)
-            os.close(there)
-
-    t = threading.Thread(target=get)
-    t.start()
-    t.join()
-    return out[0]
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-
-@contextlib.contextmanager
-def forward_into(ns: Netns, port: int, target: tuple[str, int]) -> Iterator[None]:
-    """127.0.0.1:port inside `ns` relays to `target` on the host (TLS passes through)."""
-    server = _listen_in(ns, port)
-    stop = threading.Event()
-
-    def serve() -> None:
-        server.settimeout(0.5)
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except (TimeoutError, OSError):
-                continue
-            try:
-                up = socket.create_connection(target, timeout=10)
-            except OSError:
-                conn.close()
-                continue
-            up.settimeout(None)
-            conn.settimeout(None)
-            threading.Thread(target=_pump, args=(conn, up), daemon=True).start()
-            threading.Thread(target=_pump, args=(up, conn), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
 
 
 # --- the world: node, namespaces, charons, the agent ----------------------------------

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
-import http.client
 import json
 import os
 import secrets
@@ -26,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +40,7 @@ from support import swanctl as sw
 from support.cluster import ControlPlane, Kubectl, bin_dir, free_port
 from support.kube import api_client, apply_crd, create_namespace, create_node, wait_until
 from support.netns import Netns
+from support.nsrelay import forward_into, http_get_in
 from support.sites import LEFT, RIGHT, Site, two_sites
 from support.tiers import missing
 
@@ -55,114 +53,6 @@ FINALIZER = "routevpn.io/agent"
 KEY = 4096  # what the operator would allocate (naming.ALLOC_MIN)
 PEER_KEY = 42  # the hand-configured far end's own mark
 RESYNC = 3.0
-
-# --- relays between namespaces (setns in helper threads only) -----------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _in_ns(ns: Netns, fn: Any) -> Any:
-    """Run `fn()` in a thread switched into `ns`; its result (or its exception)."""
-    out: list[Any] = []
-
-    def run() -> None:
-        here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        there = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-        try:
-            _setns(there)
-            try:
-                out.append(fn())
-            finally:
-                _setns(here)
-        except BaseException as e:
-            out.append(e)
-        finally:
-            os.close(here)
-            os.close(there)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-
-@contextlib.contextmanager
-def forward_into(ns: Netns, port: int, target: tuple[str, int]) -> Iterator[None]:
-    """127.0.0.1:port inside `ns` relays to `target` in this process's namespace."""
-
-    def listen() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", port))
-        s.listen(64)
-        return s
-
-    server = cast(socket.socket, _in_ns(ns, listen))
-    stop = threading.Event()
-
-    def serve() -> None:
-        server.settimeout(0.5)
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except (TimeoutError, OSError):
-                continue
-            try:
-                up = socket.create_connection(target, timeout=10)
-            except OSError:
-                conn.close()
-                continue
-            up.settimeout(None)
-            conn.settimeout(None)
-            threading.Thread(target=_pump, args=(conn, up), daemon=True).start()
-            threading.Thread(target=_pump, args=(up, conn), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
-
-
-def http_get_in(ns: Netns, port: int, path: str) -> tuple[int, str]:
-    """GET http://127.0.0.1:port/path inside `ns`: (status, body), (0, error) if refused."""
-
-    def get() -> tuple[int, str]:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            body = resp.read().decode()
-            conn.close()
-            return resp.status, body
-        except OSError as e:
-            return 0, str(e)
-
-    return cast(tuple[int, str], _in_ns(ns, get))
-
 
 # --- the API server ---------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import lupa.lua51 as lua51  # a dev dependency: missing means a broken setup, not a skip
 import pytest
 import yaml
 
@@ -21,8 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECK_DIR = ROOT / "argocd" / "resource_customizations" / "routevpn.io" / "VpnTunnel"
 HEALTH_LUA = CHECK_DIR / "health.lua"
 ARGOCD_CM = ROOT / "examples" / "argocd" / "argocd-cm-health.yaml"
-
-lua51 = pytest.importorskip("lupa.lua51", reason="lupa with Lua 5.1 (the dev extra)")
 
 
 def _cases() -> list[dict[str, Any]]:
