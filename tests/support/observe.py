@@ -153,8 +153,20 @@ class Capture:
 
     def start(self, timeout: float = 20.0) -> None:
         """Start tcpdump and wait until it says it is listening."""
+        # --immediate-mode: libpcap's TPACKET_V3 ring otherwise hands packets over only
+        # when a block retires (up to a second later), and a capture stopped before that
+        # loses them: a 0.4 s ping then shows up as an empty capture.
         argv = self.ns.argv(
-            "tcpdump", "-i", self.dev, "-Q", self.direction, "-n", "-U", "-w", str(self.pcap)
+            "tcpdump",
+            "-i",
+            self.dev,
+            "-Q",
+            self.direction,
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-w",
+            str(self.pcap),
         )
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -177,8 +189,22 @@ class Capture:
             proc.kill()
             proc.wait(10)
 
+    def settle(self, quiet: float = 0.3, limit: float = 5.0) -> None:
+        """Wait until the pcap file has stopped growing (tcpdump has written what it saw)."""
+        deadline = time.monotonic() + limit
+        size, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = self.pcap.stat().st_size if self.pcap.exists() else 0
+            if now != size:
+                size, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+            time.sleep(0.05)
+
     def summary(self) -> CaptureSummary:
-        """Stop (if running) and classify what was captured."""
+        """Let tcpdump write what it saw, stop it, and classify what was captured."""
+        if self.proc is not None:
+            self.settle()
         self.stop()
         text = self.ns.run("tcpdump", "-n", "-r", str(self.pcap))
         return classify(text.splitlines())
