@@ -282,6 +282,24 @@ def test_garbage_collect_removes_only_marked_things_no_longer_desired(node_ns: N
     assert {link.name for link in facts.links} == {"lo", "other0"}
 
 
+async def _gc_keeping(keep: list[str]) -> list[Change]:
+    async with NetlinkAdapter() as nl:
+        return await nl.garbage_collect([], keep)
+
+
+def test_garbage_collect_keeps_a_tunnel_that_has_no_plan_right_now(node_ns: Netns) -> None:
+    """A tunnel that exists but can't be planned (its Secret is late) keeps its link and
+    the routes through it; another tunnel's stale link still goes."""
+    owned_bridge(node_ns, "vti4096", "site", "a")
+    owned_bridge(node_ns, "vti4097", "site", "b")
+    proto = str(naming.ROUTE_PROTOCOL)
+    node_ns.ip("route", "add", "203.0.113.0/25", "dev", "vti4096", "proto", proto)
+    changes = in_netns(node_ns, _gc_keeping, ["site/a"])
+    assert [str(c) for c in changes] == ["site/b: link deleted vti4097"]
+    assert "203.0.113.0/25 dev vti4096 proto 157" in node_ns.ip("route", "show")
+    assert "vti4096" in node_ns.ip("-o", "link", "show")
+
+
 async def _observe() -> NetlinkFacts:
     async with NetlinkAdapter() as nl:
         return await nl.observe()

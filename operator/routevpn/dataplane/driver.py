@@ -6,7 +6,7 @@ verb reports the changes it made, so "a second pass makes zero changes" is prova
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -67,8 +67,15 @@ class Driver(Protocol):
         """What the node has now."""
         ...
 
-    async def garbage_collect(self, desired: Sequence[TunnelPlan]) -> list[Change]:
-        """Remove what routevpn owns and no desired plan accounts for."""
+    async def garbage_collect(
+        self, desired: Sequence[TunnelPlan], keep: Collection[str] = ()
+    ) -> list[Change]:
+        """Remove what routevpn owns and no desired plan accounts for.
+
+        `keep` names tunnels (``namespace/name``) that still exist but have no plan right
+        now (a Secret not delivered yet, a spec being fixed): nothing of theirs is
+        removed, just as a running pass leaves a blocked tunnel's configuration alone.
+        """
         ...
 
 
@@ -132,10 +139,13 @@ class RealDriver:
         """Netlink and charon facts together."""
         return Facts(await self.netlink.observe(), await self.ipsec.observe())
 
-    async def garbage_collect(self, desired: Sequence[TunnelPlan]) -> list[Change]:
+    async def garbage_collect(
+        self, desired: Sequence[TunnelPlan], keep: Collection[str] = ()
+    ) -> list[Change]:
         """Connections first (so no SA outlives its interface), then links and routes."""
-        changes = await self.ipsec.garbage_collect([p.conn.name for p in desired])
-        return changes + await self.netlink.garbage_collect(desired)
+        conns = [p.conn.name for p in desired] + [conn_of(ref) for ref in keep]
+        changes = await self.ipsec.garbage_collect(conns)
+        return changes + await self.netlink.garbage_collect(desired, keep)
 
 
 @dataclass
@@ -216,10 +226,12 @@ class FakeDriver:
         conns = tuple(p.conn.name for p in self.plans.values())
         return Facts(NetlinkFacts(links=links), IpsecFacts(conns=conns))
 
-    async def garbage_collect(self, desired: Sequence[TunnelPlan]) -> list[Change]:
-        """Forget every recorded plan not in `desired`."""
-        keep = {p.ref for p in desired}
+    async def garbage_collect(
+        self, desired: Sequence[TunnelPlan], keep: Collection[str] = ()
+    ) -> list[Change]:
+        """Forget every recorded plan neither in `desired` nor kept."""
+        wanted = {p.ref for p in desired} | set(keep)
         changes: list[Change] = []
-        for ref in sorted(set(self.plans) - keep):
+        for ref in sorted(set(self.plans) - wanted):
             changes += await self.remove(ref)
         return changes

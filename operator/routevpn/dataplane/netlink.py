@@ -554,11 +554,14 @@ class NetlinkAdapter:
                 changes += await self.delete_owned_link(ref, link.name)
         return changes
 
-    async def garbage_collect(self, desired: Iterable[TunnelPlan]) -> list[Change]:
+    async def garbage_collect(
+        self, desired: Iterable[TunnelPlan], keep: Collection[str] = ()
+    ) -> list[Change]:
         """Remove routevpn's links and routes that no desired plan accounts for.
 
         Only links with routevpn's alias and routes with routevpn's protocol number are
         candidates; an empty `desired` removes everything routevpn owns and nothing else.
+        Links of the tunnels in `keep` (``namespace/name``), and routes through them, stay.
         """
         self._invalidate()
         plans = list(desired)
@@ -575,13 +578,15 @@ class NetlinkAdapter:
             if owner is None:
                 continue
             ref = naming.tunnel_ref(*owner)
-            if (ref, link.name) not in links_wanted:
+            if ref not in keep and (ref, link.name) not in links_wanted:
                 changes += await self.delete_owned_link(ref, link.name)
         routes_wanted = {
             (r.dst, r.table, effective_metric(r), r.dev) for p in plans for r in p.routes
         }
         for route in await self._owned_routes():
             if (route.dst, route.table, route.metric, route.ifname) in routes_wanted:
+                continue
+            if owners.get(route.oif or -1) in keep:
                 continue
             # A stale route names its tunnel through its device's alias when it has one.
             ref = owners.get(route.oif or -1, f"(routevpn route on {route.ifname})")

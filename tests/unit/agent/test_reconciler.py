@@ -265,6 +265,20 @@ def test_first_pass_garbage_collects_what_no_tunnel_wants() -> None:
     assert rec.gc_done
 
 
+def test_first_pass_keeps_what_a_blocked_tunnel_has() -> None:
+    """Restarting while a tunnel's Secret is missing must not tear its tunnel down."""
+    rec, api, drv = setup(tunnel())
+    plan = build_plan(VpnTunnel.from_wire(tunnel()), DeliveredSecret({"psk": "x" * 32}))
+    assert isinstance(plan, TunnelPlan)
+    drv.plans[plan.ref] = plan  # configured by the agent's previous run
+    rec.state.secrets.clear()  # ...and the delivered Secret is not there right now
+    run(rec, api)
+    assert rec.gc_done
+    assert "remove prod/site-b" not in drv.calls
+    assert set(drv.plans) == {"prod/site-b"}
+    assert conds(api)["Configured"] == ("Unknown", "SecretMissing")
+
+
 def test_a_pass_applies_inside_one_driver_batch_and_reports_after_it() -> None:
     rec, api, drv = setup(tunnel())
     inside: list[bool] = []
