@@ -13,10 +13,10 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -38,6 +38,19 @@ from routevpn.dataplane.reasons import ReasonTracker
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+_T = TypeVar("_T")
+# API requests of one pass in flight at once (finalizers, status writes, events): a
+# pass over 200 new tunnels is not 200 round trips end to end, and the API server sees
+# no more than a client applying a manifest would send.
+API_CONCURRENCY = 8
+
+
+async def _every(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run `coros` side by side, let all finish, then raise the first failure if any."""
+    results = await asyncio.gather(*coros, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +118,16 @@ class Reconciler:
         self.traffic = cond.TrafficTracker(settings.quiet_seconds)
         self.charon_ok = False
         self.gc_done = False
+        self._api_slots = asyncio.Semaphore(API_CONCURRENCY)
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
+
+    async def _call(self, fn: Callable[..., _T], *args: Any, **kw: Any) -> _T:
+        """A blocking API request in a worker thread; at most API_CONCURRENCY at once."""
+        loop = asyncio.get_running_loop()
+        if self._slots_loop is not loop:  # a semaphore belongs to one event loop
+            self._api_slots, self._slots_loop = asyncio.Semaphore(API_CONCURRENCY), loop
+        async with self._api_slots:
+            return await asyncio.to_thread(fn, *args, **kw)
 
     # -- the pass -------------------------------------------------------------------
 
@@ -112,10 +135,13 @@ class Reconciler:
         """Reconcile `keys` (tunnels that changed, or all of them on a resync)."""
         keys = sorted(set(keys))
         work: list[_Work] = []
+        released: list[tuple[Key, Obj]] = []
+        clock = _Phases()
         # One observation for the whole pass: the driver keeps it current with its own
         # changes, so each tunnel's safety check sees what earlier tunnels changed.
         async with self.driver.batch():
             facts = await self._observe()
+            clock.lap("observe")
             for key in keys:
                 obj = self.state.tunnels.get(key)
                 if obj is None:
@@ -123,21 +149,31 @@ class Reconciler:
                     continue
                 action = decide(obj, self.settings.node)
                 if action is Action.TEARDOWN:
-                    await self._teardown(key, obj)
+                    await self._teardown(key)
+                    released.append((key, obj))
                 elif action is Action.CONFIGURE:
                     work.append(self._plan(key, obj, facts))
             if not self.gc_done:
                 await self._garbage_collect(work)
+            # the finalizer before anything is applied: from then on the object can't
+            # vanish before teardown (API writes of a pass run side by side, bounded)
+            await _every(self._ensure_finalizer(w) for w in work if w.plan is not None)
+            clock.lap("finalizers")
             for w in work:
                 await self._apply(w)
+            clock.lap("apply")
+        await _every(self._release(key, obj) for key, obj in released)
         # outside the batch: a fresh observation of what the pass left (SAs for status)
         after = await self._observe() if work else facts
+        clock.lap("observe-after")
         # charon reports relative seconds: turn them into times with the clock of the
         # observation, not of each report, or a slow pass would shift every timestamp
         observed_at = self.clock()
-        for w in work:
-            await self._report(w, after.ipsec if after else None, observed_at)
+        ipsec = after.ipsec if after else None
+        await _every(self._report(w, ipsec, observed_at) for w in work)
+        clock.lap("report")
         self.metrics.tunnels.set(len(self.state.configured))
+        log.debug("pass over %d tunnel(s): %s", len(keys), clock)
 
     async def _observe(self) -> Facts | None:
         try:
@@ -151,10 +187,15 @@ class Reconciler:
         return facts
 
     async def _garbage_collect(self, work: list[_Work]) -> None:
-        """Once, after the first full list: remove what we own that no tunnel wants."""
+        """Once, after the first full list: remove what we own that no tunnel wants.
+
+        A tunnel of this node that can't be planned at this moment (no Secret yet, an
+        invalid edit) still wants what it has: that is kept, not collected.
+        """
         desired = [w.plan for w in work if w.plan is not None]
+        keep = [naming.tunnel_ref(*w.key) for w in work if w.plan is None]
         try:
-            changes = await self.driver.garbage_collect(desired)
+            changes = await self.driver.garbage_collect(desired, keep)
         except DataplaneError as e:
             log.warning("garbage collection postponed: %s", e)
             return
@@ -189,17 +230,19 @@ class Reconciler:
         obj = self.state.secrets.get(key)
         return delivered(obj) if obj is not None else None
 
+    async def _ensure_finalizer(self, w: _Work) -> None:
+        if has_finalizer(w.obj):
+            return
+        updated = await self._add_finalizer(w.obj)
+        if updated is None:
+            w.plan, w.problem = None, cond.Problem(Reason.PENDING, "adding the finalizer")
+            w.problem_status = Status.UNKNOWN
+            return
+        w.obj = updated
+        self.state.tunnels[w.key] = updated
+
     async def _apply(self, w: _Work) -> None:
         ref = naming.tunnel_ref(*w.key)
-        if not has_finalizer(w.obj):
-            # Finalizer first: from here on the object can't vanish before teardown.
-            updated = await self._add_finalizer(w.obj)
-            if updated is None:
-                w.plan, w.problem = None, cond.Problem(Reason.PENDING, "adding the finalizer")
-                w.problem_status = Status.UNKNOWN
-                return
-            w.obj = updated
-            self.state.tunnels[w.key] = updated
         plan = w.plan
         if plan is None:
             return
@@ -227,12 +270,10 @@ class Reconciler:
     async def _add_finalizer(self, obj: Obj) -> Obj | None:
         for _ in range(3):
             try:
-                out: Obj = await asyncio.to_thread(
-                    self.kube.add_finalizer, obj, naming.AGENT_FINALIZER
-                )
+                out: Obj = await self._call(self.kube.add_finalizer, obj, naming.AGENT_FINALIZER)
                 return out
             except ConflictError:
-                fresh = await asyncio.to_thread(self.kube.get_tunnel, *key_of(obj))
+                fresh = await self._call(self.kube.get_tunnel, *key_of(obj))
                 if fresh is None:
                     return None
                 if has_finalizer(fresh):
@@ -285,10 +326,10 @@ class Reconciler:
         if not st.needs_write(desired, current):
             return
         moved = st.transitions(conds, current)
-        updated = await asyncio.to_thread(self.kube.apply_status, ns, name, desired)
+        updated = await self._call(self.kube.apply_status, ns, name, desired)
         self._remember(w.key, updated)
         for c in moved:
-            await asyncio.to_thread(
+            await self._call(
                 self.kube.event,
                 updated,
                 type_=st.event_type(c),
@@ -313,7 +354,8 @@ class Reconciler:
 
     # -- tear down ------------------------------------------------------------------
 
-    async def _teardown(self, key: Key, obj: Obj) -> None:
+    async def _teardown(self, key: Key) -> None:
+        """Remove the tunnel from the node (its finalizer goes later: `_release`)."""
         ref = naming.tunnel_ref(*key)
         try:
             changes = await self.driver.remove(ref)
@@ -325,21 +367,20 @@ class Reconciler:
         if changes:
             log.info("tunnel %s torn down (%d change(s))", ref, len(changes))
         self._forget(key)
-        if has_finalizer(obj):
-            try:
-                updated = await asyncio.to_thread(
-                    self.kube.remove_finalizer, obj, naming.AGENT_FINALIZER
-                )
-            except ConflictError:
-                fresh = await asyncio.to_thread(self.kube.get_tunnel, *key)
-                if fresh is not None and has_finalizer(fresh):
-                    updated = await asyncio.to_thread(
-                        self.kube.remove_finalizer, fresh, naming.AGENT_FINALIZER
-                    )
-                else:
-                    return
-            log.info("tunnel %s: cleaned up, agent finalizer removed", ref)
-            self._remember(key, updated)
+
+    async def _release(self, key: Key, obj: Obj) -> None:
+        """After the teardown: remove the agent's finalizer, so the object may go."""
+        if not has_finalizer(obj):
+            return
+        try:
+            updated = await self._call(self.kube.remove_finalizer, obj, naming.AGENT_FINALIZER)
+        except ConflictError:
+            fresh = await self._call(self.kube.get_tunnel, *key)
+            if fresh is None or not has_finalizer(fresh):
+                return
+            updated = await self._call(self.kube.remove_finalizer, fresh, naming.AGENT_FINALIZER)
+        log.info("tunnel %s: cleaned up, agent finalizer removed", naming.tunnel_ref(*key))
+        self._remember(key, updated)
 
     async def _gone(self, key: Key) -> None:
         """The tunnel left this agent's view (deleted, or relabelled to another node)."""
@@ -355,3 +396,19 @@ class Reconciler:
         self.state.configured.discard(key)
         self.traffic.forget(naming.tunnel_ref(*key))
         self.metrics.forget(*key)
+
+
+class _Phases:
+    """Seconds spent in each phase of a pass (for the debug log)."""
+
+    def __init__(self) -> None:
+        self.laps: list[tuple[str, float]] = []
+        self._last = time.monotonic()
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.laps.append((phase, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{phase} {seconds:.3f}s" for phase, seconds in self.laps)

@@ -174,7 +174,6 @@ class Agent:
             if not self.reconciler.gc_done:
                 keys |= set(self.reconciler.state.tunnels)
             started = time.monotonic()
-            log.debug("pass over %d tunnel(s)", len(keys))
             try:
                 await self.reconciler.run_pass(keys)
                 self.metrics.reconcile_total.labels("success").inc(len(keys) or 1)
