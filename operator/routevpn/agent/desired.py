@@ -119,8 +119,8 @@ def _child(tunnel: VpnTunnel, link: p.LinkPlan | None) -> p.ChildPlan:
     margin = _secs((child.rekey_margin if child else None) or CHILD_LIFETIMES[1])
     fuzz = _secs((child.rekey_fuzz if child else None) or CHILD_LIFETIMES[2])
     dpd_api = ike.dpd.action if ike and ike.dpd and ike.dpd.action else DpdAction.RESTART
-    # swanctl's dpd_action knows clear/trap/restart; "none" means "do nothing special",
-    # which for a CHILD SA whose peer is dead is what `clear` does (its default).
+    # charon's VICI parser maps `none` and `clear` to the same action (ACTION_NONE:
+    # close the CHILD SA, nothing more); `clear` is the spelling swanctl documents.
     dpd: p.DpdAction = "clear" if dpd_api is DpdAction.NONE else dpd_api.value  # type: ignore[assignment]
     ts = child.traffic_selectors if child else None
     local_ts = tuple(ts.local) if ts and link is None else ROUTE_MODE_TS
@@ -168,6 +168,7 @@ def _conn(tunnel: VpnTunnel, local: str, auth: p.Auth, link: p.LinkPlan | None) 
         rekey_time=life - margin,
         reauth_time=_secs(ike.reauth_time) if ike and ike.reauth_time else 0,
         over_time=margin,
+        rand_time=ike_rand_time(tunnel),
         dpd_delay=_secs((dpd.delay if dpd else None) or DEFAULT_DPD_DELAY),
         dpd_timeout=_secs((dpd.timeout if dpd else None) or DEFAULT_DPD_TIMEOUT),
         encap=bool(ike and ike.encapsulation is Encapsulation.FORCE),
@@ -177,10 +178,8 @@ def _conn(tunnel: VpnTunnel, local: str, auth: p.Auth, link: p.LinkPlan | None) 
 
 
 def ike_rand_time(tunnel: VpnTunnel) -> int:
-    """IKE rekey fuzz in seconds (spec.ike.rekeyFuzz or its default).
-
-    ConnPlan has no field for it yet; kept here so the default lives in one place.
-    """
+    """IKE rekey fuzz in seconds (spec.ike.rekeyFuzz or its default): swanctl's
+    connection-level `rand_time`, which would otherwise default to `over_time`."""
     ike = tunnel.spec.ike
     return _secs((ike.rekey_fuzz if ike else None) or IKE_LIFETIMES[2])
 

@@ -101,6 +101,8 @@ def build_conn(plan: TunnelPlan) -> dict[str, Any]:
         body["dpd_timeout"] = _secs(conn.dpd_timeout)
     if conn.over_time is not None:
         body["over_time"] = _secs(conn.over_time)
+    if conn.rand_time is not None:
+        body["rand_time"] = _secs(conn.rand_time)
     if conn.local_port is not None:
         body["local_port"] = str(conn.local_port)
     if conn.remote_port is not None:

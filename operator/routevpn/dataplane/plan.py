@@ -210,6 +210,7 @@ class ConnPlan:
     rekey_time: int = 14400
     reauth_time: int = 0
     over_time: int | None = None
+    rand_time: int | None = None
     dpd_delay: int = 30
     dpd_timeout: int = 150
     encap: bool = False

@@ -46,6 +46,7 @@ def default_conn(name: str, local: str, remote: str, child: p.ChildPlan, **kw: A
         "rekey_time": 4 * 3600 - 20 * 60,
         "reauth_time": 0,
         "over_time": 20 * 60,
+        "rand_time": 10 * 60,
         "dpd_delay": 30,
         "dpd_timeout": 150,
         "encap": False,
@@ -277,6 +278,7 @@ def test_explicit_settings_override_every_default() -> None:
     assert isinstance(plan, p.TunnelPlan)
     c = plan.conn
     assert (c.version, c.rekey_time, c.over_time, c.reauth_time) == (1, 6600, 600, 28800)
+    assert c.rand_time == 300
     assert (c.dpd_delay, c.dpd_timeout, c.encap, c.mobike) == (5, 20, True, True)
     ch = c.child
     assert (ch.life_time, ch.rekey_time, ch.rand_time) == (1800, 1500, 60)
