@@ -24,7 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -181,8 +181,18 @@ def lab(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @contextlib.contextmanager
-def lab_world(kubeconfig: Path, tmp: Path) -> Iterator[Lab]:
-    """CRD, namespaces, a Node, the two sites and the agent process in the left site."""
+def lab_world(
+    kubeconfig: Path,
+    tmp: Path,
+    *,
+    agent_flags: Sequence[str] = (),
+    charon_extra: Mapping[str, str] | None = None,
+) -> Iterator[Lab]:
+    """CRD, namespaces, a Node, the two sites and the agent process in the left site.
+
+    `agent_flags` come after the tests' own (short resync and quiet periods), so they
+    override them; `charon_extra` goes into both charons' strongswan.conf.
+    """
     bins = bin_dir()
     assert bins is not None
     kubectl = Kubectl(bins / "kubectl", kubeconfig)
@@ -203,7 +213,7 @@ def lab_world(kubeconfig: Path, tmp: Path) -> Iterator[Lab]:
     agent_kc = tmp / "agent.kubeconfig"
     agent_kc.write_text(yaml.safe_dump(conf))
     agent_kc.chmod(0o600)
-    with two_sites(tmp / "sites") as (left, right):
+    with two_sites(tmp / "sites", charon_extra=charon_extra) as (left, right):
         before = node_snapshot(left)
         agent = Agent(
             left.ns,
@@ -211,7 +221,8 @@ def lab_world(kubeconfig: Path, tmp: Path) -> Iterator[Lab]:
              "--vici-socket", str(left.charon.vici_socket if left.charon else ""),
              "--http-port", "19478", "--bind-address", "127.0.0.1",
              "--kubeconfig", str(agent_kc), "--resync-seconds", str(RESYNC),
-             "--counters-period", "5", "--quiet-seconds", "30", "--log-level", "DEBUG"],
+             "--counters-period", "5", "--quiet-seconds", "30", "--log-level", "DEBUG",
+             *agent_flags],
             tmp / "agent.log",
             19478,
         )  # fmt: skip

@@ -113,7 +113,7 @@ def node_plan(psk: str = PSK, remote: str = PEER, **conn_kw: object) -> TunnelPl
         remote_id="peer.example",
         proposals=("aes256-sha256-x25519",),
         child=ChildPlan(esp_proposals=("aes256gcm16-x25519",)),
-        **conn_kw,  # type: ignore[arg-type]
+        **{"over_time": 600, "rand_time": 300, **conn_kw},  # type: ignore[arg-type]
     )
     auth: PskAuth | CertAuth = PskAuth(Secret(psk))
     return TunnelPlan(ref="site/a", conn=conn, auth=auth)

@@ -38,13 +38,15 @@ def render_strongswan_conf(
 ) -> str:
     """The text of a self-contained strongswan.conf for one test charon.
 
-    `extra` adds ``charon.KEY = VALUE`` lines (dotted keys allowed, e.g.
+    `extra` adds or overrides ``charon.KEY = VALUE`` lines (dotted keys allowed, e.g.
     ``{"retransmit_tries": "2"}``). Values run to the end of the line in this format,
     so every key sits on its own line.
     """
     for text in (str(vici_socket), str(log_file), plugins, *(extra or {}).values()):
         if "\n" in text:
             raise ValueError("strongswan.conf values must not contain a newline")
+    # strongSwan's default of 5 retransmits from 4 s stretches a failing test to minutes
+    settings = {"retransmit_tries": "3", "retransmit_timeout": "1.0", **(extra or {})}
     lines = [
         "charon {",
         "    load_modular = no",
@@ -52,10 +54,7 @@ def render_strongswan_conf(
         # routes and virtual IPs belong to the tests (and later to routevpn), not charon
         "    install_routes = no",
         "    install_virtual_ip = no",
-        # the default of 5 retransmits stretches a failing test to minutes
-        "    retransmit_tries = 3",
-        "    retransmit_timeout = 1.0",
-        *(f"    {k} = {v}" for k, v in (extra or {}).items()),
+        *(f"    {k} = {v}" for k, v in settings.items()),
         "    plugins {",
         "        vici {",
         f"            socket = unix://{vici_socket}",

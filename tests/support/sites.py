@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,8 +147,10 @@ def two_sites(
     right: SitePlan = RIGHT,
     wan: str = "wan",
     charons: tuple[bool, bool] = (True, True),
+    charon_extra: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[Site, Site]]:
-    """Both sites, linked and addressed, each with a running charon unless told not to.
+    """Both sites, linked and addressed, each with a running charon unless told not to
+    (`charon_extra`: strongswan.conf settings for both, see `render_strongswan_conf`).
 
     The IPv6 WAN addresses sit in different /64s (as real sites do), so each side
     gets an on-link host route to the other's. Everything is torn down on exit.
@@ -167,5 +169,7 @@ def two_sites(
         rsite.route(f"{left.outer6}/128", dev=wan)
         for site, want in zip(sites, charons, strict=True):
             if want:
-                site.charon = stack.enter_context(running(site.ns, site.workdir / "charon"))
+                site.charon = stack.enter_context(
+                    running(site.ns, site.workdir / "charon", extra=charon_extra)
+                )
         yield lsite, rsite
