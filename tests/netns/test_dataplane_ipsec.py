@@ -194,7 +194,14 @@ def test_psk_ike_sa_establishes_and_second_pass_changes_nothing(
     assert PSK not in repr(plan) and PSK not in str(plan)
 
 
-def test_x509_ike_sa_establishes(pair: Pair) -> None:
+@pytest.mark.parametrize(
+    ("local_id", "presented"),
+    [
+        ("node.example", "node.example"),  # the id named in the spec (a subjectAltName)
+        (None, "CN=node.example"),  # none named: charon presents the certificate's subject
+    ],
+)
+def test_x509_ike_sa_establishes(pair: Pair, local_id: str | None, presented: str) -> None:
     if not have_openssl():
         missing("openssl (throwaway CA)")
     ca = TestCA(pair.work / "pki")
@@ -221,7 +228,7 @@ def test_x509_ike_sa_establishes(pair: Pair) -> None:
         }}
         remote {{
             auth = pubkey
-            id = node.example
+            id = "{presented}"
             cacerts = ca.pem
         }}
         children {{
@@ -243,7 +250,7 @@ def test_x509_ike_sa_establishes(pair: Pair) -> None:
     base = node_plan()
     plan = TunnelPlan(
         ref=base.ref,
-        conn=replace(base.conn, auth="pubkey"),
+        conn=replace(base.conn, auth="pubkey", local_id=local_id),
         auth=CertAuth(node_cert.cert_pem, Secret(node_cert.key_pem), ca.cert_pem),
     )
 
@@ -258,7 +265,7 @@ def test_x509_ike_sa_establishes(pair: Pair) -> None:
 
     first, second, sa = run(body())
     assert first == ["secret", "conn"] and second == []
-    assert (sa.local_id, sa.remote_id) == ("node.example", "peer.example")
+    assert (sa.local_id, sa.remote_id) == (presented, "peer.example")
 
 
 FAILURES = {

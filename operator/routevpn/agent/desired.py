@@ -160,7 +160,10 @@ def _conn(tunnel: VpnTunnel, local: str, auth: p.Auth, link: p.LinkPlan | None) 
         name=naming.conn_name(tunnel.metadata.namespace, tunnel.metadata.name),
         local_addrs=(local,),
         remote_addrs=(spec.remote.address,),
-        local_id=(spec.local.id if spec.local and spec.local.id else local),
+        # x509 without an id: charon presents the certificate's subject (as documented)
+        local_id=(
+            spec.local.id if spec.local and spec.local.id else _default_local_id(auth, local)
+        ),
         remote_id=spec.remote.id or spec.remote.address,
         auth=auth.kind,
         version=2 if version == 2 else 1,
@@ -175,6 +178,10 @@ def _conn(tunnel: VpnTunnel, local: str, auth: p.Auth, link: p.LinkPlan | None) 
         mobike=bool(ike and ike.mobike is Toggle.ENABLED),
         child=_child(tunnel, link),
     )
+
+
+def _default_local_id(auth: p.Auth, local: str) -> str | None:
+    return None if isinstance(auth, p.CertAuth) else local
 
 
 def ike_rand_time(tunnel: VpnTunnel) -> int:

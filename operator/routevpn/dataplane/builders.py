@@ -75,7 +75,9 @@ def build_conn(plan: TunnelPlan) -> dict[str, Any]:
     needs no files; the private key goes separately through `build_key`.
     """
     conn = plan.conn
-    local: dict[str, Any] = {"auth": conn.auth, "id": conn.local_id}
+    local: dict[str, Any] = {"auth": conn.auth}
+    if conn.local_id is not None:  # else charon takes the certificate's subject
+        local["id"] = conn.local_id
     remote: dict[str, Any] = {"auth": conn.auth, "id": conn.remote_id}
     if isinstance(plan.auth, CertAuth):
         local["certs"] = [plan.auth.cert_pem]
@@ -122,7 +124,7 @@ def build_shared(plan: TunnelPlan) -> dict[str, Any] | None:
         "id": plan.conn.name,
         "type": "IKE",
         "data": plan.auth.psk.reveal(),
-        "owners": [plan.conn.local_id, plan.conn.remote_id],
+        "owners": [i for i in (plan.conn.local_id, plan.conn.remote_id) if i is not None],
     }
 
 

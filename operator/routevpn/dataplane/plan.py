@@ -202,7 +202,8 @@ class ConnPlan:
     name: str
     local_addrs: tuple[str, ...]
     remote_addrs: tuple[str, ...]
-    local_id: str
+    #: None: charon's default, the certificate's subject (X.509 only; PSK always has one)
+    local_id: str | None
     remote_id: str
     auth: AuthKind = "psk"
     version: Literal[1, 2] = 2
@@ -223,6 +224,8 @@ class ConnPlan:
     def __post_init__(self) -> None:
         if naming.parse_conn_name(self.name) is None:
             raise PlanError(f"connection {self.name!r} does not carry routevpn's prefix")
+        if self.local_id is None and self.auth != "pubkey":
+            raise PlanError(f"connection {self.name!r}: a PSK connection needs a local id")
 
 
 @dataclass(frozen=True, slots=True)

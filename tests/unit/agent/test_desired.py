@@ -13,6 +13,7 @@ from routevpn.agent.desired import Blocked, DeliveredSecret, build_plan, ike_ran
 from routevpn.api.conditions import Reason, Status
 from routevpn.api.tunnel import VpnTunnel
 from routevpn.dataplane import plan as p
+from routevpn.dataplane.builders import build_conn
 
 ROOT = Path(__file__).resolve().parents[3]
 PSK = "unit-test-psk-0123456789abcdef0123456789abcdef"
@@ -239,6 +240,26 @@ def test_x509_golden_carries_cert_key_and_ca() -> None:
             ),
         ),
     )
+
+
+def test_x509_without_local_id_presents_the_certificate_subject() -> None:
+    """No spec.local.id with x509: no `id` is sent, so charon uses the cert's subject
+    (proved on a real charon in tests/netns/test_dataplane_ipsec.py); PSK keeps the
+    local address."""
+    tunnel = example(
+        "x509-cert-manager.yaml",
+        {"node": "node-a", "interface": {"name": "vti4097", "type": "vti", "key": 4097}},
+    )
+    raw = tunnel.model_dump(by_alias=True, exclude_none=True, mode="json")
+    raw["spec"]["local"].pop("id")
+    secret = DeliveredSecret({"tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA"}, "h")
+    plan = build_plan(VpnTunnel.from_wire(raw), secret)
+    assert isinstance(plan, p.TunnelPlan) and plan.conn.local_id is None
+    local = build_conn(plan)["routevpn.prod.site-d"]["local"]
+    assert "id" not in local and local["auth"] == "pubkey"
+    raw["spec"]["auth"] = {"type": "psk", "psk": {"secretRef": {"name": "k"}}}
+    psk_plan = build_plan(VpnTunnel.from_wire(raw), psk_secret())
+    assert isinstance(psk_plan, p.TunnelPlan) and psk_plan.conn.local_id == "2001:db8:0:1::1"
 
 
 def test_every_example_has_a_golden_test() -> None:
