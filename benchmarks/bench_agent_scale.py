@@ -1,25 +1,30 @@
 """The node agent bringing up N tunnels on one node, beside the same work done by hand.
 
-    .venv/bin/python benchmarks/bench_agent_scale.py [--tunnels 1 200] [--timeout 1500]
+    .venv/bin/python benchmarks/bench_agent_scale.py [--tunnels 1 200] [--logs DIR]
 
 CHILD SAs need a real IPsec kernel, so the measurement runs inside the QEMU lab guest
-(this script boots it and re-runs itself there with --in-guest). Inside, on the
-reference topology (support.sites), for each N:
+(this script boots it and re-runs itself there with --in-guest). The API server runs on
+the host, as a real one runs off the node, reached through QEMU user networking on a
+TEST-NET range. Inside, on the reference topology (support.sites), for each N:
 
-* baseline, by hand: a shell-style script (ip + one swanctl.conf + swanctl --initiate)
+* baseline, by hand: a shell-style script (ip + one swanctl.conf, start_action=start)
   makes N XFRM interfaces with an inside address and a route each on the left site,
-  loads N connections and initiates them; seconds until all N CHILD SAs are INSTALLED
-  and all routes are in; then it is all removed again;
-* the agent: N VpnTunnels (XFRM interface, inside address, route), their delivered
-  Secrets and the operator's placement written through the API, then seconds until all
-  N report IkeEstablished, ChildSaInstalled and RoutesInstalled True; the agent's RSS
-  (VmRSS, VmHWM); API writes while nothing changes (a quiet window of several resyncs).
+  loads N connections; seconds until all N CHILD SAs are INSTALLED; then it is all
+  removed again;
+* the agent: from the first API write, seconds until all N VpnTunnels report
+  IkeEstablished, ChildSaInstalled and RoutesInstalled True. What is written is what a
+  `kubectl apply` and the operator write: the tunnel (with the operator's node label),
+  its delivered Secret and the operator's status (node, allocated if_id), eight
+  requests in flight. Then the agent's RSS (VmRSS, VmHWM); the writes of the settling
+  period (each idle tunnel's TrafficFlowing turns False once, after the agent's quiet
+  period); and the API writes of a quiet window after that, when nothing changes.
 
-The far end (right site) is configured by hand once per N and serves both runs. The API
-server is a control plane inside the guest (hack/local-cluster.sh). Figures are
-printed; nothing asserts on wall time. XFRM interfaces are used because many VTIs
-sharing the same two outer addresses can't all receive (the VTI input lookup ignores
-keys), while XFRM interfaces are told apart by if_id.
+Both charons and the agent run with production settings (strongSwan's retransmission
+schedule; the agent's default resync, counter and quiet periods). The far end (right
+site) is configured by hand once per N and serves both runs. Figures are printed;
+nothing asserts on wall time. XFRM interfaces are used because many VTIs sharing the
+same two outer addresses can't all receive (the VTI input lookup ignores keys), while
+XFRM interfaces are told apart by if_id.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +52,9 @@ BASE_ID = 4096
 # up after ~10 s, which 200 IKE_SA_INITs at once under emulation can exceed).
 AGENT_DEFAULTS = ("--resync-seconds", "30", "--counters-period", "60", "--quiet-seconds", "120")
 CHARON_DEFAULTS = {"retransmit_tries": "5", "retransmit_timeout": "4.0"}
+# After all are up, before the quiet window: the agent's quiet period (120 s), after
+# which TrafficFlowing turns False once per idle tunnel, plus a resync and some slack.
+SETTLE_S = 160.0
 GROUP, VERSION, PLURAL = "routevpn.io", "v1alpha1", "vpntunnels"
 
 
@@ -202,14 +211,22 @@ def agent_run(lab: Any, n: int, quiet: float) -> dict[str, Any]:
     with lab.agent.log.open("rb") as f:
         f.seek(log_mark)
         passes = pass_summary(f.read().decode(errors="replace"))
+    failed = lab.agent.log.read_text(errors="replace").count("reconcile pass failed")
     pid = lab.agent.pid
     rss = _status_kib(pid, "VmRSS") / 1024
     hwm = _status_kib(pid, "VmHWM") / 1024
-    # steady state: nothing changes; count API writes over several resyncs
+    # Settling: once per tunnel, TrafficFlowing turns False (NoTrafficReceived) when no
+    # packet has come in for the agent's quiet period; those are real transitions.
+    settle_from, settle_wall = _writes(lab.agent.metrics()), time.time()
+    wait(SETTLE_S)
     before = _writes(lab.agent.metrics())
-    t_quiet = time.monotonic()
-    poll(lambda: time.monotonic() - t_quiet >= quiet, quiet + 5, "quiet window", every=1.0)
+    settled = _event_reasons(lab, settle_wall, time.time())
+    # steady state: nothing changes; count API writes over several resyncs
+    quiet_wall = time.time()
+    wait(quiet)
     after = _writes(lab.agent.metrics())
+    quiet_reasons = _event_reasons(lab, quiet_wall, time.time())
+    t_delete = time.monotonic()
     for name in names:
         lab.custom.delete_namespaced_custom_object(GROUP, VERSION, lab.tunnel_ns, PLURAL, name)
     poll(
@@ -222,10 +239,16 @@ def agent_run(lab: Any, n: int, quiet: float) -> dict[str, Any]:
         "tunnels deleted",
         every=1.0,
     )
+    deleted = time.monotonic() - t_delete
     quiet_writes = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k)}
+    settle_writes = {k: v - settle_from.get(k, 0.0) for k, v in before.items()
+                     if v != settle_from.get(k)}  # fmt: skip
     return {"placed_s": placed, "up_s": took, "rss_mib": rss, "hwm_mib": hwm,
             "quiet_writes": sum(quiet_writes.values()), "quiet_by_kind": quiet_writes,
-            "quiet_s": quiet, "writes_total": sum(after.values()), "passes": passes}  # fmt: skip
+            "quiet_s": quiet, "writes_total": sum(after.values()), "passes": passes,
+            "failed_passes": failed, "deleted_s": deleted, "settle_s": SETTLE_S,
+            "settle_writes": settle_writes, "settle_events": settled,
+            "quiet_events": quiet_reasons}  # fmt: skip
 
 
 _PASS = re.compile(r"pass over (\d+) tunnel\(s\): (.*)$")
@@ -244,6 +267,26 @@ def pass_summary(log: str) -> dict[str, float]:
         for part in m.group(2).split(", "):
             phase, _, secs = part.rpartition(" ")
             out[phase] = round(out.get(phase, 0.0) + float(secs.rstrip("s")), 3)
+    return out
+
+
+def wait(seconds: float) -> None:
+    """Let `seconds` pass (a window in which the agent is observed, not a timed assert)."""
+    t0 = time.monotonic()
+    poll(lambda: time.monotonic() - t0 >= seconds, seconds + 5, "window", every=1.0)
+
+
+def _event_reasons(lab: Any, since: float, until: float) -> dict[str, int]:
+    """The agent's Events about the tunnels in [since, until] (wall clock), by reason."""
+    out: dict[str, int] = {}
+    events = lab.core.list_namespaced_event(lab.tunnel_ns).items
+    for ev in events:
+        stamp = ev.last_timestamp or ev.first_timestamp or ev.event_time
+        if ev.reporting_component != "routevpn-agent" or stamp is None:
+            continue
+        # the API's timestamps have one-second resolution
+        if since - 1 <= stamp.timestamp() <= until + 1:
+            out[ev.reason] = out.get(ev.reason, 0) + 1
     return out
 
 
@@ -292,7 +335,12 @@ def in_guest(counts: list[int], quiet: float) -> int:
                 progress(f"N={n}: far end ready")
                 hand = by_hand(lab.left, n, work)
                 progress(f"N={n}: by hand {hand:.1f}s")
-                agent = agent_run(lab, n, quiet)
+                try:
+                    agent = agent_run(lab, n, quiet)
+                finally:
+                    keep = os.environ.get("ROUTEVPN_LAB_SCRATCH")
+                    if keep:  # the agent's log, for --logs on the host
+                        shutil.copy(lab.agent.log, Path(keep) / f"agent-{n}.log")
                 progress(f"N={n}: agent {agent}")
                 results.append({"tunnels": n, "by_hand_s": hand, **agent})
     print("BENCH-RESULTS " + json.dumps(results))
@@ -304,6 +352,7 @@ def main() -> int:
     parser.add_argument("--tunnels", type=int, nargs="+", default=[1, 200])
     parser.add_argument("--quiet", type=float, default=70.0, help="steady-state window (s)")
     parser.add_argument("--timeout", type=float, default=2400.0, help="guest deadline (s)")
+    parser.add_argument("--logs", type=Path, help="copy the agent's log(s) into this folder")
     parser.add_argument("--in-guest", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_guest:
@@ -323,13 +372,13 @@ def main() -> int:
     # emulated CPUs are left to the agent, charon and the far end.
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         cp = ControlPlane.ephemeral(Path(tmp) / "cp")
+        scratch = Path(tmp) / "scratch"
+        scratch.mkdir()
         try:
             cp.up()
             assert cp.api_port is not None
             net = labspec.UserNet(forward_ports=(cp.api_port,))
             guest_kc = cp.kubeconfig(server=f"https://{net.service}:{cp.api_port}")
-            scratch = Path(tmp) / "scratch"
-            scratch.mkdir()
             (scratch / "guest.kubeconfig").write_text(guest_kc.read_text())
             env = {"ROUTEVPN_LAB_KUBECONFIG": f"{labspec.GUEST_SCRATCH}/guest.kubeconfig"}
             res = lab.run_in_guest(
@@ -337,6 +386,10 @@ def main() -> int:
             )
         finally:
             cp.down(purge=True)
+            if args.logs is not None:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for log in scratch.glob("agent-*.log"):
+                    shutil.copy(log, args.logs / log.name)
     line = next((x for x in res.output.splitlines() if x.startswith("BENCH-RESULTS ")), None)
     if line is None:
         print(res.output[-6000:])
@@ -352,7 +405,13 @@ def main() -> int:
             f"{r['quiet_writes']:>6.0f} in {r['quiet_s']:.0f}s {r['quiet_by_kind']} "
             f"(writes to get there: {r['writes_total']:.0f})"
         )
-        print(f"{'':>8} agent passes until quiet: {r['passes']}")
+        print(f"{'':>8} agent passes until all up: {r['passes']}; "
+              f"failed passes: {r['failed_passes']}")  # fmt: skip
+        print(f"{'':>8} settling {r['settle_s']:.0f}s after all up: writes "
+              f"{r['settle_writes']}, events {r['settle_events']}")  # fmt: skip
+        print(f"{'':>8} quiet window events: {r['quiet_events']}")
+        print(f"{'':>8} delete all → objects gone (agent teardown, finalizers): "
+              f"{r['deleted_s']:.1f}s")  # fmt: skip
     return 0
 
 

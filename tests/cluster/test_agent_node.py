@@ -491,6 +491,14 @@ def _quiet_counters(w: World) -> tuple[float, float, float]:
 def test_a_pass_with_nothing_changed_changes_and_writes_nothing(w: World) -> None:
     # let the bring-up settle (events of the first seconds), then watch two resyncs
     wait_conditions(w, T1, {"ChildSaInstalled": ("False", KERNEL_REFUSES_SA)})
+    # the pass that wrote that status may still be sending its Events: let it end
+    seen = _quiet_counters(w)[2]
+    wait_until(
+        lambda: _quiet_counters(w)[2] > seen,
+        timeout=2 * RESYNC + 10,
+        interval=0.5,
+        what="the pass that reported the conditions to end",
+    )
     writes0, changes0, passes0 = _quiet_counters(w)
     wait_until(
         lambda: _quiet_counters(w)[2] >= passes0 + 2,

@@ -12,6 +12,7 @@ run for real and each report is written as a JSON line to the scratch share.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from support import lab, labreport, labspec
+from support.cluster import ControlPlane, bin_dir
 from support.tiers import missing
 
 LAB_DIR = Path(__file__).resolve().parent
@@ -28,6 +30,10 @@ IN_LAB = os.environ.get(labspec.IN_LAB_ENV) == "1"
 RESULTS_ENV = "ROUTEVPN_LAB_RESULTS"
 # The whole tier in one guest; override for slow machines.
 LAB_TIMEOUT = float(os.environ.get("ROUTEVPN_LAB_TIMEOUT", "1800"))
+# Lab tests that talk to an API server (see `_host_api_server`), and how they learn it.
+API_TESTS = "test_agent_lab.py"
+GUEST_KUBECONFIG_ENV = "ROUTEVPN_LAB_KUBECONFIG"
+API_NOTE_KEY = pytest.StashKey[str]()
 
 
 # --- inside the guest ------------------------------------------------------------
@@ -173,17 +179,50 @@ def guest_run(config: pytest.Config) -> GuestRun:
         *ids,
     ]
     env = {RESULTS_ENV: f"{labspec.GUEST_SCRATCH}/results.jsonl"}
-    try:
-        run.result = lab.run_in_guest(
-            command, timeout=LAB_TIMEOUT, cwd=rootdir, env=env, scratch=scratch
-        )
-    except lab.LabUnavailableError as e:
-        run.unavailable = str(e)
-        return run
+    with contextlib.ExitStack() as stack:
+        net = None
+        if any(API_TESTS in i for i in ids):
+            net = _host_api_server(config, stack, scratch, env)
+        try:
+            run.result = lab.run_in_guest(
+                command, timeout=LAB_TIMEOUT, cwd=rootdir, env=env, scratch=scratch, net=net
+            )
+        except lab.LabUnavailableError as e:
+            run.unavailable = str(e)
+            return run
     if results.exists():
         run.outcomes = labreport.fold(results.read_text().splitlines())
     (scratch / "guest-output.txt").write_text(run.result.output)
     return run
+
+
+def _host_api_server(
+    config: pytest.Config, stack: contextlib.ExitStack, scratch: Path, env: dict[str, str]
+) -> labspec.UserNet | None:
+    """A control plane on the host for the guest's agent tests, as a real cluster's API
+    server is off the node: reached through QEMU user networking on a TEST-NET range
+    (`labspec.UserNet`), it spares the emulated CPUs a minute of start-up and the API
+    server's load. None (the tests then start one inside the guest) if it can't start."""
+    if bin_dir() is None:
+        return None
+    state = Path(config._tmp_path_factory.mktemp("lab-control-plane", numbered=True))  # type: ignore[attr-defined]
+    cp = ControlPlane.ephemeral(state)
+    try:
+        cp.up()
+    except Exception as e:  # any failure: fall back to one in the guest, and say why
+        cp.down(purge=True)
+        config.stash[API_NOTE_KEY] = f"host control plane failed ({e}); one in the guest"
+        return None
+    stack.callback(cp.down, purge=True)
+    assert cp.api_port is not None
+    net = labspec.UserNet(forward_ports=(cp.api_port,))
+    kubeconfig = cp.kubeconfig(server=f"https://{net.service}:{cp.api_port}")
+    (scratch / "guest.kubeconfig").write_text(kubeconfig.read_text())
+    env[GUEST_KUBECONFIG_ENV] = f"{labspec.GUEST_SCRATCH}/guest.kubeconfig"
+    config.stash[API_NOTE_KEY] = (
+        f"agent tests use a control plane on the host via {net.service}:{cp.api_port}"
+    )
+    return net
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -204,6 +243,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     )
     if r.accel == "tcg":
         tr.write_line("lab: software emulation (TCG): KVM is unavailable or does not boot here")
+    note = config.stash.get(API_NOTE_KEY, None)
+    if note:
+        tr.write_line(f"lab: {note}")
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -6,9 +6,11 @@ process, site "right" is configured by hand with ip + swanctl. The test plays th
 operator through the API: node label, status.node and status.interface via server-side
 apply (field manager routevpn-operator), and the delivered Secret.
 
-The API server: ``ROUTEVPN_LAB_KUBECONFIG`` when the lab forwards the host's apiserver
-into the guest (QEMU user networking, service address 192.0.2.100); otherwise a
-control plane of its own inside the guest (hack/local-cluster.sh, ~60 s under TCG).
+The API server: ``ROUTEVPN_LAB_KUBECONFIG``, set by the lab tier (and the benchmark),
+which start a control plane on the host and forward it into the guest (QEMU user
+networking, service address 192.0.2.100), as a real API server lives off the node;
+only when that can't start, a control plane of its own inside the guest
+(hack/local-cluster.sh, ~60 s under TCG).
 The agent lives in the left site's namespace; a relay in this process carries its
 TCP connection to the API server's port in the guest's own namespace.
 """

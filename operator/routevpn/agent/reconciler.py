@@ -134,6 +134,8 @@ class Reconciler:
     async def run_pass(self, keys: Iterable[Key]) -> None:
         """Reconcile `keys` (tunnels that changed, or all of them on a resync)."""
         keys = sorted(set(keys))
+        if not keys and self.gc_done:
+            return  # nothing to look at: no dump of the node, no VICI listing
         work: list[_Work] = []
         released: list[tuple[Key, Obj]] = []
         clock = _Phases()
@@ -153,6 +155,7 @@ class Reconciler:
                     released.append((key, obj))
                 elif action is Action.CONFIGURE:
                     work.append(self._plan(key, obj, facts))
+            clock.lap("plan+teardown")
             if not self.gc_done:
                 await self._garbage_collect(work)
             # the finalizer before anything is applied: from then on the object can't

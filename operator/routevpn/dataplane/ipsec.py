@@ -164,9 +164,12 @@ class IpsecAdapter:
             self._listing = _Listing(self._cmd.generation)
         return self._listing
 
-    def _invalidate(self) -> None:
-        """After commands the listing does not track (terminate, unload)."""
-        self._listing = None
+    def _forget_listed(self, what: str, name: str) -> None:
+        """Keep the pass's listing current after unloading `name` from list `what`."""
+        cache = self._cached()
+        listed: set[str] | None = getattr(cache, what) if cache is not None else None
+        if listed is not None:
+            listed.discard(name)
 
     # -- what charon holds ------------------------------------------------------------
 
@@ -309,14 +312,16 @@ class IpsecAdapter:
     async def terminate(self, conn: str) -> list[Change]:
         """Close every IKE SA of `conn` (without waiting for the peer's answer)."""
         ref = _ref(conn)
-        self._invalidate()
         if conn in self._loaded:
             self._loaded[conn].wants_up = False
         changes: list[Change] = []
-        for sa in await self.sas(conn):
+        for sa in await self.sas(conn):  # this connection's SAs only: a filtered list
             request = {"ike-id": sa.uniqueid, "timeout": "-1", "force": "yes"}
             await self._run(ref, "terminate", lambda s, r=request: list(s.terminate(r)))
             changes.append(Change(ref, "ike", "terminated", f"{conn} #{sa.uniqueid}"))
+        cache = self._cached()
+        if cache is not None and cache.sa_conns is not None:
+            cache.sa_conns.discard(conn)
         for change in changes:
             log.info("%s", change)
         return changes
@@ -325,19 +330,21 @@ class IpsecAdapter:
         """Terminate `conn`'s SAs and remove it and its credentials from charon."""
         ref = _ref(conn)
         changes = await self.terminate(conn)
-        self._invalidate()
-        if conn in await self.conns():
+        # within a pass, charon's lists are fetched once and kept current here
+        if await self._has_conn(conn):
             await self._run(ref, "unload-conn", lambda s: s.unload_conn({"name": conn}))
+            self._forget_listed("conns", conn)
             changes.append(Change(ref, "conn", "unloaded", conn))
         if conn in await self._shared_ids():
             await self._run(ref, "unload-shared", lambda s: s.unload_shared({"id": conn}))
+            self._forget_listed("shared", conn)
             changes.append(Change(ref, "secret", "unloaded", f"psk {conn}"))
         loaded = self._loaded.pop(conn, None)
         if loaded is not None and loaded.key_id and loaded.key_id in await self._key_ids():
             key_id = loaded.key_id
             await self._run(ref, "unload-key", lambda s: s.unload_key({"id": key_id}))
+            self._forget_listed("keys", key_id)
             changes.append(Change(ref, "secret", "unloaded", f"private key {key_id}"))
-        self._invalidate()
         for change in changes[-3:]:
             log.info("%s", change)
         return changes

@@ -545,13 +545,24 @@ class NetlinkAdapter:
         return changes
 
     async def remove(self, ref: str) -> list[Change]:
-        """Delete the link carrying `ref`'s alias (its addresses and routes go with it)."""
-        self._invalidate()
+        """Delete the link carrying `ref`'s alias (its addresses and routes go with it).
+
+        Within a pass this reads the pass's view (one dump for every tunnel removed).
+        """
+        view = await self._current()
         changes: list[Change] = []
-        for link in await self.links():
+        for link in list(view.links.values()):
             owner = naming.parse_link_alias(link.alias)
-            if owner is not None and naming.tunnel_ref(*owner) == ref:
-                changes += await self.delete_owned_link(ref, link.name)
+            if owner is None or naming.tunnel_ref(*owner) != ref:
+                continue
+            deleted = await self._call(
+                ref, f"delete {link.name}", {errno.ENODEV}, self.ipr.link("del", index=link.index)
+            )
+            view.drop_link(link.index)
+            if deleted:
+                change = Change(ref, "link", "deleted", link.name)
+                log.info("%s", change)
+                changes.append(change)
         return changes
 
     async def garbage_collect(
