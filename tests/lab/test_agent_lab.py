@@ -168,6 +168,8 @@ def node_snapshot(site: Site) -> dict[str, str]:
         for line in out["xfrm_state"].splitlines()
         if line.lstrip().startswith(("src", "proto"))
     )
+    # an IPv6 address is "tentative" until DAD ends: a state, not a change of the node
+    out["addrs"] = out["addrs"].replace(" tentative", "")
     # interface counters and the kernel's link-local bookkeeping vary on their own
     out["links"] = "\n".join(
         line.split(" link/")[0].split(" qdisc")[0] for line in out["links"].splitlines()

@@ -321,6 +321,31 @@ def test_peer_with_unexpected_identity_is_reported(pair: Pair) -> None:
     assert "impostor.example" in reason.message and "peer.example" in reason.message
 
 
+def test_initiating_twice_starts_one_ike_sa(pair: Pair) -> None:
+    """A second initiate before charon lists the first IKE SA must not start another
+    (charon may hold a queued initiation for a while when many tunnels start at once)."""
+    pair.start_peer([peer_conn()])
+    base = node_plan()
+    plan = replace(base, conn=replace(base.conn, child=replace(base.conn.child,
+                                                               start_action="none")))  # fmt: skip
+
+    async def body() -> tuple[list[str], list[str], list[str], int]:
+        ad = IpsecAdapter(str(pair.node_charon.vici_socket))
+        await ad.load(plan)  # start_action none: charon waits for us
+        first = [c.what for c in await ad.initiate(CONN)]
+        second = [c.what for c in await ad.initiate(CONN)]
+        await wait_sa(ad)
+        third = [c.what for c in await ad.initiate(CONN)]
+        await asyncio.sleep(2)  # room for a second IKE SA to show up, were one started
+        count = len(await ad.sas(CONN))
+        ad.close()
+        return first, second, third, count
+
+    first, second, third, count = run(body())
+    assert (first, second, third) == (["ike"], [], [])
+    assert count == 1
+
+
 def test_charon_restart_is_survived(pair: Pair) -> None:
     pair.start_peer([peer_conn()])
     plan = node_plan()

@@ -25,7 +25,8 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import AsyncGenerator, Iterable
+import time
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,12 @@ from routevpn.dataplane.vici_facts import IpsecEvent, text, texts
 log = logging.getLogger(__name__)
 
 EVENTS = ("ike-updown", "child-updown", "ike-rekey", "child-rekey", "log")
+# How long an initiation (ours, or charon's own start action on load) may stay queued in
+# charon before an IKE SA shows up in list-sas. Initiating again within it would start a
+# second IKE SA for the same tunnel (a pass right after a load, or the re-load after a
+# charon restart, which used to initiate on top of the start action); a CONNECTING IKE SA
+# is listed, so after this an SA-less connection really has none and is initiated again.
+INITIATE_GRACE = 30.0
 
 
 def _ref(conn: str) -> str:
@@ -129,8 +136,16 @@ class ViciCommands:
 class IpsecAdapter:
     """Loads, starts, stops and lists routevpn's connections in one charon."""
 
-    def __init__(self, vici_socket: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        vici_socket: str,
+        timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.vici_socket = vici_socket
+        self._clock = clock
+        #: connection name → when an initiation was last asked of charon
+        self._initiated: dict[str, float] = {}
         self._cmd = ViciCommands(vici_socket, timeout)
         self._loaded: dict[str, _Loaded] = {}
         self._seen_generation = 0
@@ -276,6 +291,8 @@ class IpsecAdapter:
             if cache is not None and cache.conns is not None:
                 cache.conns.add(name)
             changes.append(Change(ref, "conn", "loaded", name))
+            if plan.conn.child.start_action == "start":
+                self._initiated[name] = self._clock()  # charon initiates it itself
         wants_up = prev.wants_up if prev else False
         self._loaded[name] = _Loaded(plan, conn_digest, secret_digest, key_id, wants_up)
         for change in changes:
@@ -292,7 +309,12 @@ class IpsecAdapter:
         if conn in self._loaded:
             self._loaded[conn].wants_up = True
         if await self._has_sa(conn):
+            self._initiated.pop(conn, None)
             return []
+        asked = self._initiated.get(conn)
+        if asked is not None and self._clock() - asked < INITIATE_GRACE:
+            return []  # still queued in charon: no second IKE SA
+        self._initiated[conn] = self._clock()
         request = {"child": conn, "ike": conn, "timeout": "-1", "init-limits": "no"}
         try:
             await self._run(ref, "initiate", lambda s: list(s.initiate(request)))
@@ -329,7 +351,8 @@ class IpsecAdapter:
     async def unload(self, conn: str) -> list[Change]:
         """Terminate `conn`'s SAs and remove it and its credentials from charon."""
         ref = _ref(conn)
-        changes = await self.terminate(conn)
+        terminated = await self.terminate(conn)  # logs its own changes
+        changes: list[Change] = []
         # within a pass, charon's lists are fetched once and kept current here
         if await self._has_conn(conn):
             await self._run(ref, "unload-conn", lambda s: s.unload_conn({"name": conn}))
@@ -339,15 +362,16 @@ class IpsecAdapter:
             await self._run(ref, "unload-shared", lambda s: s.unload_shared({"id": conn}))
             self._forget_listed("shared", conn)
             changes.append(Change(ref, "secret", "unloaded", f"psk {conn}"))
+        self._initiated.pop(conn, None)
         loaded = self._loaded.pop(conn, None)
         if loaded is not None and loaded.key_id and loaded.key_id in await self._key_ids():
             key_id = loaded.key_id
             await self._run(ref, "unload-key", lambda s: s.unload_key({"id": key_id}))
             self._forget_listed("keys", key_id)
             changes.append(Change(ref, "secret", "unloaded", f"private key {key_id}"))
-        for change in changes[-3:]:
+        for change in changes:
             log.info("%s", change)
-        return changes
+        return terminated + changes
 
     async def garbage_collect(self, desired: Iterable[str]) -> list[Change]:
         """Unload routevpn's connections (by name prefix) that are not in `desired`.
@@ -373,6 +397,7 @@ class IpsecAdapter:
     async def resync(self) -> list[Change]:
         """Re-load everything remembered that charon no longer holds; re-initiate."""
         self._seen_generation = max(self._cmd.generation, 1)
+        self._initiated.clear()  # a new charon holds none of the old one's initiations
         changes: list[Change] = []
         for name, loaded in list(self._loaded.items()):
             changes += await self.load(loaded.plan)
