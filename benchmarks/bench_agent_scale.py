@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import re
@@ -52,9 +53,11 @@ BASE_ID = 4096
 # up after ~10 s, which 200 IKE_SA_INITs at once under emulation can exceed).
 AGENT_DEFAULTS = ("--resync-seconds", "30", "--counters-period", "60", "--quiet-seconds", "120")
 CHARON_DEFAULTS = {"retransmit_tries": "5", "retransmit_timeout": "4.0"}
-# After all are up, before the quiet window: the agent's quiet period (120 s), after
-# which TrafficFlowing turns False once per idle tunnel, plus a resync and some slack.
-SETTLE_S = 160.0
+# After all are up, before the quiet window: until every tunnel's TrafficFlowing has
+# turned False (no packet for the agent's quiet period of 120 s; the kernel's own IPv6
+# chatter on a new interface counts as traffic), at most this long; then one resync.
+SETTLE_S = 420.0
+RESYNC_S = 30.0
 GROUP, VERSION, PLURAL = "routevpn.io", "v1alpha1", "vpntunnels"
 
 
@@ -197,13 +200,7 @@ def agent_run(lab: Any, n: int, quiet: float) -> dict[str, Any]:
     want = {"IkeEstablished", "ChildSaInstalled", "RoutesInstalled"}
 
     def all_up() -> bool:
-        items = lab.custom.list_namespaced_custom_object(GROUP, VERSION, lab.tunnel_ns, PLURAL)[
-            "items"
-        ]
-        up = 0
-        for obj in items:
-            conds = {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
-            up += all(conds.get(t) == "True" for t in want)
+        up = sum(all(c.get(t) == "True" for t in want) for c in _conditions(lab))
         return up >= n
 
     poll(all_up, 1200, f"{n} tunnels up through the agent", every=2.0)
@@ -217,8 +214,16 @@ def agent_run(lab: Any, n: int, quiet: float) -> dict[str, Any]:
     hwm = _status_kib(pid, "VmHWM") / 1024
     # Settling: once per tunnel, TrafficFlowing turns False (NoTrafficReceived) when no
     # packet has come in for the agent's quiet period; those are real transitions.
-    settle_from, settle_wall = _writes(lab.agent.metrics()), time.time()
-    wait(SETTLE_S)
+    settle_from, settle_wall, t_settle = _writes(lab.agent.metrics()), time.time(), time.monotonic()
+
+    def settled_count() -> int:
+        return sum(1 for conds in _conditions(lab) if conds.get("TrafficFlowing") == "False")
+
+    with contextlib.suppress(TimeoutError):  # reported below: how many had settled
+        poll(lambda: settled_count() >= n, SETTLE_S, "every tunnel idle", every=5.0)
+    idle = settled_count()
+    wait(RESYNC_S)  # the pass that wrote the last verdict ends (its Events included)
+    settle_took = time.monotonic() - t_settle
     before = _writes(lab.agent.metrics())
     settled = _event_reasons(lab, settle_wall, time.time())
     # steady state: nothing changes; count API writes over several resyncs
@@ -246,7 +251,8 @@ def agent_run(lab: Any, n: int, quiet: float) -> dict[str, Any]:
     return {"placed_s": placed, "up_s": took, "rss_mib": rss, "hwm_mib": hwm,
             "quiet_writes": sum(quiet_writes.values()), "quiet_by_kind": quiet_writes,
             "quiet_s": quiet, "writes_total": sum(after.values()), "passes": passes,
-            "failed_passes": failed, "deleted_s": deleted, "settle_s": SETTLE_S,
+            "failed_passes": failed, "deleted_s": deleted, "settle_s": settle_took,
+            "idle": idle,
             "settle_writes": settle_writes, "settle_events": settled,
             "quiet_events": quiet_reasons}  # fmt: skip
 
@@ -268,6 +274,15 @@ def pass_summary(log: str) -> dict[str, float]:
             phase, _, secs = part.rpartition(" ")
             out[phase] = round(out.get(phase, 0.0) + float(secs.rstrip("s")), 3)
     return out
+
+
+def _conditions(lab: Any) -> list[dict[str, str]]:
+    """Each tunnel's conditions as {type: status}."""
+    items = lab.custom.list_namespaced_custom_object(GROUP, VERSION, lab.tunnel_ns, PLURAL)
+    return [
+        {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
+        for obj in items["items"]
+    ]
 
 
 def wait(seconds: float) -> None:
@@ -407,8 +422,9 @@ def main() -> int:
         )
         print(f"{'':>8} agent passes until all up: {r['passes']}; "
               f"failed passes: {r['failed_passes']}")  # fmt: skip
-        print(f"{'':>8} settling {r['settle_s']:.0f}s after all up: writes "
-              f"{r['settle_writes']}, events {r['settle_events']}")  # fmt: skip
+        print(f"{'':>8} settling {r['settle_s']:.0f}s after all up (until {r['idle']}/"
+              f"{r['tunnels']} idle, TrafficFlowing False): writes {r['settle_writes']}, "
+              f"events {r['settle_events']}")  # fmt: skip
         print(f"{'':>8} quiet window events: {r['quiet_events']}")
         print(f"{'':>8} delete all → objects gone (agent teardown, finalizers): "
               f"{r['deleted_s']:.1f}s")  # fmt: skip
