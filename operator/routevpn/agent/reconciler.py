@@ -166,6 +166,7 @@ class Reconciler:
                 await self._apply(w)
             clock.lap("apply")
         await _every(self._release(key, obj) for key, obj in released)
+        clock.lap("release")
         # outside the batch: a fresh observation of what the pass left (SAs for status)
         after = await self._observe() if work else facts
         clock.lap("observe-after")
