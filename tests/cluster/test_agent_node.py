@@ -461,10 +461,12 @@ def test_configures_a_placed_tunnel_and_reports_conditions_events_metrics(w: Wor
     peer_sas = swanctl.ike_states(swanctl.list_sas(w.peer_net, w.peer.uri))
     assert peer_sas.get(f"peer-{T1}") == "ESTABLISHED"
 
-    # one Event per transition, from routevpn-agent
+    # one Event per transition, from routevpn-agent (sent right after the status write
+    # that carries the transition, so they may arrive a moment after it)
     def event_reasons() -> set[str] | None:
         seen = {str(e.reason) for e in agent_events(w, T1)}
-        return seen if seen >= {"Applied", "Established"} else None
+        done = seen >= {"Applied", "Established"} and seen & set(KERNEL_REFUSES_SA)
+        return seen if done else None
 
     reasons = wait_until(event_reasons, timeout=20, what="agent events")
     assert reasons & set(KERNEL_REFUSES_SA)
