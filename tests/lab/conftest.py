@@ -107,7 +107,7 @@ class LabItem(pytest.Item):
                 f"(exit status {res.returncode if res else None})\n{run.tail()}"
             )
         if outcome.status == labreport.SKIPPED:
-            pytest.skip(f"in the lab guest: {outcome.text}")
+            missing(f"in the lab guest: {outcome.text}")  # fails in CI, like any tier
         if outcome.status == labreport.XFAILED:
             pytest.xfail(outcome.text)
         if outcome.status != labreport.PASSED:

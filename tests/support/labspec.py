@@ -46,8 +46,6 @@ IN_LAB_ENV = "ROUTEVPN_IN_LAB"
 SCRATCH_ENV = "ROUTEVPN_LAB_SCRATCH"
 # The kernel package is pinned in hack/apt-packages.txt; this is the fallback.
 DEFAULT_KERNEL = "6.1.0-56-amd64"
-# 10.0.2.0/24 is QEMU's default and may collide with real networks: never use it.
-FORBIDDEN_USERNET = ipaddress.ip_network("10.0.2.0/24")
 
 
 def pinned_kernel(apt_packages_text: str) -> str:
@@ -140,7 +138,9 @@ class UserNet:
 
     def __post_init__(self) -> None:
         net = ipaddress.ip_network(self.net)
-        if net.overlaps(FORBIDDEN_USERNET) or not _test_net(net):
+        # only TEST-NET ranges: never QEMU's default user network, which may collide with
+        # real networks, nor any other private or public range
+        if not _test_net(net):
             raise ValueError(f"user networking must use a TEST-NET range, not {self.net}")
         if len({self.host, self.guest, self.service}) != 3:
             raise ValueError("host, guest and service addresses must differ")

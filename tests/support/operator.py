@@ -311,14 +311,18 @@ def agent_finalizer(api: client.ApiClient, ns: str, name: str, present: bool) ->
     fins = [f for f in obj["metadata"].get("finalizers") or [] if f != "routevpn.io/agent"]
     if present:
         fins.append("routevpn.io/agent")
-    custom.patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
+    _merge_patch(
+        api,
         ns,
-        PLURAL,
         name,
         {"metadata": {"finalizers": fins, "resourceVersion": obj["metadata"]["resourceVersion"]}},
-        _content_type="application/merge-patch+json",
+    )
+
+
+def _merge_patch(api: client.ApiClient, ns: str, name: str, body: dict[str, Any]) -> None:
+    """A JSON merge patch of VpnTunnel `name` in `ns`."""
+    _custom(api).patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, name, body, _content_type="application/merge-patch+json"
     )
 
 
@@ -360,15 +364,7 @@ def release_tunnels(api: client.ApiClient, ns: str) -> None:
     for obj in list_tunnels(api, ns):
         name = obj["metadata"]["name"]
         try:
-            custom.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                ns,
-                PLURAL,
-                name,
-                {"metadata": {"finalizers": None}},
-                _content_type="application/merge-patch+json",
-            )
+            _merge_patch(api, ns, name, {"metadata": {"finalizers": None}})
             custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
         except ApiException as e:
             if e.status != 404:

@@ -31,6 +31,8 @@ from typing import Any
 from routevpn.controller.metrics import ACTIVE, PEERS, PRIORITY
 
 log = logging.getLogger("routevpn.operator")
+#: Reads the peering object once: its status, or None when it does not exist.
+ReadPeering = Callable[[], Awaitable[Mapping[str, Any] | None]]
 
 #: Seconds between reads of the peering object: kopf's own pause reacts on a watch, this
 #: bounds how long a replica that lost the lead may still act on its queue.
@@ -111,7 +113,7 @@ class Leader:
 
     async def step(
         self,
-        read: Callable[[], Awaitable[Mapping[str, Any] | None]],
+        read: ReadPeering,
         on_activate: Callable[[], Awaitable[None]],
     ) -> bool:
         """Read the peering once and act on it; True when it should be read again at once
@@ -163,7 +165,7 @@ class Leader:
 
     async def run(
         self,
-        read: Callable[[], Awaitable[Mapping[str, Any] | None]],
+        read: ReadPeering,
         on_activate: Callable[[], Awaitable[None]],
     ) -> None:
         """Follow the peering object (`read` returns its status) until cancelled."""
