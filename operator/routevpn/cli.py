@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     crd.set_defaults(func=_crd)
 
     op = sub.add_parser("operator", help="run the operator")
-    from routevpn.controller.main import add_arguments
+    from routevpn.controller.options import add_arguments
 
     add_arguments(op)
     op.set_defaults(func=_operator)

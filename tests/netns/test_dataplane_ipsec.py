@@ -31,7 +31,7 @@ from routevpn.dataplane.plan import (
     Secret,
     TunnelPlan,
 )
-from routevpn.dataplane.reasons import Reason, ReasonTracker
+from routevpn.dataplane.reasons import IkeFailure, ReasonTracker
 from support import charon, swanctl
 from support.netns import Netns, have_root, netns, veth
 from support.pki import TestCA, have_openssl
@@ -139,7 +139,7 @@ async def wait_reason(
     tracker: ReasonTracker,
     start: Callable[[], Awaitable[object]],
     within: float = 40,
-) -> Reason:
+) -> IkeFailure:
     """Follow charon's events (started before `start()`) until `tracker` has a reason."""
     events = ad.follow()
     first = asyncio.ensure_future(anext(events))
@@ -284,7 +284,7 @@ def test_failure_produces_its_reason(pair: Pair, case: str) -> None:
         pair.start_peer([peer_conn(**peer_kw)])
     plan = node_plan(**plan_kw)
 
-    async def body() -> Reason:
+    async def body() -> IkeFailure:
         ad = IpsecAdapter(str(pair.node_charon.vici_socket))
         await ad.load(plan)
         try:
@@ -303,7 +303,7 @@ def test_peer_with_unexpected_identity_is_reported(pair: Pair) -> None:
     tracker = ReasonTracker(peers={PEER: CONN})
     tracker.expected[CONN] = "peer.example"
 
-    async def body() -> Reason:
+    async def body() -> IkeFailure:
         ad = IpsecAdapter(str(pair.node_charon.vici_socket))
         await ad.load(plan)
 

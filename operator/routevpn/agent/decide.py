@@ -1,4 +1,4 @@
-"""What the agent must do with one tunnel it sees, and which secret belongs to which tunnel.
+"""What the agent must do with one tunnel it sees, and the key material delivered for it.
 
 The contract with the operator, as pure functions of the object:
 - label == me, status.node == me, no deletionTimestamp → configure (finalizer first);
@@ -15,13 +15,8 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
-from routevpn.agent.desired import DeliveredSecret
+from routevpn.agent.desired import DeliveredMaterial
 from routevpn.api import naming
-
-#: Labels and annotation of a delivered Secret (the operator's delivery contract).
-TUNNEL_NAMESPACE_LABEL = naming.TUNNEL_NAMESPACE_LABEL
-TUNNEL_NAME_LABEL = naming.TUNNEL_NAME_LABEL
-CONTENT_HASH_ANNOTATION = naming.CONTENT_HASH_ANNOTATION
 
 
 class Action(enum.Enum):
@@ -48,16 +43,7 @@ def has_finalizer(obj: Mapping[str, Any]) -> bool:
     return naming.AGENT_FINALIZER in ((obj.get("metadata") or {}).get("finalizers") or [])
 
 
-def secret_owner(secret: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(namespace, name) of the tunnel a delivered Secret is for, from its labels."""
-    labels = (secret.get("metadata") or {}).get("labels") or {}
-    ns, name = labels.get(TUNNEL_NAMESPACE_LABEL), labels.get(TUNNEL_NAME_LABEL)
-    if not ns or not name:
-        return None
-    return str(ns), str(name)
-
-
-def delivered(secret: Mapping[str, Any]) -> DeliveredSecret | None:
+def delivered(secret: Mapping[str, Any]) -> DeliveredMaterial | None:
     """A Secret's data decoded, with its content hash; None when it can't be decoded."""
     data: dict[str, str] = {}
     try:
@@ -66,4 +52,4 @@ def delivered(secret: Mapping[str, Any]) -> DeliveredSecret | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     annotations = (secret.get("metadata") or {}).get("annotations") or {}
-    return DeliveredSecret(data, str(annotations.get(CONTENT_HASH_ANNOTATION, "")))
+    return DeliveredMaterial(data, str(annotations.get(naming.CONTENT_HASH_ANNOTATION, "")))

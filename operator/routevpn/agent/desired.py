@@ -43,7 +43,7 @@ CA_KEY = "ca.crt"
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveredSecret:
+class DeliveredMaterial:
     """The Secret the operator delivered for one tunnel: decoded data and its hash.
 
     `data` holds key material: never log it; the repr hides it.
@@ -53,7 +53,7 @@ class DeliveredSecret:
     content_hash: str = ""
 
     def __repr__(self) -> str:
-        return f"DeliveredSecret(keys={sorted(self.data)}, content_hash={self.content_hash!r})"
+        return f"DeliveredMaterial(keys={sorted(self.data)}, content_hash={self.content_hash!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,7 @@ def link_kind(iface_type: InterfaceType, local: p.IPAddress) -> p.LinkKind:
     return "vti" if local.version == 4 else "vti6"
 
 
-def _auth(tunnel: VpnTunnel, secret: DeliveredSecret) -> p.Auth | Blocked:
+def _auth(tunnel: VpnTunnel, secret: DeliveredMaterial) -> p.Auth | Blocked:
     ref = tunnel.ref
     data = secret.data
     if tunnel.spec.auth.type is AuthType.PSK:
@@ -228,7 +228,7 @@ def _link(
 
 
 def build_plan(
-    tunnel: VpnTunnel, secret: DeliveredSecret | None, underlay: str | None = None
+    tunnel: VpnTunnel, secret: DeliveredMaterial | None, underlay: str | None = None
 ) -> p.TunnelPlan | Blocked:
     """The TunnelPlan for `tunnel` on this node, or why there can't be one yet.
 

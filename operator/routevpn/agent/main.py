@@ -10,42 +10,30 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import web
-from kubernetes import client, config
-
-from routevpn.agent.kube import Kube
 from routevpn.agent.metrics import Metrics
-from routevpn.agent.reconciler import Settings
+from routevpn.agent.reconciler import AgentSettings
 from routevpn.agent.runner import Agent, http_app
-from routevpn.dataplane.driver import RealDriver
 from routevpn.dataplane.ipsec import IpsecAdapter
 from routevpn.dataplane.netlink import NetlinkAdapter
+from routevpn.dataplane.real import RealDriver
+from routevpn.kube import http
+from routevpn.kube.client import KubeClient, connect
+from routevpn.kube.events import EventPoster
 
 log = logging.getLogger("routevpn.agent")
+#: Field manager of the agent's status applies, and the component of its Events.
+FIELD_MANAGER = "routevpn-agent"
 
 
 @dataclass(frozen=True, slots=True)
 class Options:
     """Everything the command line says."""
 
-    settings: Settings
+    settings: AgentSettings
     vici_socket: str
     http_port: int
     bind_address: str = "0.0.0.0"  # noqa: S104 - a DaemonSet probe port, by design
     kubeconfig: str | None = None
-
-
-def api_client(kubeconfig: str | None) -> client.ApiClient:
-    """A client from `kubeconfig`, else the pod's service account, else ~/.kube/config."""
-    if kubeconfig:
-        api: client.ApiClient = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        return api
-    conf = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=conf)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=conf)  # type: ignore[no-untyped-call]
-    return client.ApiClient(conf)
 
 
 def proc_sys() -> Path:
@@ -57,15 +45,17 @@ def proc_sys() -> Path:
 async def serve(opts: Options) -> None:
     """Run the agent until SIGTERM/SIGINT."""
     metrics = Metrics()
-    api = api_client(opts.kubeconfig)
-    kube = Kube(api, on_write=lambda kind: metrics.api_writes_total.labels(kind).inc())
+    kube = KubeClient(
+        connect(opts.kubeconfig),
+        FIELD_MANAGER,
+        on_write=lambda kind: metrics.api_writes_total.labels(kind).inc(),
+    )
+    events = EventPoster(kube.create_event, FIELD_MANAGER, opts.settings.node)
     ipsec = IpsecAdapter(opts.vici_socket)
     async with NetlinkAdapter(proc_sys()) as netlink:
-        agent = Agent(opts.settings, kube, RealDriver(netlink, ipsec), metrics, ipsec.follow)
-        runner = web.AppRunner(http_app(agent), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, opts.bind_address, opts.http_port)
-        await site.start()
+        driver = RealDriver(netlink, ipsec)
+        agent = Agent(opts.settings, kube, events, driver, metrics, ipsec.follow)
+        runner = await http.serve(http_app(agent), opts.bind_address, opts.http_port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -88,14 +78,14 @@ async def serve(opts: Options) -> None:
             await agent.stop()
             await runner.cleanup()
             ipsec.close()
-            api.close()  # type: ignore[no-untyped-call]
+            kube.close()
 
 
 def options(args: argparse.Namespace) -> Options:
     """`Options` from parsed arguments (see `routevpn.agent.options.add_arguments`)."""
     if not args.node or not args.namespace:
         raise SystemExit("routevpn agent: --node and --namespace are required")
-    settings = Settings(
+    settings = AgentSettings(
         node=args.node,
         namespace=args.namespace,
         resync_seconds=args.resync_seconds,

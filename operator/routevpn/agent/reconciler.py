@@ -13,7 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -23,8 +23,7 @@ from pydantic import ValidationError
 from routevpn.agent import conditions as cond
 from routevpn.agent import status as st
 from routevpn.agent.decide import Action, decide, delivered, has_finalizer
-from routevpn.agent.desired import Blocked, DeliveredSecret, build_plan, local_address
-from routevpn.agent.kube import Api, ConflictError, Obj, key_of
+from routevpn.agent.desired import Blocked, DeliveredMaterial, build_plan, local_address
 from routevpn.agent.metrics import Metrics
 from routevpn.api import naming
 from routevpn.api.conditions import Reason, Status
@@ -34,6 +33,8 @@ from routevpn.dataplane.errors import DataplaneError
 from routevpn.dataplane.facts import Facts, IpsecFacts
 from routevpn.dataplane.plan import TunnelPlan
 from routevpn.dataplane.reasons import ReasonTracker
+from routevpn.kube.client import ConflictError, Obj, TunnelApi, key_of
+from routevpn.kube.events import EventSink
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ async def _every(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class AgentSettings:
     """The agent's knobs (flags of `routevpn agent`)."""
 
     node: str
@@ -96,13 +97,14 @@ def underlay_of(facts: Facts | None, local: str | None) -> str | None:
     return None
 
 
-class Reconciler:
+class AgentReconciler:
     """Turns watched objects into node changes and status writes."""
 
     def __init__(
         self,
-        settings: Settings,
-        kube: Api,
+        settings: AgentSettings,
+        kube: TunnelApi,
+        events: EventSink,
         driver: Driver,
         metrics: Metrics,
         reasons: ReasonTracker | None = None,
@@ -110,6 +112,7 @@ class Reconciler:
     ) -> None:
         self.settings = settings
         self.kube = kube
+        self.events = events
         self.driver = driver
         self.metrics = metrics
         self.reasons = reasons or ReasonTracker()
@@ -121,13 +124,13 @@ class Reconciler:
         self._api_slots = asyncio.Semaphore(API_CONCURRENCY)
         self._slots_loop: asyncio.AbstractEventLoop | None = None
 
-    async def _call(self, fn: Callable[..., _T], *args: Any, **kw: Any) -> _T:
-        """A blocking API request in a worker thread; at most API_CONCURRENCY at once."""
+    async def _call(self, request: Awaitable[_T]) -> _T:
+        """One API request; at most API_CONCURRENCY of a pass in flight at once."""
         loop = asyncio.get_running_loop()
         if self._slots_loop is not loop:  # a semaphore belongs to one event loop
             self._api_slots, self._slots_loop = asyncio.Semaphore(API_CONCURRENCY), loop
         async with self._api_slots:
-            return await asyncio.to_thread(fn, *args, **kw)
+            return await request
 
     # -- the pass -------------------------------------------------------------------
 
@@ -230,7 +233,7 @@ class Reconciler:
             w.plan = made
         return w
 
-    def _secret(self, key: Key) -> DeliveredSecret | None:
+    def _secret(self, key: Key) -> DeliveredMaterial | None:
         obj = self.state.secrets.get(key)
         return delivered(obj) if obj is not None else None
 
@@ -272,15 +275,18 @@ class Reconciler:
             log.info("tunnel %s: %d change(s) applied", ref, len(result.changes))
 
     async def _add_finalizer(self, obj: Obj) -> Obj | None:
+        """Add the agent's finalizer (guarded; a stale view is re-read, a few times)."""
         for _ in range(3):
+            meta = obj.get("metadata") or {}
             try:
-                out: Obj = await self._call(self.kube.add_finalizer, obj, naming.AGENT_FINALIZER)
-                return out
+                return await self._call(
+                    self.kube.patch_tunnel_metadata(
+                        meta, finalizers=[*(meta.get("finalizers") or []), naming.AGENT_FINALIZER]
+                    )
+                )
             except ConflictError:
-                fresh = await self._call(self.kube.get_tunnel, *key_of(obj))
-                if fresh is None:
-                    return None
-                if has_finalizer(fresh):
+                fresh = await self._call(self.kube.get_tunnel(*key_of(obj)))
+                if fresh is None or has_finalizer(fresh):
                     return fresh
                 obj = fresh
         return None
@@ -330,17 +336,13 @@ class Reconciler:
         if not st.needs_write(desired, current):
             return
         moved = st.transitions(conds, current)
-        updated = await self._call(self.kube.apply_status, ns, name, desired)
+        updated = await self._call(self.kube.apply_tunnel_status(ns, name, desired))
+        if updated is None:
+            return  # gone meanwhile
         self._remember(w.key, updated)
         for c in moved:
-            await self._call(
-                self.kube.event,
-                updated,
-                type_=st.event_type(c),
-                reason=str(c["reason"]),
-                message=f"{c['type']} is {c['status']}: {c['message']}",
-                node=self.settings.node,
-            )
+            message = f"{c['type']} is {c['status']}: {c['message']}"
+            await self._call(self.events.post(updated, st.event_type(c), str(c["reason"]), message))
 
     def _remember(self, key: Key, obj: Obj) -> None:
         """Keep the newer of the cached and the returned object."""
@@ -374,17 +376,24 @@ class Reconciler:
 
     async def _release(self, key: Key, obj: Obj) -> None:
         """After the teardown: remove the agent's finalizer, so the object may go."""
-        if not has_finalizer(obj):
-            return
-        try:
-            updated = await self._call(self.kube.remove_finalizer, obj, naming.AGENT_FINALIZER)
-        except ConflictError:
-            fresh = await self._call(self.kube.get_tunnel, *key)
-            if fresh is None or not has_finalizer(fresh):
+        for _ in range(3):
+            if not has_finalizer(obj):
                 return
-            updated = await self._call(self.kube.remove_finalizer, fresh, naming.AGENT_FINALIZER)
-        log.info("tunnel %s: cleaned up, agent finalizer removed", naming.tunnel_ref(*key))
-        self._remember(key, updated)
+            meta = obj.get("metadata") or {}
+            left = [f for f in meta.get("finalizers") or [] if f != naming.AGENT_FINALIZER]
+            try:
+                updated = await self._call(self.kube.patch_tunnel_metadata(meta, finalizers=left))
+            except ConflictError:
+                fresh = await self._call(self.kube.get_tunnel(*key))
+                if fresh is None:
+                    return
+                obj = fresh
+                continue
+            log.info("tunnel %s: cleaned up, agent finalizer removed", naming.tunnel_ref(*key))
+            if updated is not None:
+                self._remember(key, updated)
+            return
+        raise ConflictError(f"tunnel {naming.tunnel_ref(*key)}: finalizer kept changing")
 
     async def _gone(self, key: Key) -> None:
         """The tunnel left this agent's view (deleted, or relabelled to another node)."""

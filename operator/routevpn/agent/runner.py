@@ -21,19 +21,22 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from routevpn.agent.decide import secret_owner
-from routevpn.agent.kube import Informer, Kube, WatchItem, key_of, secret_informer, tunnel_informer
 from routevpn.agent.metrics import Metrics
-from routevpn.agent.reconciler import Key, Reconciler, Settings
+from routevpn.agent.reconciler import AgentReconciler, AgentSettings, Key
 from routevpn.api import naming
 from routevpn.dataplane.driver import Driver
 from routevpn.dataplane.vici_facts import IpsecEvent
+from routevpn.kube import http
+from routevpn.kube.backoff import KeyedBackoff
+from routevpn.kube.client import KubeClient, key_of
+from routevpn.kube.events import EventSink
+from routevpn.kube.watch import Watcher, WatchItem
 
 log = logging.getLogger(__name__)
 
 EventSource = Callable[[], AsyncIterator[IpsecEvent]]
+#: Seconds before the charon event stream is followed again after it ended unexpectedly.
 RETRY_SECONDS = 2.0
 
 
@@ -42,24 +45,27 @@ class Agent:
 
     def __init__(
         self,
-        settings: Settings,
-        kube: Kube,
+        settings: AgentSettings,
+        kube: KubeClient,
+        events: EventSink,
         driver: Driver,
         metrics: Metrics,
-        events: EventSource | None = None,
+        ipsec_events: EventSource | None = None,
     ) -> None:
         self.settings = settings
         self.kube = kube
         self.metrics = metrics
-        self.reconciler = Reconciler(settings, kube, driver, metrics)
-        self.events = events
+        self.reconciler = AgentReconciler(settings, kube, events, driver, metrics)
+        self.ipsec_events = ipsec_events
+        #: Per-tunnel retry delays after a failed pass (reset when the tunnel's pass works).
+        self.backoff: KeyedBackoff[Key] = KeyedBackoff(base=0.5, cap=120.0)
         self.dirty: set[Key] = set()
         self.wake = asyncio.Event()
         self.listed: set[str] = set()
         self.passes = 0
         self.last_pass = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
-        self._informers: list[Informer] = []
+        self._watchers: list[Watcher] = []
 
     # -- health ---------------------------------------------------------------------
 
@@ -110,7 +116,7 @@ class Agent:
         if item.kind == "list":
             fresh = {}
             for obj in item.objects:
-                owner = secret_owner(obj)
+                owner = naming.delivered_tunnel(obj.get("metadata") or {})
                 if owner is not None:
                     fresh[owner] = obj
             moved = {k for k in set(fresh) | set(state.secrets)
@@ -120,7 +126,7 @@ class Agent:
             self.mark(*(k for k in moved if k in state.tunnels))
             return
         for obj in item.objects:
-            owner = secret_owner(obj)
+            owner = naming.delivered_tunnel(obj.get("metadata") or {})
             if owner is None:
                 continue
             if item.kind == "DELETED":
@@ -150,10 +156,10 @@ class Agent:
             self._on_watch(await queue.get())
 
     async def _events_loop(self) -> None:
-        assert self.events is not None
+        assert self.ipsec_events is not None
         while True:
             try:
-                async for event in self.events():
+                async for event in self.ipsec_events():
                     self._on_ipsec(event)
             except Exception as e:  # the follower reconnects itself; this is a last resort
                 log.warning("charon event stream ended (%s); restarting it", type(e).__name__)
@@ -177,37 +183,51 @@ class Agent:
             try:
                 await self.reconciler.run_pass(keys)
                 self.metrics.reconcile_total.labels("success").inc(len(keys) or 1)
+                for key in keys:
+                    self.backoff.succeeded(key)
             except Exception:
-                log.exception("reconcile pass failed; retrying those tunnels")
                 self.metrics.reconcile_total.labels("error").inc(len(keys) or 1)
                 self.metrics.reconcile_errors_total.inc()
-                asyncio.get_running_loop().call_later(RETRY_SECONDS, self.mark, *keys)
+                self._retry_later(keys)
             elapsed = time.monotonic() - started
             for _ in keys or [None]:
                 self.metrics.reconcile_duration.observe(elapsed / max(len(keys), 1))
             self.passes += 1
             self.last_pass = time.monotonic()
 
+    def _retry_later(self, keys: set[Key]) -> None:
+        """A failed pass: each of its tunnels again after its own growing delay."""
+        loop = asyncio.get_running_loop()
+        delays = {key: self.backoff.failed(key) for key in keys}
+        log.exception(
+            "reconcile pass failed; retrying its %d tunnel(s) in %.1fs or more",
+            len(keys), min(delays.values(), default=0.0),
+        )  # fmt: skip
+        for key, delay in delays.items():
+            loop.call_later(delay, self.mark, key)
+
     async def start(self) -> None:
         """Start the watches and every task."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[WatchItem] = asyncio.Queue()
         s = self.settings
-        self._informers = [
-            tunnel_informer(self.kube, s.node, loop, queue),
-            secret_informer(self.kube, s.namespace, s.node, loop, queue),
+        # Both with a server-side label selector: only this node's tunnels and Secrets.
+        selector = f"{naming.NODE_LABEL}={s.node}"
+        self._watchers = [
+            Watcher(self.kube.tunnels(selector), loop, queue),
+            Watcher(self.kube.secrets(s.namespace, selector), loop, queue),
         ]
-        for informer in self._informers:
-            informer.start()
+        for watcher in self._watchers:
+            watcher.start()
         coros: list[Any] = [self._watch_loop(queue), self._resync_loop(), self._worker()]
-        if self.events is not None:
+        if self.ipsec_events is not None:
             coros.append(self._events_loop())
         self._tasks = [asyncio.create_task(c) for c in coros]
 
     async def stop(self) -> None:
         """Stop every task and ask the watch threads to end."""
-        for informer in self._informers:
-            informer.stop()
+        for watcher in self._watchers:
+            watcher.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -220,27 +240,18 @@ def _rv(obj: dict[str, Any] | None) -> str | None:
 
 
 def http_app(agent: Agent) -> web.Application:
-    """/metrics, /healthz, /readyz."""
+    """/metrics, /healthz (the worker runs), /readyz (listed, charon up, first pass)."""
 
-    async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(agent.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    def healthz() -> tuple[bool, str]:
+        return (True, "ok") if agent.alive else (False, "stuck")
 
-    async def healthz(_: web.Request) -> web.Response:
-        ok = agent.alive
-        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "stuck\n")
-
-    async def readyz(_: web.Request) -> web.Response:
+    def readyz() -> tuple[bool, str]:
         if agent.ready:
-            return web.Response(text="ok\n")
+            return True, "ok"
         missing = [w for w in ("tunnels", "secrets") if w not in agent.listed]
         why = f"waiting for the first list of {', '.join(missing)}" if missing else ""
         if not why:
             why = "charon unreachable" if not agent.reconciler.charon_ok else "first pass"
-        return web.Response(status=503, text=f"not ready: {why}\n")
+        return False, f"not ready: {why}"
 
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    return app
+    return http.app(agent.metrics.registry, healthz, readyz)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from routevpn.agent.conditions import Cond
 from routevpn.api.conditions import AGENT_CONDITIONS, Status
+from routevpn.api.status import condition_wire
+from routevpn.api.timefmt import k8s_time, parse_k8s_time
 from routevpn.dataplane.facts import ChildSaFacts, IkeSaFacts
 
 #: Default period at which byte/packet counters reach status (metrics carry them live).
@@ -27,52 +29,27 @@ TIME_TOLERANCE = timedelta(seconds=3)
 Wire = dict[str, Any]
 
 
-def iso(when: datetime) -> str:
-    """RFC 3339 with a Z, to the second, as the API server stores metav1.Time."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(text: object) -> datetime | None:
-    """A metav1.Time string as a datetime, or None."""
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
 def merge_conditions(
     new: Iterable[Cond], previous: Iterable[Mapping[str, Any]], generation: int, now: datetime
 ) -> list[Wire]:
     """Wire conditions: lastTransitionTime kept from `previous` while status is unchanged."""
     prev = {str(c.get("type")): c for c in previous}
-    out: list[Wire] = []
-    for cond in new:
-        old = prev.get(cond.type.value)
-        keep = old is not None and old.get("status") == cond.status.value
-        when = old.get("lastTransitionTime") if keep and old is not None else None
-        out.append(
-            {
-                "type": cond.type.value,
-                "status": cond.status.value,
-                "reason": cond.reason,
-                "message": cond.message,
-                "observedGeneration": generation,
-                "lastTransitionTime": when if isinstance(when, str) else iso(now),
-            }
+    return [
+        condition_wire(
+            c.type, c.status, c.reason, c.message, generation, prev.get(c.type.value), now
         )
-    return out
+        for c in new
+    ]
 
 
 def _stable(prev: Mapping[str, Any] | None, key: str, value: datetime | None) -> str | None:
     """`value` as a string, or the previous one when within the tolerance of it."""
     if value is None:
         return None
-    old = parse_iso(prev.get(key)) if prev else None
+    old = parse_k8s_time(prev.get(key)) if prev else None
     if old is not None and abs(old - value) <= TIME_TOLERANCE:
-        return iso(old)
-    return iso(value)
+        return k8s_time(old)
+    return k8s_time(value)
 
 
 def _algs(encr: str, keysize: str, integ: str, dh: str, prf: str | None = None) -> Wire:
@@ -161,16 +138,16 @@ def child_status(
         "packetsIn": child.packets_in,
         "packetsOut": child.packets_out,
     }
-    prev_at = parse_iso(prev.get("countersAt")) if prev and same_sa else None
+    prev_at = parse_k8s_time(prev.get("countersAt")) if prev and same_sa else None
     old = {k: prev.get(k) for k in fresh} if prev and same_sa else None
     if prev_at is not None and old is not None and all(isinstance(v, int) for v in old.values()):
         due = (now - prev_at).total_seconds() >= counters_period
         if old == fresh or not due:
             out.update(old)
-            out["countersAt"] = iso(prev_at)
+            out["countersAt"] = k8s_time(prev_at)
             return _drop_none(out)
     out.update(fresh)
-    out["countersAt"] = iso(now)
+    out["countersAt"] = k8s_time(now)
     return _drop_none(out)
 
 

@@ -7,7 +7,8 @@ here the operator, the agent and the data plane all call these functions.
 from __future__ import annotations
 
 import hashlib
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 GROUP: Final = "routevpn.io"
 VERSION: Final = "v1alpha1"
@@ -24,6 +25,9 @@ NODE_LABEL: Final = f"{GROUP}/node"
 #: On the Secret the operator delivers into routevpn's namespace for the node's agent.
 TUNNEL_NAMESPACE_LABEL: Final = f"{GROUP}/tunnel-namespace"
 TUNNEL_NAME_LABEL: Final = f"{GROUP}/tunnel-name"
+#: On a delivered Secret: `namespace/name` of its tunnel, whole. Label values stop at 63
+#: characters and tunnel names don't, so the labels only narrow a listing; this is the truth.
+TUNNEL_ANNOTATION: Final = f"{GROUP}/tunnel"
 #: sha256 of the delivered material, so the agent tells a rotation from a resync.
 CONTENT_HASH_ANNOTATION: Final = f"{GROUP}/content-hash"
 #: Finalizers: the operator's and the agent's are distinct (two kopf processes, one object).
@@ -98,6 +102,25 @@ def secret_name(namespace: str, name: str) -> str:
         return base
     digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:10]
     return f"{base[:242]}-{digest}"
+
+
+def delivered_annotations(namespace: str, name: str) -> dict[str, str]:
+    """The annotation by which a delivered Secret names its tunnel (see `delivered_tunnel`)."""
+    return {TUNNEL_ANNOTATION: tunnel_ref(namespace, name)}
+
+
+def delivered_tunnel(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
+    """`(namespace, name)` of the tunnel a delivered Secret (its `metadata`) is for.
+
+    The one reader of `TUNNEL_ANNOTATION`: the operator writes it through
+    `delivered_annotations`, and both the operator and the agent read it here. (The agent
+    once read the tunnel's name from a label, which is cut at 63 characters, so a tunnel
+    with a longer name never found its Secret.)"""
+    annotations = metadata.get("annotations") or {}
+    ns, sep, name = str(annotations.get(TUNNEL_ANNOTATION, "")).partition("/")
+    if not sep or not ns or not name:
+        return None
+    return ns, name
 
 
 def tunnel_ref(namespace: str, name: str) -> str:

@@ -6,13 +6,16 @@ shows; byte and packet counters are refreshed at a bounded period (metrics carry
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from pydantic import Field
 
 from routevpn.api.base import ApiModel
 from routevpn.api.conditions import ConditionType, Status
 from routevpn.api.fields import InterfaceType
+from routevpn.api.timefmt import parse_k8s_time
 
 
 class Condition(ApiModel):
@@ -110,3 +113,32 @@ class VpnTunnelStatus(ApiModel):
     )
     ike: IkeSaStatus | None = Field(default=None, description="The IKE SA.")
     child: ChildSaStatus | None = Field(default=None, description="The CHILD SA.")
+
+
+def condition_wire(
+    ctype: ConditionType,
+    status: Status,
+    reason: str,
+    message: str,
+    generation: int,
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """One condition as written to status, built through the `Condition` model.
+
+    `lastTransitionTime` is kept from `previous` (the condition as the server has it)
+    while the status is unchanged, so a pass that changes only a message does not look
+    like a transition. Both writers (operator and agent) build their conditions here.
+    """
+    since = now
+    if previous is not None and previous.get("status") == str(status):
+        since = parse_k8s_time(previous.get("lastTransitionTime")) or now
+    cond = Condition(
+        type=ctype,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=since.replace(microsecond=0),
+    )
+    return cond.to_wire()

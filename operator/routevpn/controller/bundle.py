@@ -16,7 +16,6 @@ from routevpn.api.fields import AuthType
 from routevpn.api.spec import VpnTunnelSpec
 from routevpn.controller.model import (
     CONTENT_HASH_ANNOTATION,
-    TUNNEL_ANNOTATION,
     TUNNEL_NAME_LABEL,
     TUNNEL_NAMESPACE_LABEL,
 )
@@ -38,7 +37,7 @@ class Bundle:
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
+class SecretProblem:
     """Why no bundle: SecretMissing / SecretInvalid and a message naming Secret and key."""
 
     reason: str
@@ -68,45 +67,47 @@ def content_hash(data: Mapping[str, str]) -> str:
 
 def build(
     spec: VpnTunnelSpec, namespace: str, secrets: Mapping[str, UserSecret]
-) -> Bundle | Problem:
+) -> Bundle | SecretProblem:
     """The bundle for a tunnel in `namespace` from its referenced Secrets (by name)."""
     auth = spec.auth
     data: dict[str, str] = {}
     if auth.type is AuthType.PSK and auth.psk is not None:
         ref = auth.psk.secret_ref
         got = _key(secrets, namespace, ref.name, ref.key or "psk")
-        if isinstance(got, Problem):
+        if isinstance(got, SecretProblem):
             return got
         data["psk"] = got
     elif auth.x509 is not None:
         ref = auth.x509.secret_ref
         sec = secrets.get(ref.name)
         if sec is not None and sec[0] != TLS_TYPE:
-            return Problem(
+            return SecretProblem(
                 Reason.SECRET_INVALID,
                 f"Secret {namespace}/{ref.name} is of type {sec[0]}, not {TLS_TYPE}",
             )
         for key in ("tls.crt", "tls.key"):
             got = _key(secrets, namespace, ref.name, key)
-            if isinstance(got, Problem):
+            if isinstance(got, SecretProblem):
                 return got
             data[key] = got
         ca = auth.x509.ca_secret_ref
         ca_name, ca_key = (ca.name, ca.key or "ca.crt") if ca else (ref.name, "ca.crt")
         got = _key(secrets, namespace, ca_name, ca_key)
-        if isinstance(got, Problem):
+        if isinstance(got, SecretProblem):
             return got
         data["ca.crt"] = got
     return Bundle(data, content_hash(data))
 
 
-def _key(secrets: Mapping[str, UserSecret], namespace: str, name: str, key: str) -> str | Problem:
+def _key(
+    secrets: Mapping[str, UserSecret], namespace: str, name: str, key: str
+) -> str | SecretProblem:
     sec = secrets.get(name)
     if sec is None:
-        return Problem(Reason.SECRET_MISSING, f"Secret {namespace}/{name} does not exist")
+        return SecretProblem(Reason.SECRET_MISSING, f"Secret {namespace}/{name} does not exist")
     value = sec[1].get(key)
     if not value:
-        return Problem(
+        return SecretProblem(
             Reason.SECRET_INVALID, f"Secret {namespace}/{name} has no (or an empty) key {key}"
         )
     return value
@@ -132,7 +133,7 @@ def delivered_body(
             "labels": labels,
             "annotations": {
                 CONTENT_HASH_ANNOTATION: bundle.content_hash,
-                TUNNEL_ANNOTATION: naming.tunnel_ref(namespace, name),
+                **naming.delivered_annotations(namespace, name),
             },
         },
         "data": dict(bundle.data),

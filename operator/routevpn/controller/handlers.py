@@ -6,7 +6,7 @@ that existing tunnels hold. Event handlers only queue the tunnels to look at.
 
 Every handler is `async` although none awaits: kopf runs plain functions in a thread
 pool, and the view and the queue must only ever be touched from the event loop's thread
-(a thread adding a tunnel while the worker iterates the view, or putting into the
+(a thread adding a tunnel while the reconciler iterates the view, or putting into the
 asyncio queue, races).
 """
 
@@ -21,25 +21,27 @@ from typing import Any
 import kopf
 
 from routevpn.api import naming
-from routevpn.controller import http
-from routevpn.controller.kubeio import KubeIO
+from routevpn.controller.decide import OperatorSettings
 from routevpn.controller.leader import Leader
+from routevpn.controller.metrics import API_WRITES, REGISTRY
 from routevpn.controller.model import (
     CONTENT_HASH_ANNOTATION,
     delivered_from_body,
     node_from_body,
     tunnel_from_body,
 )
-from routevpn.controller.reconcile import Settings
+from routevpn.controller.reconciler import OperatorReconciler
 from routevpn.controller.store import Store
-from routevpn.controller.worker import Worker
+from routevpn.kube import http
+from routevpn.kube.client import KubeClient, connect
+from routevpn.kube.events import EventPoster
 
 
 @dataclass
 class Runtime:
     """What the command line decided, and the running parts (one per process)."""
 
-    settings: Settings
+    settings: OperatorSettings
     peering: str
     priority: int
     #: Our identity in the peering object (also given to kopf), to find ourselves there.
@@ -48,7 +50,7 @@ class Runtime:
     http_port: int
     concurrency: int = 32
     store: Store = field(default_factory=Store)
-    worker: Worker | None = None
+    reconciler: OperatorReconciler | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     http_runner: Any = None
     #: Node facts as node_event last acted on them (the index has already updated the view).
@@ -56,6 +58,8 @@ class Runtime:
 
 
 RUNTIME: Runtime | None = None
+#: Field manager of the operator's server-side applies, and the component of its Events.
+FIELD_MANAGER = "routevpn-operator"
 
 
 def _rt() -> Runtime:
@@ -64,16 +68,16 @@ def _rt() -> Runtime:
     return RUNTIME
 
 
-def _worker() -> Worker:
-    w = _rt().worker
-    if w is None:
-        raise RuntimeError("the worker has not started")
-    return w
+def _reconciler() -> OperatorReconciler:
+    r = _rt().reconciler
+    if r is None:
+        raise RuntimeError("the reconciler has not started")
+    return r
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
-    """Every kopf setting in one place, then the worker and the HTTP endpoints."""
+    """Every kopf setting in one place, then the reconciler and the HTTP endpoints."""
     rt = _rt()
     # Replicas coordinate cluster-wide (tunnels live in every namespace); a replica that
     # can't find the peering object must not run unpeered next to another one.
@@ -109,15 +113,20 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=rt.concurrency + 4, thread_name_prefix="kube")
     )
-    io = KubeIO.from_environment(pool=rt.concurrency + 4)
-    leader = Leader(rt.identity, rt.priority)
-    rt.worker = worker = Worker(rt.store, io, rt.settings, leader)
-    rt.tasks.append(asyncio.create_task(worker.run(rt.concurrency)))
-    rt.tasks.append(
-        asyncio.create_task(leader.run(lambda: io.read_peering(rt.peering), worker.resync))
+    kube = KubeClient(
+        connect(pool=rt.concurrency + 4),
+        FIELD_MANAGER,
+        on_write=lambda kind: API_WRITES.labels(kind).inc(),
     )
-    rt.tasks.append(asyncio.create_task(_gauge(rt.worker)))
-    rt.http_runner = await http.start(rt.http_host, rt.http_port)
+    events = EventPoster(kube.create_event, FIELD_MANAGER, rt.identity)
+    leader = Leader(rt.identity, rt.priority)
+    rt.reconciler = reconciler = OperatorReconciler(rt.store, kube, events, rt.settings, leader)
+    rt.tasks.append(asyncio.create_task(reconciler.run(rt.concurrency)))
+    rt.tasks.append(
+        asyncio.create_task(leader.run(lambda: _read_peering(kube, rt.peering), reconciler.resync))
+    )
+    rt.tasks.append(asyncio.create_task(_gauge(reconciler)))
+    rt.http_runner = await http.serve(http.app(REGISTRY), rt.http_host, rt.http_port)
     logger.info(
         "routevpn operator: namespace %s, peering %s (priority %d), http %s:%d",
         rt.settings.routevpn_namespace,
@@ -128,15 +137,24 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     )
 
 
-async def _gauge(worker: Worker) -> None:
+async def _read_peering(kube: KubeClient, name: str) -> dict[str, Any] | None:
+    """The status (peers) of ClusterKopfPeering `name`, or None when it does not exist."""
+    got: Any = await asyncio.to_thread(
+        kube._custom.get_cluster_custom_object,
+        "kopf.dev", "v1", "clusterkopfpeerings", name,
+    )  # fmt: skip
+    return dict(got.get("status") or {})
+
+
+async def _gauge(reconciler: OperatorReconciler) -> None:
     while True:
-        worker.count_ready()
+        reconciler.count_ready()
         await asyncio.sleep(5)  # a gauge, not a deadline
 
 
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
-    """Stop the worker and the HTTP server."""
+    """Stop the reconciler and the HTTP server."""
     rt = _rt()
     for task in rt.tasks:
         task.cancel()
@@ -183,21 +201,21 @@ async def secrets(body: kopf.Body, namespace: str | None, name: str | None, **_:
 @kopf.on.event(naming.GROUP, naming.VERSION, naming.PLURAL)
 async def tunnel_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """Queue the tunnel; on deletion forget it and wake tunnels waiting for its claims."""
-    rt, w = _rt(), _worker()
+    rt, r = _rt(), _reconciler()
     rec = tunnel_from_body(body)
     if event.get("type") == "DELETED":
         rt.store.drop_tunnel(rec.key)
         for key in rt.store.waiting_on_others():
-            w.enqueue(key)
+            r.enqueue(key)
         return
     rt.store.put_tunnel(rec)
-    w.enqueue(rec.key)
+    r.enqueue(rec.key)
 
 
 @kopf.on.event("", "v1", "nodes")
 async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """Re-place tunnels when a node's labels, readiness or addresses change, or it goes."""
-    rt, w = _rt(), _worker()
+    rt, r = _rt(), _reconciler()
     rec = node_from_body(body)
     before = rt.nodes_handled.get(rec.name)
     if event.get("type") == "DELETED":
@@ -209,10 +227,10 @@ async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if before == rec:
             return  # a heartbeat: nothing placement looks at has changed
     for key in list(rt.store.tunnels):
-        w.enqueue(key)
+        r.enqueue(key)
         if not rec.ready:
             # Look again once "NotReady for a moment" has become "NotReady for good".
-            w.enqueue(key, rt.settings.not_ready_grace_seconds + 0.5)
+            r.enqueue(key, rt.settings.not_ready_grace_seconds + 0.5)
 
 
 @kopf.on.event("", "v1", "secrets")
@@ -222,7 +240,7 @@ async def secret_event(
     """React only to Secrets that tunnels refer to (and to our own delivered ones)."""
     if not namespace or not name:
         return
-    rt, w = _rt(), _worker()
+    rt, r = _rt(), _reconciler()
     deleted = event.get("type") == "DELETED"
     if namespace == rt.settings.routevpn_namespace:
         got = delivered_from_body(body)
@@ -231,7 +249,7 @@ async def secret_event(
                 rt.store.delivered.pop(got.tunnel, None)
             else:
                 rt.store.delivered[got.tunnel] = got
-            w.enqueue(got.tunnel)
+            r.enqueue(got.tunnel)
         return
     users = rt.store.referencing(namespace, name)
     if not users and (namespace, name) not in rt.store.user_secrets:
@@ -242,4 +260,4 @@ async def secret_event(
         None if deleted else (str(body.get("type") or "Opaque"), dict(body.get("data") or {}))
     )
     for key in users:
-        w.enqueue(key)
+        r.enqueue(key)

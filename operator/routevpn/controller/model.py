@@ -31,6 +31,7 @@ class TunnelRecord:
     generation: int
     resource_version: str
     label_node: str | None
+    labels: Mapping[str, str]
     finalizers: tuple[str, ...]
     deleting: bool
     spec: VpnTunnelSpec | None
@@ -65,6 +66,16 @@ class TunnelRecord:
     def has_agent_finalizer(self) -> bool:
         return naming.AGENT_FINALIZER in self.finalizers
 
+    def metadata(self) -> dict[str, Any]:
+        """The metadata a guarded patch tests against (see `kube.client.metadata_patch`)."""
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "resourceVersion": self.resource_version,
+            "finalizers": list(self.finalizers),
+            "labels": dict(self.labels),
+        }
+
     def body_ref(self) -> dict[str, Any]:
         """Enough of the object to address Events to it."""
         return {
@@ -94,6 +105,7 @@ def tunnel_from_body(body: Mapping[str, Any]) -> TunnelRecord:
         generation=int(meta.get("generation") or 1),
         resource_version=str(meta.get("resourceVersion", "")),
         label_node=labels.get(naming.NODE_LABEL) or None,
+        labels=dict(labels),
         finalizers=tuple(meta.get("finalizers") or ()),
         deleting=bool(meta.get("deletionTimestamp")),
         spec=spec,
@@ -140,7 +152,7 @@ def node_from_body(body: Mapping[str, Any]) -> NodeRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveredSecret:
+class DeliveredRecord:
     """A Secret the operator delivered into the routevpn namespace (no data kept)."""
 
     name: str
@@ -149,22 +161,19 @@ class DeliveredSecret:
     tunnel: TunnelKey | None
 
 
-def delivered_from_body(body: Mapping[str, Any]) -> DeliveredSecret:
-    """A DeliveredSecret from a Secret body; only labels and the hash annotation are read."""
+def delivered_from_body(body: Mapping[str, Any]) -> DeliveredRecord:
+    """A DeliveredRecord from a Secret body; only labels and the hash annotation are read."""
     meta = body.get("metadata") or {}
     labels = meta.get("labels") or {}
     ann = meta.get("annotations") or {}
-    # Label values stop at 63 characters, tunnel names don't: the annotation is the truth.
-    ns, _, name = str(ann.get(TUNNEL_ANNOTATION, "")).partition("/")
-    return DeliveredSecret(
+    return DeliveredRecord(
         name=str(meta.get("name", "")),
         node=labels.get(naming.NODE_LABEL) or None,
         content_hash=str(ann.get(CONTENT_HASH_ANNOTATION, "")),
-        tunnel=(ns, name) if ns and name else None,
+        tunnel=naming.delivered_tunnel(meta),
     )
 
 
 TUNNEL_NAMESPACE_LABEL = naming.TUNNEL_NAMESPACE_LABEL
 TUNNEL_NAME_LABEL = naming.TUNNEL_NAME_LABEL
 CONTENT_HASH_ANNOTATION = naming.CONTENT_HASH_ANNOTATION
-TUNNEL_ANNOTATION = f"{naming.GROUP}/tunnel"

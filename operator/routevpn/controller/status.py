@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from routevpn.api import naming
 from routevpn.api.conditions import ConditionType, Observed, Status, summarize_ready
+from routevpn.api.status import condition_wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,27 +27,6 @@ class Scheduled:
     message: str
 
 
-def _condition(
-    ctype: ConditionType,
-    status: str,
-    reason: str,
-    message: str,
-    generation: int,
-    previous: Mapping[str, Any] | None,
-    now: str,
-) -> dict[str, Any]:
-    kept = previous is not None and previous.get("status") == status
-    since = str(previous.get("lastTransitionTime")) if kept and previous else now
-    return {
-        "type": str(ctype),
-        "status": str(status),
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "lastTransitionTime": since,
-    }
-
-
 def desired_status(
     current: Mapping[str, Any],
     generation: int,
@@ -53,13 +34,13 @@ def desired_status(
     node: str | None,
     local_address: str | None,
     interface: Mapping[str, Any] | None,
-    now: str,
+    now: datetime,
 ) -> dict[str, Any]:
     """The status fields the operator applies (the `status` of the apply body)."""
     by_type = {
         str(c.get("type")): c for c in current.get("conditions") or [] if isinstance(c, Mapping)
     }
-    sched = _condition(
+    sched = condition_wire(
         ConditionType.SCHEDULED,
         scheduled.status,
         scheduled.reason,
@@ -70,7 +51,7 @@ def desired_status(
     )
     others = [Observed.from_wire(c) for t, c in by_type.items() if t != ConditionType.SCHEDULED]
     summary = summarize_ready([Observed.from_wire(sched), *others], generation)
-    ready = _condition(
+    ready = condition_wire(
         ConditionType.READY,
         summary.status,
         summary.reason,

@@ -15,7 +15,7 @@ from typing import Any
 
 from routevpn.api.conditions import ConditionType, Reason
 from routevpn.controller import allocation, bundle
-from routevpn.controller.model import DeliveredSecret, NodeRecord, TunnelKey, TunnelRecord
+from routevpn.controller.model import DeliveredRecord, NodeRecord, TunnelKey, TunnelRecord
 from routevpn.controller.status import OWNED_FIELDS
 
 _OPERATOR_CONDITIONS = {str(ConditionType.SCHEDULED), str(ConditionType.READY)}
@@ -52,7 +52,7 @@ class Store:
     def __init__(self) -> None:
         self.tunnels: dict[TunnelKey, TunnelRecord] = {}
         self.nodes: dict[str, NodeRecord] = {}
-        self.delivered: dict[TunnelKey, DeliveredSecret] = {}
+        self.delivered: dict[TunnelKey, DeliveredRecord] = {}
         self.user_secrets: dict[tuple[str, str], bundle.UserSecret] = {}
         self._applied: dict[TunnelKey, dict[str, Any]] = {}
         self._released: set[TunnelKey] = set()

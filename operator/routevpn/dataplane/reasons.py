@@ -15,7 +15,7 @@ from routevpn.dataplane.vici_facts import IpsecEvent
 
 
 @dataclass(frozen=True, slots=True)
-class Reason:
+class IkeFailure:
     """A condition reason (one CamelCase word) and a message a person can act on."""
 
     reason: str
@@ -123,12 +123,12 @@ RULES: tuple[_Rule, ...] = (
 )
 
 
-def classify(line: str) -> Reason | None:
+def classify(line: str) -> IkeFailure | None:
     """The reason a charon log line stands for, or None for ordinary progress."""
     for pattern, reason, build in RULES:
         match = pattern.search(line)
         if match:
-            return Reason(reason, build(match))
+            return IkeFailure(reason, build(match))
     return None
 
 
@@ -150,14 +150,14 @@ class ReasonTracker:
     def __init__(self, peers: Mapping[str, str] | None = None) -> None:
         self.peers: dict[str, str] = dict(peers or {})
         self.expected: dict[str, str] = {}
-        self._reasons: dict[str, Reason] = {}
+        self._reasons: dict[str, IkeFailure] = {}
         self._pending: dict[str, tuple[str, str]] = {}
 
-    def get(self, conn: str) -> Reason | None:
+    def get(self, conn: str) -> IkeFailure | None:
         """The latest reason `conn` is not up, or None."""
         return self._reasons.get(conn)
 
-    def feed(self, event: IpsecEvent) -> tuple[str, Reason] | None:
+    def feed(self, event: IpsecEvent) -> tuple[str, IkeFailure] | None:
         """Account for one event; returns (conn, reason) when it set a new reason."""
         if event.kind in ("ike-updown", "child-updown") and event.up:
             self._reasons.pop(event.conn, None)
@@ -174,7 +174,7 @@ class ReasonTracker:
             if conn is None:
                 return None
             want = self.expected.get(conn, "the configured remote identity")
-            reason = Reason(
+            reason = IkeFailure(
                 "PeerIdentityMismatch",
                 f"the peer {host} identified as '{identity}', but the tunnel expects "
                 f"'{want}': check spec.remote.id against the peer's local identity",

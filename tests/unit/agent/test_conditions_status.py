@@ -9,8 +9,9 @@ import yaml
 
 from routevpn.agent import conditions as c
 from routevpn.agent import status as s
-from routevpn.agent.desired import DeliveredSecret, build_plan
+from routevpn.agent.desired import DeliveredMaterial, build_plan
 from routevpn.api.conditions import ConditionType, Observed, Reason, Status, summarize_ready
+from routevpn.api.timefmt import k8s_time
 from routevpn.api.tunnel import VpnTunnel
 from routevpn.dataplane.facts import ChildSaFacts, IkeSaFacts
 from routevpn.dataplane.plan import TunnelPlan
@@ -25,7 +26,7 @@ def seed_plan() -> TunnelPlan:
     obj = next(d for d in docs if d and d.get("kind") == "VpnTunnel")
     obj["metadata"]["namespace"] = "prod"
     obj["status"] = {"interface": {"name": "vti1", "type": "vti", "key": 4096}}
-    plan = build_plan(VpnTunnel.from_wire(obj), DeliveredSecret({"psk": "x" * 32}))
+    plan = build_plan(VpnTunnel.from_wire(obj), DeliveredMaterial({"psk": "x" * 32}))
     assert isinstance(plan, TunnelPlan)
     return plan
 
@@ -161,10 +162,10 @@ def test_merge_keeps_transition_time_while_status_is_unchanged() -> None:
     first = s.merge_conditions(conds, [], 1, NOW)
     later = NOW + timedelta(minutes=5)
     again = s.merge_conditions(conds, first, 2, later)
-    assert again[0]["lastTransitionTime"] == s.iso(NOW)
+    assert again[0]["lastTransitionTime"] == k8s_time(NOW)
     assert again[0]["observedGeneration"] == 2
     flipped = [c.Cond(ConditionType.CONFIGURED, Status.FALSE, "KernelError", "x")]
-    assert s.merge_conditions(flipped, first, 2, later)[0]["lastTransitionTime"] == s.iso(later)
+    assert s.merge_conditions(flipped, first, 2, later)[0]["lastTransitionTime"] == k8s_time(later)
 
 
 def test_unchanged_pass_needs_no_write_even_with_clock_jitter() -> None:

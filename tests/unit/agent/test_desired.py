@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from routevpn.agent.desired import Blocked, DeliveredSecret, build_plan, ike_rand_time
+from routevpn.agent.desired import Blocked, DeliveredMaterial, build_plan, ike_rand_time
 from routevpn.api.conditions import Reason, Status
 from routevpn.api.tunnel import VpnTunnel
 from routevpn.dataplane import plan as p
@@ -29,8 +29,8 @@ def example(name: str, status: dict[str, Any] | None = None) -> VpnTunnel:
     return VpnTunnel.from_wire(obj)
 
 
-def psk_secret() -> DeliveredSecret:
-    return DeliveredSecret({"psk": PSK}, "h1")
+def psk_secret() -> DeliveredMaterial:
+    return DeliveredMaterial({"psk": PSK}, "h1")
 
 
 def default_conn(name: str, local: str, remote: str, child: p.ChildPlan, **kw: Any) -> p.ConnPlan:
@@ -209,7 +209,7 @@ def test_x509_golden_carries_cert_key_and_ca() -> None:
         "x509-cert-manager.yaml",
         {"node": "node-a", "interface": {"name": "vti4097", "type": "vti", "key": 4097}},
     )
-    secret = DeliveredSecret({"tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA"}, "h")
+    secret = DeliveredMaterial({"tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA"}, "h")
     plan = build_plan(tunnel, secret)
     assert plan == p.TunnelPlan(
         ref="prod/site-d",
@@ -252,7 +252,7 @@ def test_x509_without_local_id_presents_the_certificate_subject() -> None:
     )
     raw = tunnel.model_dump(by_alias=True, exclude_none=True, mode="json")
     raw["spec"]["local"].pop("id")
-    secret = DeliveredSecret({"tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA"}, "h")
+    secret = DeliveredMaterial({"tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA"}, "h")
     plan = build_plan(VpnTunnel.from_wire(raw), secret)
     assert isinstance(plan, p.TunnelPlan) and plan.conn.local_id is None
     local = build_conn(plan)["routevpn.prod.site-d"]["local"]
@@ -328,7 +328,7 @@ def test_explicit_settings_override_every_default() -> None:
         ),
         (
             {"interface": {"name": "vti1", "type": "vti", "key": 9}},
-            DeliveredSecret({"tls.crt": "x"}),
+            DeliveredMaterial({"tls.crt": "x"}),
             Reason.SECRET_INVALID,
             Status.FALSE,
         ),
@@ -336,7 +336,7 @@ def test_explicit_settings_override_every_default() -> None:
     ids=["no-interface", "no-key", "no-secret", "secret-without-psk"],
 )
 def test_blocked_until_the_operator_has_done_its_part(
-    status: dict[str, Any], secret: DeliveredSecret | None, reason: Reason, cond_status: Status
+    status: dict[str, Any], secret: DeliveredMaterial | None, reason: Reason, cond_status: Status
 ) -> None:
     blocked = build_plan(example("seed-ipv6-vti.yaml", status), secret)
     assert isinstance(blocked, Blocked)

@@ -15,16 +15,17 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from routevpn.agent.desired import DeliveredSecret, build_plan
-from routevpn.agent.kube import Obj
+from routevpn.agent.desired import DeliveredMaterial, build_plan
 from routevpn.agent.metrics import Metrics
-from routevpn.agent.reconciler import Reconciler, Settings
+from routevpn.agent.reconciler import AgentReconciler, AgentSettings
 from routevpn.api import naming
 from routevpn.api.tunnel import VpnTunnel
 from routevpn.dataplane import safety
-from routevpn.dataplane.driver import ApplyResult, FakeDriver
+from routevpn.dataplane.driver import ApplyResult
 from routevpn.dataplane.errors import CharonUnavailableError
 from routevpn.dataplane.plan import TunnelPlan
+from routevpn.kube.client import ConflictError, Obj, metadata_patch
+from support.fakedriver import FakeDriver
 
 NODE = "node-a"
 KEY = ("prod", "site-b")
@@ -33,7 +34,10 @@ UNDERLAY = safety.HostRoute(ipaddress.ip_network("2001:db8:0:2::/64"), "eth0")
 
 
 class MemoryApi:
-    """Objects by key; counts writes like the real client's metrics do."""
+    """Objects by key; counts writes like the real client's metrics do.
+
+    Metadata patches go through the real `metadata_patch` and a small JSON-patch
+    interpreter, so a stale view fails its `test` as it would on the API server."""
 
     def __init__(self, objects: dict[tuple[str, str], Obj]) -> None:
         self.objects = objects
@@ -45,25 +49,38 @@ class MemoryApi:
         meta["resourceVersion"] = str(int(meta.get("resourceVersion", "1")) + 1)
         return copy.deepcopy(obj)
 
-    def add_finalizer(self, obj: Mapping[str, Any], finalizer: str) -> Obj:
-        self.writes.append("finalizer")
-        stored = self.objects[(obj["metadata"]["namespace"], obj["metadata"]["name"])]
-        stored["metadata"].setdefault("finalizers", []).append(finalizer)
-        return self._bump(stored)
-
-    def remove_finalizer(self, obj: Mapping[str, Any], finalizer: str) -> Obj:
-        self.writes.append("finalizer")
-        stored = self.objects[(obj["metadata"]["namespace"], obj["metadata"]["name"])]
-        stored["metadata"]["finalizers"].remove(finalizer)
-        return self._bump(stored)
-
-    def get_tunnel(self, ns: str, name: str) -> Obj | None:
+    def get(self, ns: str, name: str) -> Obj | None:
         obj = self.objects.get((ns, name))
         return copy.deepcopy(obj) if obj is not None else None
 
-    def apply_status(self, ns: str, name: str, status: Mapping[str, Any]) -> Obj:
+    async def get_tunnel(self, namespace: str, name: str) -> Obj | None:
+        return self.get(namespace, name)
+
+    async def patch_tunnel_metadata(
+        self,
+        seen: Mapping[str, Any],
+        *,
+        finalizers: list[str] | None = None,
+        labels: Mapping[str, str | None] | None = None,
+    ) -> Obj | None:
+        self.writes.append("finalizer")
+        stored = self.objects.get((seen["namespace"], seen["name"]))
+        if stored is None:
+            return None
+        meta = stored["metadata"]
+        for op in metadata_patch(seen, finalizers=finalizers, labels=labels):
+            field = op["path"].rsplit("/", 1)[1]
+            if op["op"] == "test" and meta.get(field) != op["value"]:
+                raise ConflictError(f"test of {op['path']} failed")
+            if op["op"] == "add":
+                meta[field] = copy.deepcopy(op["value"])
+        return self._bump(stored)
+
+    async def apply_tunnel_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> Obj | None:
         self.writes.append("status")
-        stored = self.objects[(ns, name)]
+        stored = self.objects[(namespace, name)]
         current = stored.setdefault("status", {})
         mine = {"Configured", "IkeEstablished", "ChildSaInstalled", "RoutesInstalled",
                 "TrafficFlowing"}  # fmt: skip
@@ -75,9 +92,7 @@ class MemoryApi:
                 current[key] = copy.deepcopy(status[key])
         return self._bump(stored)
 
-    def event(
-        self, obj: Mapping[str, Any], *, type_: str, reason: str, message: str, node: str
-    ) -> None:
+    async def post(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         self.writes.append("event")
         self.events.append((type_, reason))
 
@@ -120,21 +135,23 @@ def secret() -> Obj:
     }
 
 
-def setup(obj: Obj, driver: FakeDriver | None = None) -> tuple[Reconciler, MemoryApi, FakeDriver]:
+def setup(
+    obj: Obj, driver: FakeDriver | None = None
+) -> tuple[AgentReconciler, MemoryApi, FakeDriver]:
     api = MemoryApi({KEY: obj})
     # the node reaches the peer through its underlay, so ::/0 into the tunnel is no loop
     drv = driver or FakeDriver(host_routes=[UNDERLAY])
-    rec = Reconciler(Settings(node=NODE, namespace="routevpn"), api, drv, Metrics(),
+    rec = AgentReconciler(AgentSettings(node=NODE, namespace="routevpn"), api, api, drv, Metrics(),
                      clock=lambda: 1_800_000_000.0)  # fmt: skip
     rec.state.tunnels[KEY] = copy.deepcopy(obj)
     rec.state.secrets[KEY] = secret()
     return rec, api, drv
 
 
-def run(rec: Reconciler, api: MemoryApi) -> None:
+def run(rec: AgentReconciler, api: MemoryApi) -> None:
     asyncio.run(rec.run_pass([KEY]))
     # the watch would deliver the server's object; do what it does
-    stored = api.get_tunnel(*KEY)
+    stored = api.get(*KEY)
     if stored is not None:
         rec.state.tunnels[KEY] = stored
     else:
@@ -173,7 +190,7 @@ def test_second_pass_changes_nothing_and_writes_nothing() -> None:
     assert drv.calls == ["apply prod/site-b", "apply prod/site-b"]
 
 
-def _changes(rec: Reconciler) -> float:
+def _changes(rec: AgentReconciler) -> float:
     """routevpn_agent_dataplane_changes_total, all labels."""
     return sum(
         s.value
@@ -206,7 +223,7 @@ def test_moved_to_another_node_tears_down_then_releases_finalizer() -> None:
     rec, api, drv = setup(tunnel())
     run(rec, api)
     api.objects[KEY]["status"]["node"] = "node-b"
-    rec.state.tunnels[KEY] = api.get_tunnel(*KEY) or {}
+    rec.state.tunnels[KEY] = api.get(*KEY) or {}
     run(rec, api)
     assert drv.calls[-1] == "remove prod/site-b"
     assert "prod/site-b" not in drv.plans
@@ -217,7 +234,7 @@ def test_deletion_tears_down_then_releases_finalizer() -> None:
     rec, api, drv = setup(tunnel())
     run(rec, api)
     api.objects[KEY]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    rec.state.tunnels[KEY] = api.get_tunnel(*KEY) or {}
+    rec.state.tunnels[KEY] = api.get(*KEY) or {}
     run(rec, api)
     assert drv.calls[-1] == "remove prod/site-b"
     assert api.objects[KEY]["metadata"]["finalizers"] == []
@@ -256,7 +273,7 @@ def test_first_pass_garbage_collects_what_no_tunnel_wants() -> None:
     stale = tunnel()
     stale["metadata"]["name"] = "gone"
     stale["status"]["interface"]["name"] = "vti9"
-    plan = build_plan(VpnTunnel.from_wire(stale), DeliveredSecret({"psk": "x" * 32}))
+    plan = build_plan(VpnTunnel.from_wire(stale), DeliveredMaterial({"psk": "x" * 32}))
     assert isinstance(plan, TunnelPlan)
     drv.plans[plan.ref] = plan
     run(rec, api)
@@ -268,7 +285,7 @@ def test_first_pass_garbage_collects_what_no_tunnel_wants() -> None:
 def test_first_pass_keeps_what_a_blocked_tunnel_has() -> None:
     """Restarting while a tunnel's Secret is missing must not tear its tunnel down."""
     rec, api, drv = setup(tunnel())
-    plan = build_plan(VpnTunnel.from_wire(tunnel()), DeliveredSecret({"psk": "x" * 32}))
+    plan = build_plan(VpnTunnel.from_wire(tunnel()), DeliveredMaterial({"psk": "x" * 32}))
     assert isinstance(plan, TunnelPlan)
     drv.plans[plan.ref] = plan  # configured by the agent's previous run
     rec.state.secrets.clear()  # ...and the delivered Secret is not there right now

@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from routevpn.dataplane.driver import Driver, FakeDriver, RealDriver, conn_of
+from routevpn.dataplane.driver import Driver, conn_of
 from routevpn.dataplane.ipsec import IpsecAdapter
 from routevpn.dataplane.plan import ConnPlan, LinkPlan, PskAuth, RoutePlan, Secret, TunnelPlan
+from routevpn.dataplane.real import RealDriver
 from routevpn.dataplane.safety import HostRoute
+from support.fakedriver import FakeDriver
 
 _REAL: type[Driver] = RealDriver  # type-checked: the real driver meets the Protocol
 

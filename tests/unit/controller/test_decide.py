@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from routevpn.api import naming
-from routevpn.api.conditions import Reason
+from routevpn.api.conditions import Reason, Status
 from routevpn.controller import bundle
-from routevpn.controller.model import DeliveredSecret, NodeRecord, TunnelRecord, tunnel_from_body
-from routevpn.controller.reconcile import Settings, World, decide
+from routevpn.controller.decide import OperatorSettings, World, decide
+from routevpn.controller.model import DeliveredRecord, NodeRecord, TunnelRecord, tunnel_from_body
 from routevpn.controller.status import changed, desired_status
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -59,7 +59,7 @@ def world(nodes: list[str], secrets: dict[str, bundle.UserSecret] | None = None)
         delivered=None,
         now=NOW,
         waiting_for=None,
-        settings=Settings("routevpn", orphan_wait_seconds=10, not_ready_grace_seconds=60),
+        settings=OperatorSettings("routevpn", orphan_wait_seconds=10, not_ready_grace_seconds=60),
     )
 
 
@@ -138,14 +138,19 @@ def test_deletion() -> None:
 def test_transition_time_kept_when_status_unchanged() -> None:
     from routevpn.controller.status import Scheduled
 
-    first = desired_status({}, 1, Scheduled("True", "Placed", "x"), "a", None, None, "T1")  # type: ignore[arg-type]
-    again = desired_status(first, 1, Scheduled("True", "Placed", "y"), "a", None, None, "T2")  # type: ignore[arg-type]
-    assert again["conditions"][0]["lastTransitionTime"] == "T1"
+    t1 = datetime(2026, 12, 1, 8, 0, 0, tzinfo=UTC)
+    t2 = t1 + timedelta(minutes=5)
+    first = desired_status({}, 1, Scheduled(Status.TRUE, "Placed", "x"), "a", None, None, t1)
+    again = desired_status(first, 1, Scheduled(Status.TRUE, "Placed", "y"), "a", None, None, t2)
+    assert again["conditions"][0]["lastTransitionTime"] == "2026-12-01T08:00:00Z"
+    sched = Scheduled(Status.FALSE, "NodeNotFound", "z")
+    lost = desired_status(again, 1, sched, None, None, None, t2)
+    assert lost["conditions"][0]["lastTransitionTime"] == "2026-12-01T08:05:00Z"
     assert changed(first, again) and not changed(again, again)
 
 
-def _delivered(node: str) -> DeliveredSecret:
-    return DeliveredSecret("tunnel-ns-t", node, "sha256:old", ("ns", "t"))
+def _delivered(node: str) -> DeliveredRecord:
+    return DeliveredRecord("tunnel-ns-t", node, "sha256:old", ("ns", "t"))
 
 
 def test_placed_tunnel_keeps_running_when_its_secret_goes_missing_or_invalid() -> None:

@@ -30,7 +30,7 @@ from routevpn.api import naming
 from routevpn.api.conditions import ConditionType, Reason, Status
 from routevpn.api.fields import Mode
 from routevpn.controller import allocation, bundle, placement
-from routevpn.controller.model import DeliveredSecret, NodeRecord, TunnelRecord
+from routevpn.controller.model import DeliveredRecord, NodeRecord, TunnelRecord
 from routevpn.controller.status import Scheduled, changed, desired_status
 
 NORMAL = "Normal"
@@ -40,7 +40,7 @@ NODE_GONE = "NodeGone"
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class OperatorSettings:
     """The decision's knobs (from the command line)."""
 
     routevpn_namespace: str
@@ -59,11 +59,11 @@ class World:
     holders_on: Callable[[str], Iterable[allocation.Holder]]
     #: The user's referenced Secrets, by name, in the tunnel's namespace.
     user_secrets: Mapping[str, bundle.UserSecret]
-    delivered: DeliveredSecret | None
+    delivered: DeliveredRecord | None
     now: datetime
     #: monotonic seconds since the operator started waiting on the agent, if it is waiting.
     waiting_for: float | None
-    settings: Settings
+    settings: OperatorSettings
 
 
 @dataclass
@@ -87,10 +87,6 @@ class Decision:
     requeue_after: float | None = None
     #: Released: the tunnel is gone, forget its allocation.
     released: bool = False
-
-
-def _iso(now: datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def node_gone(nodes: Mapping[str, NodeRecord], name: str, now: datetime, grace: float) -> bool:
@@ -150,7 +146,7 @@ def decide(rec: TunnelRecord, current: Mapping[str, Any], w: World, elapsed: flo
     elif label is not None and _agent_wait(rec, label, w, d, elapsed):
         new_label = None
 
-    status = desired_status(current, rec.generation, sched, status_node, local, iface, _iso(w.now))
+    status = desired_status(current, rec.generation, sched, status_node, local, iface, w.now)
     d.status = status
     d.status_changed = changed(current, status)
     d.label = new_label
@@ -189,7 +185,7 @@ def _target(
         iface = got.interface
     local = placement.local_address(spec, w.nodes.get(where.node))
     made = bundle.build(spec, rec.namespace, w.user_secrets)
-    if isinstance(made, bundle.Problem):
+    if isinstance(made, bundle.SecretProblem):
         if rec.label_node is not None and rec.label_node == where.node == cur_node:
             # Already running there: tearing it down would cut traffic over a Secret
             # that may be fixed in a minute. The agent keeps the last delivered material.

@@ -1,7 +1,9 @@
-"""The reconcile queue: one tunnel at a time per key, several keys at once.
+"""The operator's reconcile loop: a queue of tunnels, one at a time per key, several at once.
 
-Decisions are taken synchronously on the event loop (no await between reading the view
-and recording the claim), so allocation is race-free however many writes are in flight.
+`decide` (pure) says what to write for one tunnel; this module sends it. Decisions are
+taken synchronously on the event loop (no await between reading the view and recording
+the claim), so allocation is race-free however many writes are in flight. A failed
+reconcile is retried after a per-key exponential backoff, reset when the key succeeds.
 """
 
 from __future__ import annotations
@@ -9,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from routevpn.api import naming
 from routevpn.api.conditions import ConditionType
 from routevpn.controller import bundle
-from routevpn.controller.kubeio import ConflictError, KubeIO
-from routevpn.controller.leader import Leader
+from routevpn.controller.decide import Decision, OperatorSettings, World, decide
 from routevpn.controller.metrics import (
     RECONCILE_DURATION,
     RECONCILE_ERRORS,
@@ -30,31 +32,56 @@ from routevpn.controller.model import (
     node_from_body,
     tunnel_from_body,
 )
-from routevpn.controller.reconcile import Decision, Settings, World, decide
-from routevpn.controller.status import apply_body
 from routevpn.controller.store import Store
+from routevpn.kube.backoff import KeyedBackoff
+from routevpn.kube.client import ConflictError, KubeClient
+from routevpn.kube.events import EventSink
 
 log = logging.getLogger("routevpn.operator")
 
-#: Delay before retrying a reconcile that failed (API error, 409): long enough not to spin.
-RETRY_DELAY = 2.0
+
+class Leadership(Protocol):
+    """Whether this replica may decide and write now (`kube.lease`)."""
+
+    @property
+    def active(self) -> bool:
+        """May this replica act now?"""
+        ...
+
+    async def wait(self) -> None:
+        """Return once this replica may act."""
+        ...
 
 
 class NotLeadingError(Exception):
     """This replica stopped being the active one between the decision and a write."""
 
 
-class Worker:
+def user_secret(body: Mapping[str, Any] | None) -> bundle.UserSecret:
+    """A user's Secret as (type, data), or None when it does not exist."""
+    if body is None:
+        return None
+    return str(body.get("type") or "Opaque"), dict(body.get("data") or {})
+
+
+class OperatorReconciler:
     """Reconciles tunnels named by `enqueue`, each key never twice at the same time."""
 
     def __init__(
-        self, store: Store, io: KubeIO, settings: Settings, leader: Leader | None = None
+        self,
+        store: Store,
+        kube: KubeClient,
+        events: EventSink,
+        settings: OperatorSettings,
+        leader: Leadership | None = None,
     ) -> None:
         self.store = store
-        self.io = io
+        self.kube = kube
+        self.events = events
         self.settings = settings
         #: None: always act (a single process with nobody to defer to).
         self.leader = leader
+        self.backoff: KeyedBackoff[TunnelKey] = KeyedBackoff(base=0.05, cap=300.0)
         self._queue: asyncio.Queue[TunnelKey] = asyncio.Queue()
         self._queued: set[TunnelKey] = set()
         self._busy: set[TunnelKey] = set()
@@ -77,17 +104,18 @@ class Worker:
         return not self._queued and not self._busy
 
     async def run(self, concurrency: int) -> None:
-        """Run `concurrency` reconcilers until cancelled."""
+        """Run `concurrency` workers until cancelled."""
         await asyncio.gather(*(self._loop() for _ in range(concurrency)))
 
     async def resync(self) -> None:
         """Re-read every tunnel, node and delivered Secret, forget our own decisions, and
-        look at every tunnel. kopf re-lists when its paused watches resume, but what was
-        deleted meanwhile never comes as an event: a delivered Secret the other replica
-        deleted would still count as delivered (a label without its Secret)."""
-        items = await self.io.list_tunnels()
-        nodes = await self.io.list_nodes()
-        delivered = await self.io.list_delivered(self.settings.routevpn_namespace)
+        look at every tunnel (what was deleted while we did not watch never comes as an
+        event)."""
+        items = await self.kube.list_tunnels()
+        nodes = await self.kube.list_nodes()
+        delivered = await self.kube.list_secrets(
+            self.settings.routevpn_namespace, f"app.kubernetes.io/managed-by={bundle.MANAGED_BY}"
+        )
         self.store.resync(tunnel_from_body(body) for body in items)
         self.store.nodes = {rec.name: rec for rec in (node_from_body(b) for b in nodes)}
         self.store.delivered = {
@@ -118,18 +146,22 @@ class Worker:
             t0 = time.monotonic()
             try:
                 await self._process(key)
-            except ConflictError:
-                self.enqueue(key, RETRY_DELAY / 4)
+                self.backoff.succeeded(key)
             except NotLeadingError:
-                # Not a failure: the view is re-read when this replica leads again, and
-                # the key stays queued (the loop waits for the lead before taking it).
+                # Not a failure: the key stays queued (the loop waits for the lead first).
                 self.store.applied(key, None)
                 self.enqueue(key)
+            except ConflictError:
+                # Our view was behind: the watch brings the newer object; look again soon.
+                self.enqueue(key, self.backoff.failed(key))
             except Exception:
                 RECONCILE_ERRORS.inc()
-                log.exception("%s: reconcile failed, retrying", naming.tunnel_ref(*key))
+                delay = self.backoff.failed(key)
+                log.exception(
+                    "%s: reconcile failed, retrying in %.1fs", naming.tunnel_ref(*key), delay
+                )
                 self.store.applied(key, None)
-                self.enqueue(key, RETRY_DELAY)
+                self.enqueue(key, delay)
             finally:
                 RECONCILE_TOTAL.inc()
                 RECONCILE_DURATION.observe(time.monotonic() - t0)
@@ -145,42 +177,27 @@ class Worker:
         for name in bundle.referenced(rec.spec):
             ckey = (rec.namespace, name)
             if ckey not in self.store.user_secrets:
-                got = await self.io.read_secret(rec.namespace, name)
+                got = user_secret(await self.kube.read_secret(rec.namespace, name))
                 # An event may have filled it while we read: the event is newer than our
                 # read, so it wins (overwriting it would keep a rotated key stale).
                 self.store.user_secrets.setdefault(ckey, got)
             out[name] = self.store.user_secrets[ckey]
         return out
 
-    async def _process(self, key: TunnelKey) -> None:
-        rec = self.store.tunnels.get(key)
-        if rec is None:
-            return
-        secrets = await self._user_secrets(rec)
-        # From here to store.applied() nothing awaits: the decision and its claim are atomic.
-        rec = self.store.tunnels.get(key)
-        if rec is None:
-            return
-        if not self._may_act():
-            # Standing by: keep it queued (the loop waits for the lead before taking it).
-            self.enqueue(key)
-            return
+    def _decide(self, key: TunnelKey, rec: TunnelRecord, secrets: Any) -> Decision:
+        """The decision for `rec`, with its claims recorded in the store (no await)."""
         now = time.monotonic()
         since = self._waiting_since.get(key)
-        d = decide(
-            rec,
-            self.store.effective(key),
-            World(
-                nodes=self.store.nodes,
-                holders_on=lambda node: self.store.holders_on(node, key),
-                user_secrets=secrets,
-                delivered=self.store.delivered.get(key),
-                now=datetime.now(UTC),
-                waiting_for=since,
-                settings=self.settings,
-            ),
-            now - since if since is not None else 0.0,
+        world = World(
+            nodes=self.store.nodes,
+            holders_on=lambda node: self.store.holders_on(node, key),
+            user_secrets=secrets,
+            delivered=self.store.delivered.get(key),
+            now=datetime.now(UTC),
+            waiting_for=since,
+            settings=self.settings,
         )
+        d = decide(rec, self.store.effective(key), world, now - since if since else 0.0)
         if d.waiting:
             self._waiting_since.setdefault(key, now)
         else:
@@ -194,64 +211,83 @@ class Worker:
             for other in self.store.waiting_on_others():
                 if other != key:
                     self.enqueue(other)
+        return d
+
+    async def _process(self, key: TunnelKey) -> None:
+        rec = self.store.tunnels.get(key)
+        if rec is None:
+            return
+        secrets = await self._user_secrets(rec)
+        # From here to the claims recorded in _decide nothing awaits: decision and claim
+        # are atomic.
+        rec = self.store.tunnels.get(key)
+        if rec is None:
+            return
+        if not self._may_act():
+            self.enqueue(key)  # standing by: the loop waits for the lead before taking it
+            return
+        d = self._decide(key, rec, secrets)
         await self._write(rec, d)
         if d.requeue_after is not None:
             self.enqueue(key, d.requeue_after)
 
+    # -- writing a decision ----------------------------------------------------------
+
     async def _write(self, rec: TunnelRecord, d: Decision) -> None:
-        ns, name = rec.key
-        body_ref = rec.body_ref()
-        finalizers = list(rec.finalizers)
-        rv = rec.resource_version
-        if d.status_changed and d.status is not None:
-            self._guard()
-            got = await self.io.apply_status(ns, name, apply_body(ns, name, d.status))
-            fresh = tunnel_from_body(got)
-            self.store.put_tunnel(fresh)
-            finalizers, rv = list(fresh.finalizers), fresh.resource_version
+        """Status, delivered Secret, metadata (finalizers, label), then Events."""
+        rec = await self._write_status(rec, d)
         if d.secret is not None:
             self._guard()
-            await self.io.apply_secret(d.secret)
-        patch: dict[str, Any] = {"metadata": {}}
-        new_fin = list(finalizers)
-        if d.add_operator_finalizer and naming.OPERATOR_FINALIZER not in new_fin:
-            new_fin.append(naming.OPERATOR_FINALIZER)
-        if d.remove_agent_finalizer:
-            new_fin = [f for f in new_fin if f != naming.AGENT_FINALIZER]
-        if d.remove_operator_finalizer:
-            new_fin = [f for f in new_fin if f != naming.OPERATOR_FINALIZER]
-        if new_fin != finalizers:
-            # Guarded by resourceVersion: a list read before another writer's change fails
-            # with 409 (and is looked at again) instead of dropping that writer's finalizer.
-            patch["metadata"]["finalizers"] = new_fin
-            patch["metadata"]["resourceVersion"] = rv
-        if d.label_changed:
-            patch["metadata"]["labels"] = {naming.NODE_LABEL: d.label}
-        secret_ns, secret_name = self.settings.routevpn_namespace, naming.secret_name(ns, name)
+            await self.kube.apply_secret(d.secret)
+        secret_ns = self.settings.routevpn_namespace
+        secret_name = naming.secret_name(rec.namespace, rec.name)
+        # Released: the Secret goes before the last finalizer (nothing is left behind if
+        # the operator stops between the two); otherwise after the label is gone.
         if d.delete_secret and d.remove_operator_finalizer:
             self._guard()
-            await self.io.delete_secret(secret_ns, secret_name)
-        if patch["metadata"]:
-            self._guard()
-            patched = await self.io.patch_metadata(ns, name, patch, "metadata")
-            if patched is not None:
-                self.store.put_tunnel(tunnel_from_body(patched))
-            if d.label_changed:
-                log.info("%s: label %s=%s", rec.ref, naming.NODE_LABEL, d.label or "(removed)")
+            await self.kube.delete_secret(secret_ns, secret_name)
+        await self._write_metadata(rec, d)
         if d.delete_secret and not d.remove_operator_finalizer:
             self._guard()
-            await self.io.delete_secret(secret_ns, secret_name)
+            await self.kube.delete_secret(secret_ns, secret_name)
         if d.remove_operator_finalizer:
             log.info("%s: released (allocation freed, delivered Secret deleted)", rec.ref)
+        await self._post_events(rec, d)
+
+    async def _write_status(self, rec: TunnelRecord, d: Decision) -> TunnelRecord:
+        if not d.status_changed or d.status is None:
+            return rec
+        self._guard()
+        got = await self.kube.apply_tunnel_status(rec.namespace, rec.name, d.status)
+        if got is None:
+            return rec
+        fresh = tunnel_from_body(got)
+        self.store.put_tunnel(fresh)
+        return fresh
+
+    async def _write_metadata(self, rec: TunnelRecord, d: Decision) -> None:
+        finalizers = _finalizers(rec.finalizers, d)
+        labels = {naming.NODE_LABEL: d.label} if d.label_changed else None
+        if finalizers is None and labels is None:
+            return
+        self._guard()
+        patched = await self.kube.patch_tunnel_metadata(
+            rec.metadata(), finalizers=finalizers, labels=labels
+        )
+        if patched is not None:
+            self.store.put_tunnel(tunnel_from_body(patched))
+        if d.label_changed:
+            log.info("%s: label %s=%s", rec.ref, naming.NODE_LABEL, d.label or "(removed)")
+
+    async def _post_events(self, rec: TunnelRecord, d: Decision) -> None:
         for etype, reason, message in d.events:
             log.info("%s: %s %s: %s", rec.ref, etype, reason, message)
-            # An Event that can't be posted must not undo the decision: logged above.
             if not self._may_act():
                 return  # the decision is written; only its Events are left out
             try:
-                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                await self.io.post_event(body_ref, etype, reason, message, stamp)
+                await self.events.post(rec.body_ref(), etype, reason, message)
             except Exception as e:
+                # An Event that can't be posted must not undo the decision: logged above.
                 log.warning("%s: event %s not posted: %s", rec.ref, reason, type(e).__name__)
 
     def count_ready(self) -> None:
@@ -265,3 +301,17 @@ class Worker:
             counts[ready if ready in counts else "Unknown"] += 1
         for value, n in counts.items():
             TUNNELS.labels(value).set(n)
+
+
+def _finalizers(current: tuple[str, ...], d: Decision) -> list[str] | None:
+    """The finalizer list the decision wants, or None when it is unchanged."""
+    new = list(current)
+    if d.add_operator_finalizer and naming.OPERATOR_FINALIZER not in new:
+        new.append(naming.OPERATOR_FINALIZER)
+    drop = set()
+    if d.remove_agent_finalizer:
+        drop.add(naming.AGENT_FINALIZER)
+    if d.remove_operator_finalizer:
+        drop.add(naming.OPERATOR_FINALIZER)
+    new = [f for f in new if f not in drop]
+    return None if new == list(current) else new

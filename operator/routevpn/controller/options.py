@@ -1,0 +1,50 @@
+"""Command-line flags of `routevpn operator` (argparse only, cheap to import).
+
+`routevpn agent` builds the whole command line too, so nothing here may import kopf: the
+agent process must not load the operator's framework or register its handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The operator's command-line options."""
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("ROUTEVPN_NAMESPACE", "routevpn"),
+        help="routevpn's own namespace: delivered Secrets live here",
+    )
+    parser.add_argument("--http-port", type=int, default=8080, help="/metrics and /healthz")
+    parser.add_argument(
+        "--http-host",
+        "--bind-address",  # the agent's name for it: one spelling works for both commands
+        dest="http_host",
+        default="0.0.0.0",  # noqa: S104 - probes and scraping reach the pod's address
+        help="bind address of --http-port",
+    )
+    parser.add_argument(
+        "--peering",
+        default=os.environ.get("ROUTEVPN_PEERING", "routevpn"),
+        help="name of the ClusterKopfPeering the replicas coordinate through",
+    )
+    parser.add_argument(
+        "--orphan-wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the agent of a node that is gone before dropping its finalizer",
+    )
+    parser.add_argument(
+        "--not-ready-grace",
+        type=float,
+        default=60.0,
+        help="seconds a node may be NotReady before its tunnels move",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=32,
+        help="tunnels reconciled at once (each mostly waits on the API server)",
+    )
