@@ -38,11 +38,6 @@ def decide(obj: Mapping[str, Any], node: str) -> Action:
     return Action.CONFIGURE
 
 
-def has_finalizer(obj: Mapping[str, Any]) -> bool:
-    """Whether the agent's finalizer is on `obj`."""
-    return naming.AGENT_FINALIZER in ((obj.get("metadata") or {}).get("finalizers") or [])
-
-
 def delivered(secret: Mapping[str, Any]) -> DeliveredMaterial | None:
     """A Secret's data decoded, with its content hash; None when it can't be decoded."""
     data: dict[str, str] = {}

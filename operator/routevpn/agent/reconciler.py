@@ -13,7 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -22,9 +22,11 @@ from pydantic import ValidationError
 
 from routevpn.agent import conditions as cond
 from routevpn.agent import status as st
-from routevpn.agent.decide import Action, decide, delivered, has_finalizer
+from routevpn.agent.decide import Action, decide, delivered
 from routevpn.agent.desired import Blocked, DeliveredMaterial, build_plan, local_address
+from routevpn.agent.finalizer import has_finalizer, set_finalizer
 from routevpn.agent.metrics import Metrics
+from routevpn.agent.passclock import PassClock, every
 from routevpn.api import naming
 from routevpn.api.conditions import Reason, Status
 from routevpn.api.tunnel import VpnTunnel
@@ -33,7 +35,7 @@ from routevpn.dataplane.errors import DataplaneError
 from routevpn.dataplane.facts import Facts, IpsecFacts
 from routevpn.dataplane.plan import TunnelPlan
 from routevpn.dataplane.reasons import ReasonTracker
-from routevpn.kube.client import ConflictError, Obj, TunnelApi, key_of
+from routevpn.kube.client import ConflictError, Obj, TunnelApi
 from routevpn.kube.events import EventSink
 
 log = logging.getLogger(__name__)
@@ -44,14 +46,6 @@ _T = TypeVar("_T")
 # pass over 200 new tunnels is not 200 round trips end to end, and the API server sees
 # no more than a client applying a manifest would send.
 API_CONCURRENCY = 8
-
-
-async def _every(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Run `coros` side by side, let all finish, then raise the first failure if any."""
-    results = await asyncio.gather(*coros, return_exceptions=True)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +135,7 @@ class AgentReconciler:
             return  # nothing to look at: no dump of the node, no VICI listing
         work: list[_Work] = []
         released: list[tuple[Key, Obj]] = []
-        clock = _Phases()
+        clock = PassClock()
         # One observation for the whole pass: the driver keeps it current with its own
         # changes, so each tunnel's safety check sees what earlier tunnels changed.
         async with self.driver.batch():
@@ -163,12 +157,12 @@ class AgentReconciler:
                 await self._garbage_collect(work)
             # the finalizer before anything is applied: from then on the object can't
             # vanish before teardown (API writes of a pass run side by side, bounded)
-            await _every(self._ensure_finalizer(w) for w in work if w.plan is not None)
+            await every(self._ensure_finalizer(w) for w in work if w.plan is not None)
             clock.lap("finalizers")
             for w in work:
                 await self._apply(w)
             clock.lap("apply")
-        await _every(self._release(key, obj) for key, obj in released)
+        await every(self._release(key, obj) for key, obj in released)
         clock.lap("release")
         # outside the batch: a fresh observation of what the pass left (SAs for status)
         after = await self._observe() if work else facts
@@ -177,7 +171,7 @@ class AgentReconciler:
         # observation, not of each report, or a slow pass would shift every timestamp
         observed_at = self.clock()
         ipsec = after.ipsec if after else None
-        await _every(self._report(w, ipsec, observed_at) for w in work)
+        await every(self._report(w, ipsec, observed_at) for w in work)
         clock.lap("report")
         self.metrics.tunnels.set(len(self.state.configured))
         log.debug("pass over %d tunnel(s): %s", len(keys), clock)
@@ -240,7 +234,10 @@ class AgentReconciler:
     async def _ensure_finalizer(self, w: _Work) -> None:
         if has_finalizer(w.obj):
             return
-        updated = await self._add_finalizer(w.obj)
+        try:
+            updated = await self._call(set_finalizer(self.kube, w.obj, present=True))
+        except ConflictError:
+            updated = None
         if updated is None:
             w.plan, w.problem = None, cond.Problem(Reason.PENDING, "adding the finalizer")
             w.problem_status = Status.UNKNOWN
@@ -273,23 +270,6 @@ class AgentReconciler:
             log.warning("tunnel %s not applied: %s", ref, msg)
         elif result.changes:
             log.info("tunnel %s: %d change(s) applied", ref, len(result.changes))
-
-    async def _add_finalizer(self, obj: Obj) -> Obj | None:
-        """Add the agent's finalizer (guarded; a stale view is re-read, a few times)."""
-        for _ in range(3):
-            meta = obj.get("metadata") or {}
-            try:
-                return await self._call(
-                    self.kube.patch_tunnel_metadata(
-                        meta, finalizers=[*(meta.get("finalizers") or []), naming.AGENT_FINALIZER]
-                    )
-                )
-            except ConflictError:
-                fresh = await self._call(self.kube.get_tunnel(*key_of(obj)))
-                if fresh is None or has_finalizer(fresh):
-                    return fresh
-                obj = fresh
-        return None
 
     # -- report ---------------------------------------------------------------------
 
@@ -376,24 +356,12 @@ class AgentReconciler:
 
     async def _release(self, key: Key, obj: Obj) -> None:
         """After the teardown: remove the agent's finalizer, so the object may go."""
-        for _ in range(3):
-            if not has_finalizer(obj):
-                return
-            meta = obj.get("metadata") or {}
-            left = [f for f in meta.get("finalizers") or [] if f != naming.AGENT_FINALIZER]
-            try:
-                updated = await self._call(self.kube.patch_tunnel_metadata(meta, finalizers=left))
-            except ConflictError:
-                fresh = await self._call(self.kube.get_tunnel(*key))
-                if fresh is None:
-                    return
-                obj = fresh
-                continue
-            log.info("tunnel %s: cleaned up, agent finalizer removed", naming.tunnel_ref(*key))
-            if updated is not None:
-                self._remember(key, updated)
+        if not has_finalizer(obj):
             return
-        raise ConflictError(f"tunnel {naming.tunnel_ref(*key)}: finalizer kept changing")
+        updated = await self._call(set_finalizer(self.kube, obj, present=False))
+        log.info("tunnel %s: cleaned up, agent finalizer removed", naming.tunnel_ref(*key))
+        if updated is not None:
+            self._remember(key, updated)
 
     async def _gone(self, key: Key) -> None:
         """The tunnel left this agent's view (deleted, or relabelled to another node)."""
@@ -409,19 +377,3 @@ class AgentReconciler:
         self.state.configured.discard(key)
         self.traffic.forget(naming.tunnel_ref(*key))
         self.metrics.forget(*key)
-
-
-class _Phases:
-    """Seconds spent in each phase of a pass (for the debug log)."""
-
-    def __init__(self) -> None:
-        self.laps: list[tuple[str, float]] = []
-        self._last = time.monotonic()
-
-    def lap(self, phase: str) -> None:
-        now = time.monotonic()
-        self.laps.append((phase, now - self._last))
-        self._last = now
-
-    def __str__(self) -> str:
-        return ", ".join(f"{phase} {seconds:.3f}s" for phase, seconds in self.laps)

@@ -28,16 +28,14 @@ from routevpn.api import naming
 from routevpn.dataplane.driver import Driver
 from routevpn.dataplane.vici_facts import IpsecEvent
 from routevpn.kube import http
-from routevpn.kube.backoff import KeyedBackoff
-from routevpn.kube.client import KubeClient, key_of
+from routevpn.kube.backoff import Backoff, KeyedBackoff
+from routevpn.kube.client import KubeClient, Obj, key_of
 from routevpn.kube.events import EventSink
 from routevpn.kube.watch import Watcher, WatchItem
 
 log = logging.getLogger(__name__)
 
 EventSource = Callable[[], AsyncIterator[IpsecEvent]]
-#: Seconds before the charon event stream is followed again after it ended unexpectedly.
-RETRY_SECONDS = 2.0
 
 
 class Agent:
@@ -92,41 +90,44 @@ class Agent:
         self.wake.set()
 
     def _on_watch(self, item: WatchItem) -> None:
-        state = self.reconciler.state
         if item.source == "tunnels":
-            if item.kind == "list":
-                fresh = {key_of(o): o for o in item.objects}
-                gone = set(state.tunnels) - set(fresh)
-                changed = {k for k, o in fresh.items() if _rv(state.tunnels.get(k)) != _rv(o)}
-                state.tunnels = fresh
-                self.listed.add("tunnels")
-                self.mark(*gone, *changed)
-                return
-            for obj in item.objects:
-                key = key_of(obj)
-                if item.kind == "DELETED":
-                    state.tunnels.pop(key, None)
-                    self.mark(key)
-                elif _rv(state.tunnels.get(key)) != _rv(obj):
-                    # an echo of our own status write is already cached: no pass for it
-                    state.tunnels[key] = obj
-                    self.mark(key)
-            return
-        # delivered secrets, keyed by the tunnel they are for
+            self._on_tunnels(item)
+        else:
+            self._on_secrets(item)
+
+    def _on_tunnels(self, item: WatchItem) -> None:
+        state = self.reconciler.state
         if item.kind == "list":
-            fresh = {}
-            for obj in item.objects:
-                owner = naming.delivered_tunnel(obj.get("metadata") or {})
-                if owner is not None:
-                    fresh[owner] = obj
+            fresh = {key_of(o): o for o in item.objects}
+            gone = set(state.tunnels) - set(fresh)
+            changed = {k for k, o in fresh.items() if _rv(state.tunnels.get(k)) != _rv(o)}
+            state.tunnels = fresh
+            self.listed.add("tunnels")
+            self.mark(*gone, *changed)
+            return
+        for obj in item.objects:
+            key = key_of(obj)
+            if item.kind == "DELETED":
+                state.tunnels.pop(key, None)
+                self.mark(key)
+            elif _rv(state.tunnels.get(key)) != _rv(obj):
+                # an echo of our own status write is already cached: no pass for it
+                state.tunnels[key] = obj
+                self.mark(key)
+
+    def _on_secrets(self, item: WatchItem) -> None:
+        """Delivered Secrets, keyed by the tunnel they are for."""
+        state = self.reconciler.state
+        owned = [(_owner(obj), obj) for obj in item.objects]
+        if item.kind == "list":
+            fresh = {owner: obj for owner, obj in owned if owner is not None}
             moved = {k for k in set(fresh) | set(state.secrets)
                      if _rv(fresh.get(k)) != _rv(state.secrets.get(k))}  # fmt: skip
             state.secrets = fresh
             self.listed.add("secrets")
             self.mark(*(k for k in moved if k in state.tunnels))
             return
-        for obj in item.objects:
-            owner = naming.delivered_tunnel(obj.get("metadata") or {})
+        for owner, obj in owned:
             if owner is None:
                 continue
             if item.kind == "DELETED":
@@ -157,13 +158,15 @@ class Agent:
 
     async def _events_loop(self) -> None:
         assert self.ipsec_events is not None
+        backoff = Backoff(base=1.0, cap=30.0)
         while True:
             try:
                 async for event in self.ipsec_events():
                     self._on_ipsec(event)
+                    backoff.reset()
             except Exception as e:  # the follower reconnects itself; this is a last resort
                 log.warning("charon event stream ended (%s); restarting it", type(e).__name__)
-            await asyncio.sleep(RETRY_SECONDS)
+            await asyncio.sleep(backoff.next_delay())
 
     async def _resync_loop(self) -> None:
         while True:
@@ -233,6 +236,10 @@ class Agent:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def _owner(secret: Obj) -> Key | None:
+    return naming.delivered_tunnel(secret.get("metadata") or {})
 
 
 def _rv(obj: dict[str, Any] | None) -> str | None:
