@@ -73,6 +73,11 @@ def _convert(node: Any, strict: bool, ref_prefix: str) -> Any:
             }
         else:
             out[key] = _convert(value, strict, ref_prefix)
+    return _apply_extensions(out, strict)
+
+
+def _apply_extensions(out: Schema, strict: bool) -> Schema:
+    """Turn the x-kubernetes-* markers and `nullable` of a converted node into JSON schema."""
     if out.pop("x-kubernetes-int-or-string", False):
         out.pop("type", None)
         out["type"] = ["string", "integer"]

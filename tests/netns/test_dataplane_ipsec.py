@@ -411,7 +411,7 @@ def test_garbage_collect_unloads_only_routevpn_connections(pair: Pair) -> None:
         changes = [str(c) for c in await ad.garbage_collect([a.conn.name])]
         again = [str(c) for c in await ad.garbage_collect([a.conn.name])]
         conns = sorted(await ad.conns())
-        shared = await ad._shared_ids()
+        shared = await ad._listing.shared_ids()
         ad.close()
         return changes, again, conns, shared
 

@@ -236,7 +236,6 @@ def build_plan(
     the caller finds it in the node's facts.
     """
     ref = tunnel.ref
-    spec = tunnel.spec
     local_text = local_address(tunnel)
     if local_text is None:
         return Blocked(
@@ -245,55 +244,71 @@ def build_plan(
             "operator has not chosen one in status.localAddress)",
             Status.UNKNOWN,
         )
-    local = ipaddress.ip_address(local_text)
-    link: p.LinkPlan | None = None
-    if spec.effective_mode.value == "route":
-        iface = interface_of(tunnel)
-        if iface is None:
-            return Blocked(
-                Reason.PENDING,
-                f"tunnel {ref}: waiting for the operator to allocate the interface "
-                "(status.interface)",
-                Status.UNKNOWN,
-            )
-        made = _link(tunnel, iface, local, underlay)
-        if isinstance(made, Blocked):
-            return made
-        link = made
-    if secret is None:
-        return Blocked(
-            Reason.SECRET_MISSING,
-            f"tunnel {ref}: the operator has not delivered the tunnel's secret "
-            f"({naming.secret_name(tunnel.metadata.namespace, tunnel.metadata.name)}) yet",
-            Status.UNKNOWN,
-        )
-    auth = _auth(tunnel, secret)
+    link = _route_link(tunnel, ipaddress.ip_address(local_text), underlay)
+    if isinstance(link, Blocked):
+        return link
+    auth = _delivered_auth(tunnel, secret)
     if isinstance(auth, Blocked):
         return auth
-    addresses: tuple[p.IPInterface, ...] = ()
-    routes: tuple[p.RoutePlan, ...] = ()
-    if link is not None:
-        addresses = tuple(
-            ipaddress.ip_interface(a) for a in (spec.interface.addresses or [])
-        ) if spec.interface else ()  # fmt: skip
-        routes = tuple(
-            p.RoutePlan(
-                dst=ipaddress.ip_network(r.to),
-                dev=link.name,
-                via=ipaddress.ip_address(r.via) if r.via else None,
-                metric=r.metric or 0,
-                table=r.table or p.MAIN_TABLE,
-            )
-            for r in spec.routes or []
-        )
+    addresses = _addresses(tunnel, link)
+    routes = _routes(tunnel, link)
     try:
+        conn = _conn(tunnel, local_text, auth, link)
         return p.TunnelPlan(
-            ref=ref,
-            conn=_conn(tunnel, local_text, auth, link),
-            auth=auth,
-            link=link,
-            addresses=addresses,
-            routes=routes,
+            ref=ref, conn=conn, auth=auth, link=link, addresses=addresses, routes=routes
         )
     except p.PlanError as e:
         return Blocked(Reason.INVALID_SPEC, str(e))
+
+
+def _route_link(
+    tunnel: VpnTunnel, local: p.IPAddress, underlay: str | None
+) -> p.LinkPlan | Blocked | None:
+    """The tunnel interface in route mode (None in policy mode), or why not yet."""
+    if tunnel.spec.effective_mode.value != "route":
+        return None
+    iface = interface_of(tunnel)
+    if iface is None:
+        return Blocked(
+            Reason.PENDING,
+            f"tunnel {tunnel.ref}: waiting for the operator to allocate the interface "
+            "(status.interface)",
+            Status.UNKNOWN,
+        )
+    return _link(tunnel, iface, local, underlay)
+
+
+def _delivered_auth(tunnel: VpnTunnel, secret: DeliveredMaterial | None) -> p.Auth | Blocked:
+    """The credentials from the delivered secret, or why there are none yet."""
+    if secret is None:
+        return Blocked(
+            Reason.SECRET_MISSING,
+            f"tunnel {tunnel.ref}: the operator has not delivered the tunnel's secret "
+            f"({naming.secret_name(tunnel.metadata.namespace, tunnel.metadata.name)}) yet",
+            Status.UNKNOWN,
+        )
+    return _auth(tunnel, secret)
+
+
+def _addresses(tunnel: VpnTunnel, link: p.LinkPlan | None) -> tuple[p.IPInterface, ...]:
+    """The inside addresses on the tunnel interface (none without one)."""
+    interface = tunnel.spec.interface
+    if link is None or not interface:
+        return ()
+    return tuple(ipaddress.ip_interface(a) for a in interface.addresses or [])
+
+
+def _routes(tunnel: VpnTunnel, link: p.LinkPlan | None) -> tuple[p.RoutePlan, ...]:
+    """The routes into the tunnel interface (none without one), defaults applied."""
+    if link is None:
+        return ()
+    return tuple(
+        p.RoutePlan(
+            dst=ipaddress.ip_network(r.to),
+            dev=link.name,
+            via=ipaddress.ip_address(r.via) if r.via else None,
+            metric=r.metric or 0,
+            table=r.table or p.MAIN_TABLE,
+        )
+        for r in tunnel.spec.routes or []
+    )

@@ -44,7 +44,14 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        # Declared in this order, which is the order /metrics lists them in.
+        self._declare_passes(self.registry)
+        self._declare_writes(self.registry)
+        self._declare_tunnels(self.registry)
+        self._known: set[tuple[str, str]] = set()
+
+    def _declare_passes(self, r: CollectorRegistry) -> None:
+        """How many reconcile passes ran, how they ended, how long they took."""
         self.reconcile_total = Counter(
             "routevpn_agent_reconcile",
             "Reconcile passes of one tunnel, by result.",
@@ -60,6 +67,9 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+
+    def _declare_writes(self, r: CollectorRegistry) -> None:
+        """What the passes changed: writes to the API server, changes to the node."""
         self.api_writes_total = Counter(
             "routevpn_agent_api_writes",
             "Writes to the API server, by kind (status, finalizer, event).",
@@ -72,6 +82,9 @@ class Metrics:
             ["what"],
             registry=r,
         )
+
+    def _declare_tunnels(self, r: CollectorRegistry) -> None:
+        """How many tunnels, and per tunnel (namespace, name): SA states and counters."""
         self.tunnels = Gauge("routevpn_agent_tunnels", "Tunnels this agent configures.", registry=r)
         labels = ["namespace", "name"]
         self.ike_state = Gauge(
@@ -108,7 +121,6 @@ class Metrics:
             labels,
             registry=r,
         )
-        self._known: set[tuple[str, str]] = set()
 
     def tunnel(
         self,

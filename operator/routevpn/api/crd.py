@@ -41,31 +41,44 @@ def _resolve(node: Any, defs: JsonDict) -> Any:
         return [_resolve(n, defs) for n in node]
     if not isinstance(node, dict):
         return node
-    node = dict(node)
-    if "$ref" in node:
-        target = copy.deepcopy(defs[node.pop("$ref").rsplit("/", 1)[-1]])
-        # The field's own description wins over the referenced type's docstring.
-        target.update({k: v for k, v in node.items() if k not in _DROP})
-        node = target
+    node = _follow_ref(dict(node), defs)
     if "anyOf" in node:
-        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
-        if len(options) != 1:
-            raise ValueError(f"cannot express a union in a structural schema: {options}")
-        merged = dict(options[0])
-        merged.update(node)
-        node = merged
+        node = _drop_null_option(node)
         if "$ref" in node:
             return _resolve(node, defs)
-    out: JsonDict = {}
-    for key, value in node.items():
-        if key in _DROP:
-            continue
-        if key == "properties":
-            out[key] = {name: _resolve(sub, defs) for name, sub in value.items()}
-        elif key in ("items", "additionalProperties") and isinstance(value, dict):
-            out[key] = _resolve(value, defs)
-        else:
-            out[key] = value
+    out = {key: _resolve_value(key, value, defs) for key, value in node.items() if key not in _DROP}
+    return _make_structural(out)
+
+
+def _follow_ref(node: JsonDict, defs: JsonDict) -> JsonDict:
+    """Inline a `$ref` to one of `defs` (a copy; `node`'s own keys are kept)."""
+    if "$ref" not in node:
+        return node
+    target: JsonDict = copy.deepcopy(defs[node.pop("$ref").rsplit("/", 1)[-1]])
+    # The field's own description wins over the referenced type's docstring.
+    target.update({k: v for k, v in node.items() if k not in _DROP})
+    return target
+
+
+def _drop_null_option(node: JsonDict) -> JsonDict:
+    """`X | None` (anyOf X, null) becomes X; any other union can't be expressed."""
+    options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+    if len(options) != 1:
+        raise ValueError(f"cannot express a union in a structural schema: {options}")
+    merged = dict(options[0])
+    merged.update(node)
+    return merged
+
+
+def _resolve_value(key: str, value: Any, defs: JsonDict) -> Any:
+    if key == "properties":
+        return {name: _resolve(sub, defs) for name, sub in value.items()}
+    if key in ("items", "additionalProperties") and isinstance(value, dict):
+        return _resolve(value, defs)
+    return value
+
+
+def _make_structural(out: JsonDict) -> JsonDict:
     # Structural schemas forbid `additionalProperties` beside `properties`; unknown fields
     # are refused by the server's strict field validation (and pruned at the latest).
     if out.get("additionalProperties") is False:
@@ -104,11 +117,11 @@ def structural_schema(model: type[Any]) -> JsonDict:
     return dict(_order(schema))
 
 
-def build_crd() -> JsonDict:
-    """The CustomResourceDefinition object."""
+def _root_schema() -> JsonDict:
+    """The openAPIV3Schema of a VpnTunnel: the object around its spec and status."""
     spec = structural_schema(VpnTunnelSpec)
     status = structural_schema(VpnTunnelStatus)
-    root: JsonDict = {
+    return {
         "type": "object",
         "description": (
             "A route-based (or policy-based) IPsec VPN tunnel, terminated by strongSwan on one "
@@ -126,6 +139,22 @@ def build_crd() -> JsonDict:
             "status": status,
         },
     }
+
+
+def _names() -> JsonDict:
+    """What the resource is called: kind, plural, short name, category."""
+    return {
+        "kind": naming.KIND,
+        "listKind": f"{naming.KIND}List",
+        "plural": naming.PLURAL,
+        "singular": naming.SINGULAR,
+        "shortNames": [naming.SHORT_NAME],
+        "categories": [naming.CATEGORY],
+    }
+
+
+def build_crd() -> JsonDict:
+    """The CustomResourceDefinition object."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -139,14 +168,7 @@ def build_crd() -> JsonDict:
         },
         "spec": {
             "group": naming.GROUP,
-            "names": {
-                "kind": naming.KIND,
-                "listKind": f"{naming.KIND}List",
-                "plural": naming.PLURAL,
-                "singular": naming.SINGULAR,
-                "shortNames": [naming.SHORT_NAME],
-                "categories": [naming.CATEGORY],
-            },
+            "names": _names(),
             "scope": "Namespaced",
             "versions": [
                 {
@@ -155,7 +177,7 @@ def build_crd() -> JsonDict:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [dict(c) for c in PRINTER_COLUMNS],
-                    "schema": {"openAPIV3Schema": root},
+                    "schema": {"openAPIV3Schema": _root_schema()},
                 }
             ],
         },

@@ -117,6 +117,14 @@ class VpnTunnelSpec(ApiModel):
 
     @model_validator(mode="after")
     def _whole(self) -> VpnTunnelSpec:
+        # Checks that need more than one field, in the order their errors are reported.
+        self._check_placement()
+        self._check_mode()
+        self._check_endpoints()
+        self._check_routes()
+        return self
+
+    def _check_placement(self) -> None:
         if (self.node_name is None) == (self.node_selector is None):
             raise ValueError("spec: set exactly one of nodeName or nodeSelector")
         for key, value in (self.node_selector or {}).items():
@@ -125,11 +133,16 @@ class VpnTunnelSpec(ApiModel):
                     f"spec.nodeSelector: keys must be label keys and values label values "
                     f"(got {key!r}: {value!r})"
                 )
-        if self.effective_mode is Mode.POLICY:
-            if self.interface is not None or self.routes is not None:
-                raise ValueError("spec.interface, spec.routes: not allowed in policy mode")
-            if self.child is None or self.child.traffic_selectors is None:
-                raise ValueError("spec.child.trafficSelectors: required in policy mode")
+
+    def _check_mode(self) -> None:
+        if self.effective_mode is not Mode.POLICY:
+            return
+        if self.interface is not None or self.routes is not None:
+            raise ValueError("spec.interface, spec.routes: not allowed in policy mode")
+        if self.child is None or self.child.traffic_selectors is None:
+            raise ValueError("spec.child.trafficSelectors: required in policy mode")
+
+    def _check_endpoints(self) -> None:
         remote_ip = _maybe_ip(self.remote.address)
         local_ip = _maybe_ip(self.local.address) if self.local and self.local.address else None
         if local_ip is not None and remote_ip is not None and local_ip.version != remote_ip.version:
@@ -138,6 +151,8 @@ class VpnTunnelSpec(ApiModel):
             )
         if local_ip is not None and local_ip == remote_ip:
             raise ValueError("spec.remote.address: must differ from spec.local.address")
+
+    def _check_routes(self) -> None:
         keys = [(r.to, r.table or 254, r.metric or 0) for r in self.routes or []]
         if len(set(keys)) != len(keys):
             raise ValueError("spec.routes: two routes have the same to, table and metric")
@@ -148,7 +163,6 @@ class VpnTunnelSpec(ApiModel):
                     f"spec.routes[].via: {route.via}: the interface has no inside address of the "
                     "next hop's family; add one to spec.interface.addresses"
                 )
-        return self
 
     @property
     def effective_mode(self) -> Mode:

@@ -14,7 +14,7 @@ the winner; the loser of a value it was merely allocated re-allocates.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from routevpn.api import naming
@@ -110,24 +110,51 @@ def allocate(
     """The interface for tunnel `me` given the other tunnels on its node."""
     kind, number, name = requested(spec)
     others = list(others)
+    lost = _lost_claim(me, kind, number, name, others)
+    if lost is not None:
+        return lost
+    if number is None:
+        number = _keep_or_pick(me, name, kind, others, lo, hi)
+        if number is None:
+            return Allocation(
+                None,
+                Reason.ALLOCATION_EXHAUSTED,
+                f"no free key/ifId left in {lo}..{hi} on this node",
+            )
+    ifname = name if name is not None else naming.default_ifname(kind.value, number)
+    if name is None and (o := _name_winner(me, others, ifname)) is not None:
+        msg = f"interface name {ifname} is used by {o.ref} on this node"
+        return _conflict(Reason.INTERFACE_NAME_IN_USE, msg, o)
+    iface: dict[str, object] = {"name": ifname, "type": kind.value}
+    iface["key" if kind is InterfaceType.VTI else "ifId"] = number
+    return Allocation(iface, Reason.PLACED)
 
-    def number_winner(n: int) -> Holder | None:
-        for o in others:
-            if o.number == n and beats(o, me, o.holds_number(n), me.holds_number(n)):
-                return o
-        return None
 
-    def name_winner(ifname: str) -> Holder | None:
-        for o in others:
-            if o.ifname == ifname and beats(o, me, o.holds_name(ifname), me.holds_name(ifname)):
-                return o
-        return None
+def _number_winner(me: Holder, others: list[Holder], n: int) -> Holder | None:
+    """The other tunnel that wins key/if_id `n` from `me`, if any."""
+    for o in others:
+        if o.number == n and beats(o, me, o.holds_number(n), me.holds_number(n)):
+            return o
+    return None
 
-    if number is not None and (o := number_winner(number)) is not None:
+
+def _name_winner(me: Holder, others: list[Holder], ifname: str) -> Holder | None:
+    """The other tunnel that wins interface name `ifname` from `me`, if any."""
+    for o in others:
+        if o.ifname == ifname and beats(o, me, o.holds_name(ifname), me.holds_name(ifname)):
+            return o
+    return None
+
+
+def _lost_claim(
+    me: Holder, kind: InterfaceType, number: int | None, name: str | None, others: list[Holder]
+) -> Allocation | None:
+    """The conflict over something the spec asks for (key/if_id, name, inside address)."""
+    if number is not None and (o := _number_winner(me, others, number)) is not None:
         reason = Reason.KEY_IN_USE if kind is InterfaceType.VTI else Reason.IF_ID_IN_USE
         what = "key" if kind is InterfaceType.VTI else "ifId"
         return _conflict(reason, f"{what} {number} is used by {o.ref} on this node", o)
-    if name is not None and (o := name_winner(name)) is not None:
+    if name is not None and (o := _name_winner(me, others, name)) is not None:
         msg = f"interface name {name} is used by {o.ref} on this node"
         return _conflict(Reason.INTERFACE_NAME_IN_USE, msg, o)
     for o in others:
@@ -136,22 +163,7 @@ def allocate(
         if shared and beats(o, me, o.placed, me.placed):
             msg = f"inside address {min(shared)} is used by {o.ref} on this node"
             return _conflict(Reason.ADDRESS_IN_USE, msg, o)
-
-    if number is None:
-        number = _keep_or_pick(me, name, kind, others, number_winner, name_winner, lo, hi)
-        if number is None:
-            return Allocation(
-                None,
-                Reason.ALLOCATION_EXHAUSTED,
-                f"no free key/ifId left in {lo}..{hi} on this node",
-            )
-    ifname = name if name is not None else naming.default_ifname(kind.value, number)
-    if name is None and (o := name_winner(ifname)) is not None:
-        msg = f"interface name {ifname} is used by {o.ref} on this node"
-        return _conflict(Reason.INTERFACE_NAME_IN_USE, msg, o)
-    iface: dict[str, object] = {"name": ifname, "type": kind.value}
-    iface["key" if kind is InterfaceType.VTI else "ifId"] = number
-    return Allocation(iface, Reason.PLACED)
+    return None
 
 
 def _keep_or_pick(
@@ -159,8 +171,6 @@ def _keep_or_pick(
     name: str | None,
     kind: InterfaceType,
     others: list[Holder],
-    number_winner: Callable[[int], Holder | None],
-    name_winner: Callable[[str], Holder | None],
     lo: int,
     hi: int,
 ) -> int | None:
@@ -169,8 +179,11 @@ def _keep_or_pick(
     if (
         held is not None
         and lo <= held <= hi
-        and number_winner(held) is None
-        and (name is not None or name_winner(naming.default_ifname(kind.value, held)) is None)
+        and _number_winner(me, others, held) is None
+        and (
+            name is not None
+            or _name_winner(me, others, naming.default_ifname(kind.value, held)) is None
+        )
     ):
         return held
     taken_numbers = {o.number for o in others if o.number is not None}
