@@ -28,6 +28,7 @@ from support.operator import (  # fixtures are imported to be used
 )
 
 GW = {"routevpn.io/gateway": "true"}
+OPT_IN = {naming.USAGE_LABEL: naming.USAGE_IKE}
 
 
 def delivered(kube: client.ApiClient, rns: str, ns: str, name: str) -> Any:
@@ -216,7 +217,11 @@ def test_missing_then_created_secret_and_unplaced_delete(
     assert f"{namespace}/psk" in got["message"]
     assert label(get_tunnel(kube, namespace, "t")) is None
     cast(Any, client.CoreV1Api(kube)).create_namespaced_secret(
-        namespace, {"metadata": {"name": "psk"}, "data": {"other": "eA=="}}
+        namespace,
+        {
+            "metadata": {"name": "psk", "labels": {"routevpn.io/usage": "ike"}},
+            "data": {"o": "eA=="},
+        },
     )
     wait_until(
         lambda: (

@@ -80,7 +80,8 @@ def test_placed_tunnel_keeps_running_through_a_missing_then_invalid_secret(
         ),
         what="Scheduled=False SecretMissing",
     )
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "psk"}, "data": {"x": "eQ=="}})
+    meta = {"name": "psk", "labels": {"routevpn.io/usage": "ike"}}
+    core.create_namespaced_secret(namespace, {"metadata": meta, "data": {"x": "eQ=="}})
     invalid = wait_until(
         tunnel_when(
             kube,

@@ -28,6 +28,9 @@ TUNNEL_NAME_LABEL: Final = f"{GROUP}/tunnel-name"
 #: On a delivered Secret: `namespace/name` of its tunnel, whole. Label values stop at 63
 #: characters and tunnel names don't, so the labels only narrow a listing; this is the truth.
 TUNNEL_ANNOTATION: Final = f"{GROUP}/tunnel"
+#: The opt-in label on a user's Secret that lets tunnels use it for IKE (`controller.bundle`).
+USAGE_LABEL: Final = f"{GROUP}/usage"
+USAGE_IKE: Final = "ike"
 #: sha256 of the delivered material, so the agent tells a rotation from a resync.
 CONTENT_HASH_ANNOTATION: Final = f"{GROUP}/content-hash"
 #: Finalizers: the operator's and the agent's are distinct (two kopf processes, one object).
