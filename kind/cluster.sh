@@ -165,10 +165,12 @@ step_example() {
     fi
     if ((DRY_RUN)); then
         printf '+ kubectl -n default create secret generic kind-peer-psk --from-literal=psk=%s' "$psk"
-        printf ' --dry-run=client -o yaml | kubectl apply -f -\n'
+        printf ' --dry-run=client -o yaml | kubectl label --local -f - routevpn.io/usage=ike -o yaml'
+        printf ' | kubectl apply -f -\n'
     else
         kubectl --kubeconfig "$KUBECONFIG_FILE" -n default create secret generic kind-peer-psk \
             --from-literal=psk="$psk" --dry-run=client -o yaml |
+            kubectl label --local -f - routevpn.io/usage=ike -o yaml |
             kubectl --kubeconfig "$KUBECONFIG_FILE" apply -f -
     fi
     kube apply -f "$ROOT/kind/example-tunnel.yaml"

@@ -34,6 +34,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from routevpn.api import naming
 from support import swanctl
 from support.charon import CHARON, Charon
 from support.cluster import ClusterAccess, free_port
@@ -277,7 +278,7 @@ def tunnel_body(w: World, name: str, **spec: Any) -> dict[str, Any]:
 
 def deliver_secret(w: World, name: str, psk: str) -> None:
     """The Secret the operator delivers into the agent's namespace."""
-    secret_name = f"tunnel-{w.tunnel_ns}-{name}"
+    secret_name = naming.secret_name(w.tunnel_ns, name)
     body = client.V1Secret(
         metadata=client.V1ObjectMeta(
             name=secret_name,
@@ -287,7 +288,10 @@ def deliver_secret(w: World, name: str, psk: str) -> None:
                 "routevpn.io/tunnel-namespace": w.tunnel_ns,
                 "routevpn.io/tunnel-name": name,
             },
-            annotations={"routevpn.io/content-hash": secrets.token_hex(8)},
+            annotations={
+                "routevpn.io/content-hash": secrets.token_hex(8),
+                **naming.delivered_annotations(w.tunnel_ns, name),
+            },
         ),
         data={"psk": base64.b64encode(psk.encode()).decode()},
     )

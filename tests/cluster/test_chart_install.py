@@ -9,10 +9,8 @@ so Pod Security admission really judges them: `restricted` where the operator ru
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 from collections.abc import Generator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,112 +20,17 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from support.cluster import Kubectl
+from support.helm import CHART, Helm, Release, helm_binary, install, label_pod_security
 from support.kube import create_namespace, delete_namespace, wait_until
-from support.tiers import missing
+from support.tokens import bound_token, token_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "routevpn"
 TUNNEL_EXAMPLE = ROOT / "examples" / "ipv4-vti.yaml"
-
-
-def _helm_binary() -> Path:
-    res = subprocess.run(
-        ["bash", str(ROOT / "hack" / "tools.sh"), "path", "helm"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    path = Path(res.stdout.strip())
-    if res.returncode != 0 or not path.exists():
-        missing("helm: run hack/tools.sh build")
-    return path
-
-
-@dataclass(frozen=True)
-class Helm:
-    """The pinned helm against the tier's cluster."""
-
-    binary: Path
-    kubeconfig: Path
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(
-            [str(self.binary), "--kubeconfig", str(self.kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        if check and res.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)}:\n{res.stdout}\n{res.stderr}")
-        return res
-
-
-@dataclass(frozen=True)
-class Release:
-    """One installed release: its name, namespaces and service accounts."""
-
-    name: str
-    namespace: str
-    agent_namespace: str
-    install_stdout: str
-    install_stderr: str
-
-    @property
-    def operator_sa(self) -> str:
-        return f"system:serviceaccount:{self.namespace}:{self.name}-routevpn-operator"
-
-    @property
-    def agent_sa(self) -> str:
-        return f"system:serviceaccount:{self.agent_namespace}:{self.name}-routevpn-agent"
 
 
 @pytest.fixture(scope="module")
 def helm(kubeconfig: Path) -> Helm:
-    return Helm(_helm_binary(), kubeconfig)
-
-
-def _label_pod_security(kubectl: Kubectl, namespace: str, level: str) -> None:
-    kubectl(
-        "label",
-        "namespace",
-        namespace,
-        "--overwrite",
-        f"pod-security.kubernetes.io/enforce={level}",
-        f"pod-security.kubernetes.io/warn={level}",
-    )
-
-
-def _install(
-    helm: Helm,
-    kube: client.ApiClient,
-    kubectl: Kubectl,
-    workdir: Path,
-    prefix: str,
-    **values: Any,
-) -> Generator[Release, None, None]:
-    """Install into a fresh `restricted` namespace; the agent into a namespace of its own."""
-    namespace = create_namespace(kube, prefix)
-    _label_pod_security(kubectl, namespace, "restricted")
-    name = f"rv{secrets.token_hex(3)}"
-    agent_ns = f"{namespace}-agent"
-    vals: dict[str, Any] = {
-        "agent": {"namespace": agent_ns},
-        # Cluster-scoped: unique per release so test releases never collide.
-        "operator": {"peering": {"name": name}},
-    }
-    for key, sub in values.items():
-        vals.setdefault(key, {}).update(sub)
-    vfile = workdir / f"values-{name}.yaml"
-    vfile.write_text(yaml.safe_dump(vals))
-    res = helm("install", name, str(CHART), "--namespace", namespace, "-f", str(vfile))
-    try:
-        yield Release(name, namespace, agent_ns, res.stdout, res.stderr)
-    finally:
-        helm("uninstall", name, "--namespace", namespace, "--wait", check=False)
-        delete_namespace(kube, namespace)
-        delete_namespace(kube, agent_ns)
+    return Helm(helm_binary(), kubeconfig)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +42,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def release(
     helm: Helm, kube: client.ApiClient, kubectl: Kubectl, workdir: Path, crd: list[str]
 ) -> Generator[Release, None, None]:
-    yield from _install(helm, kube, kubectl, workdir, "chart")
+    yield from install(helm, kube, kubectl, workdir, "chart")
 
 
 def _pods(kube: client.ApiClient, namespace: str, component: str) -> list[Any]:
@@ -213,11 +116,11 @@ def test_agent_in_a_restricted_namespace_is_refused(
     make_node: Any,
 ) -> None:
     """What the chart documents: the agent can't run under `restricted`."""
-    gen = _install(helm, kube, kubectl, workdir, "chart-psa")
+    gen = install(helm, kube, kubectl, workdir, "chart-psa")
     rel = next(gen)
     try:
         # The agent namespace exists (chart-made, privileged); tighten it to show why.
-        _label_pod_security(kubectl, rel.agent_namespace, "restricted")
+        label_pod_security(kubectl, rel.agent_namespace, "restricted")
         make_node(f"gw-{rel.name}", {"kubernetes.io/os": "linux"})
         refused = wait_until(
             lambda: [e for e in _events(kube, rel.agent_namespace) if "PodSecurity" in e],
@@ -256,8 +159,12 @@ OPERATOR_MATRIX = [
     ("update", VT, OTHER, False),
     ("create", VT, OTHER, False),
     ("delete", VT, OTHER, False),
+    # Users' Secrets: by name only, never listed or watched (no cluster-wide Secret watch).
     ("get", "secrets", OTHER, True),
-    ("list", "secrets", None, True),
+    ("list", "secrets", None, False),
+    ("watch", "secrets", OTHER, False),
+    ("list", "secrets", "release", True),
+    ("watch", "secrets", "release", True),
     ("create", "secrets", "release", True),
     ("delete", "secrets", "release", True),
     ("create", "secrets", OTHER, False),
@@ -265,6 +172,7 @@ OPERATOR_MATRIX = [
     ("patch", "secrets", OTHER, False),
     ("create", "events", OTHER, True),
     ("delete", "events", OTHER, False),
+    ("patch", "events", OTHER, False),
     ("patch", "clusterkopfpeerings.kopf.dev", None, True),
     ("patch", "kopfpeerings.kopf.dev", "release", True),
     ("patch", "kopfpeerings.kopf.dev", OTHER, False),
@@ -281,13 +189,15 @@ AGENT_MATRIX = [
     ("update", VT, OTHER, False),
     ("create", VT, OTHER, False),
     ("delete", VT, OTHER, False),
-    ("get", "secrets", "release", True),
+    ("get", "secrets", "release", False),  # its informer lists and watches; no GET
+    ("list", "secrets", "release", True),
     ("watch", "secrets", "release", True),
     ("get", "secrets", OTHER, False),
     ("list", "secrets", None, False),
     ("get", "secrets", "agent", False),
     ("create", "secrets", "release", False),
     ("create", "events", OTHER, True),
+    ("patch", "events", OTHER, False),
     ("get", "nodes", None, False),
     ("list", "pods", "agent", False),
     ("patch", "clusterkopfpeerings.kopf.dev", None, False),
@@ -320,15 +230,37 @@ def _tunnel_manifest() -> str:
 
 
 def test_agent_may_set_its_finalizer_but_not_change_spec(
-    release: Release, kubectl: Kubectl, kube: client.ApiClient
+    release: Release,
+    kubectl: Kubectl,
+    kube: client.ApiClient,
+    make_node: Any,
+    tmp_path: Path,
 ) -> None:
     ns = create_namespace(kube, "chart-guard")
     try:
-        kubectl("apply", "-n", ns, "-f", "-", input=_tunnel_manifest())
-        name = yaml.safe_load(_tunnel_manifest())["metadata"]["name"]
-        as_agent = (f"--as={release.agent_sa}", "-n", ns)
+        # The agent as it really authenticates: a token bound to its Pod on its node,
+        # for a tunnel placed there (the node guard refuses anything else).
+        node = f"gw-guard-{release.name}"
+        make_node(node)
+        manifest = yaml.safe_load(_tunnel_manifest())
+        manifest["metadata"]["labels"] = {"routevpn.io/node": node}
+        kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(manifest))
+        name = manifest["metadata"]["name"]
+        sa = release.agent_sa.rsplit(":", 1)[1]
+        token = bound_token(kube, release.agent_namespace, sa, node)
+        agent = Kubectl(
+            kubectl.binary, token_kubeconfig(kubectl.kubeconfig, token, tmp_path / "kc")
+        )
+        as_agent = ("-n", ns)
         finalizer = {"metadata": {"finalizers": ["routevpn.io/agent"]}}
-        kubectl("patch", VT, name, *as_agent, "--type=merge", "-p", json.dumps(finalizer))
+        wait_until(
+            lambda: agent(
+                "patch", VT, name, *as_agent, "--type=merge", "-p", json.dumps(finalizer),
+                check=False,
+            ).returncode == 0,
+            timeout=30,
+            what="the agent's finalizer on its own node's tunnel",
+        )  # fmt: skip
         spec = {"spec": {"interface": {"mtu": 1300}}}
 
         patch = ("--type=merge", "-p", json.dumps(spec))
@@ -336,13 +268,13 @@ def test_agent_may_set_its_finalizer_but_not_change_spec(
         def refused() -> subprocess.CompletedProcess[str] | None:
             # Server-side dry run: admission runs, nothing is stored, so an attempt made
             # before the guard is active can't change the spec behind the test's back.
-            res = kubectl("patch", VT, name, *as_agent, *patch, "--dry-run=server", check=False)
+            res = agent("patch", VT, name, *as_agent, *patch, "--dry-run=server", check=False)
             return res if res.returncode != 0 else None
 
         # The apiserver learns policies through an informer: allow it a moment.
         # (Were the guard missing, every dry run would succeed and this would time out.)
         wait_until(refused, timeout=30, what="the spec guard refusing a spec patch")
-        denied = kubectl("patch", VT, name, *as_agent, *patch, check=False)
+        denied = agent("patch", VT, name, *as_agent, *patch, check=False)
         assert denied.returncode != 0, "the agent changed a VpnTunnel's spec"
         assert "never its spec" in denied.stderr, denied.stderr
         got = json.loads(kubectl("get", VT, name, "-n", ns, "-o", "json").stdout)
@@ -359,7 +291,7 @@ def test_agent_may_set_its_finalizer_but_not_change_spec(
 def test_upgrade_with_changed_values_then_uninstall(
     helm: Helm, kube: client.ApiClient, kubectl: Kubectl, workdir: Path, crd: list[str]
 ) -> None:
-    gen = _install(helm, kube, kubectl, workdir, "chart-upgrade")
+    gen = install(helm, kube, kubectl, workdir, "chart-upgrade")
     rel = next(gen)
     try:
         apps: Any = client.AppsV1Api(kube)
@@ -390,7 +322,10 @@ def test_upgrade_with_changed_values_then_uninstall(
         assert env["ROUTEVPN_LOG_LEVEL"] == "debug"
         admission: Any = client.AdmissionregistrationV1Api(kube)
         policies = admission.list_validating_admission_policy()
-        assert not [p for p in policies.items if p.metadata.name.startswith(rel.name)]
+        ours = [p.metadata.name for p in policies.items if p.metadata.name.startswith(rel.name)]
+        # specGuard off: its policy is gone; the node guard (still on) stays.
+        assert [n for n in ours if n.endswith("-spec-guard")] == []
+        assert [n for n in ours if n.endswith("-node-guard")] != []
         history = helm("history", rel.name, "--namespace", rel.namespace, "-o", "json")
         assert [h["revision"] for h in json.loads(history.stdout)] == [1, 2]
 

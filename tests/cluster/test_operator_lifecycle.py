@@ -9,6 +9,7 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client import ApiException
 
+from routevpn.api import naming
 from support.kube import NodeFactory, wait_until
 from support.operator import (  # fixtures are imported to be used
     agent_apply,
@@ -27,11 +28,12 @@ from support.operator import (  # fixtures are imported to be used
 )
 
 GW = {"routevpn.io/gateway": "true"}
+OPT_IN = {naming.USAGE_LABEL: naming.USAGE_IKE}
 
 
 def delivered(kube: client.ApiClient, rns: str, ns: str, name: str) -> Any:
     try:
-        return client.CoreV1Api(kube).read_namespaced_secret(f"tunnel-{ns}-{name}", rns)
+        return client.CoreV1Api(kube).read_namespaced_secret(naming.secret_name(ns, name), rns)
     except ApiException as e:
         if e.status == 404:
             return None
@@ -215,7 +217,11 @@ def test_missing_then_created_secret_and_unplaced_delete(
     assert f"{namespace}/psk" in got["message"]
     assert label(get_tunnel(kube, namespace, "t")) is None
     cast(Any, client.CoreV1Api(kube)).create_namespaced_secret(
-        namespace, {"metadata": {"name": "psk"}, "data": {"other": "eA=="}}
+        namespace,
+        {
+            "metadata": {"name": "psk", "labels": {"routevpn.io/usage": "ike"}},
+            "data": {"o": "eA=="},
+        },
     )
     wait_until(
         lambda: (

@@ -10,6 +10,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client import ApiException
 
+from routevpn.api import naming
 from support.kube import NodeFactory, wait_until
 from support.operator import (  # fixtures are imported to be used
     DEFAULT_PSK,
@@ -32,7 +33,7 @@ from support.operator import (  # fixtures are imported to be used
 
 def _delivered(kube: client.ApiClient, rns: str, ns: str, name: str) -> Any:
     try:
-        return client.CoreV1Api(kube).read_namespaced_secret(f"tunnel-{ns}-{name}", rns)
+        return client.CoreV1Api(kube).read_namespaced_secret(naming.secret_name(ns, name), rns)
     except ApiException as e:
         if e.status == 404:
             return None
@@ -79,7 +80,8 @@ def test_placed_tunnel_keeps_running_through_a_missing_then_invalid_secret(
         ),
         what="Scheduled=False SecretMissing",
     )
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "psk"}, "data": {"x": "eQ=="}})
+    meta = {"name": "psk", "labels": {"routevpn.io/usage": "ike"}}
+    core.create_namespaced_secret(namespace, {"metadata": meta, "data": {"x": "eQ=="}})
     invalid = wait_until(
         tunnel_when(
             kube,

@@ -37,6 +37,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from routevpn.api import naming
 from support import labspec
 from support import swanctl as sw
 from support.cluster import ControlPlane, Kubectl, bin_dir, free_port
@@ -272,13 +273,16 @@ def deliver_secret(lab: Lab, name: str) -> None:
         lab.agent_ns,
         client.V1Secret(
             metadata=client.V1ObjectMeta(
-                name=f"tunnel-{lab.tunnel_ns}-{name}",
+                name=naming.secret_name(lab.tunnel_ns, name),
                 labels={
                     NODE_LABEL: lab.node,
                     "routevpn.io/tunnel-namespace": lab.tunnel_ns,
                     "routevpn.io/tunnel-name": name,
                 },
-                annotations={"routevpn.io/content-hash": "h1"},
+                annotations={
+                    "routevpn.io/content-hash": "h1",
+                    **naming.delivered_annotations(lab.tunnel_ns, name),
+                },
             ),
             data={"psk": base64.b64encode(lab.psk.encode()).decode()},
         ),

@@ -41,6 +41,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "kernelModules": {"load": False},
             "mountProcSysNet": False,
             "specGuard": {"enabled": False},
+            "nodeGuard": {"enabled": False},
         },
         "metrics": {"service": {"enabled": False}},
     },
@@ -52,6 +53,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "operator": {
             "replicas": 3,
             "extraArgs": ["--concurrency=16"],
+            "watchNamespaces": ["tenant-a", "tenant-b"],
             "extraEnv": [{"name": "EXTRA", "value": "1"}],
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "infra"}],
             "priorityClassName": "system-cluster-critical",
@@ -60,6 +62,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "agent": {
             "nodeSelector": {"routevpn.io/gateway": "true"},
             "httpPort": 19478,
+            "bindAddress": "192.0.2.7",
             "createNamespace": False,
             "namespace": "existing-agent-ns",
         },

@@ -69,6 +69,7 @@ class Operator:
         *,
         not_ready_grace: float = 1.0,
         orphan_wait: float = 2.0,
+        secret_reread: float = 1.0,
         extra_args: Sequence[str] = (),
         log_level: str = "info",
     ) -> None:
@@ -92,6 +93,9 @@ class Operator:
             str(orphan_wait),
             "--not-ready-grace",
             str(not_ready_grace),
+            # Rotation is followed by re-reading referenced Secrets: fast in tests.
+            "--secret-reread",
+            str(secret_reread),
             *extra_args,
         ]
         self._out = log.open("ab")
@@ -199,8 +203,9 @@ def peering(api: client.ApiClient, name: str) -> Iterator[str]:
 
 
 def psk_secret(api: client.ApiClient, ns: str, name: str = "psk", value: str = DEFAULT_PSK) -> None:
-    """Create a PSK Secret (key `psk`, base64 `value`) in `ns`."""
-    _core(api).create_namespaced_secret(ns, {"metadata": {"name": name}, "data": {"psk": value}})
+    """Create a PSK Secret (key `psk`, base64 `value`, the IKE opt-in label) in `ns`."""
+    meta = {"name": name, "labels": {"routevpn.io/usage": "ike"}}
+    _core(api).create_namespaced_secret(ns, {"metadata": meta, "data": {"psk": value}})
 
 
 def tunnel_body(name: str, selector: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:

@@ -239,7 +239,7 @@ class Agent:
 
 
 def _owner(secret: Obj) -> Key | None:
-    return naming.delivered_tunnel(secret.get("metadata") or {})
+    return naming.current_delivered(secret.get("metadata") or {})
 
 
 def _rv(obj: dict[str, Any] | None) -> str | None:

@@ -106,8 +106,10 @@ class PskAuth(ApiModel):
 
     secret_ref: SecretKeyRef = Field(
         description=(
-            "Secret holding the pre-shared key (key default: `psk`). Use at least 32 random "
-            "bytes; the key is delivered to the node's agent and never written to status."
+            "An Opaque Secret holding the pre-shared key (key default: `psk`), labelled "
+            "`routevpn.io/usage: ike` (the opt-in without which no Secret is used). Use at "
+            "least 32 random bytes; only that key is delivered to the node's agent, and it "
+            "is never written to status."
         ),
     )
 
@@ -117,15 +119,17 @@ class X509Auth(ApiModel):
 
     secret_ref: SecretKeyRef = Field(
         description=(
-            "A `kubernetes.io/tls` Secret with `tls.crt` (this side's certificate, chain "
-            "allowed) and `tls.key` (its private key). `key` is ignored."
+            "A `kubernetes.io/tls` Secret labelled `routevpn.io/usage: ike`, with `tls.crt` "
+            "(this side's certificate, chain allowed) and `tls.key` (its private key). `key` "
+            "is ignored."
         ),
     )
     ca_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description=(
             "The CA certificate(s) that issued the peer's certificate (key default: "
-            "`ca.crt`). Default: `ca.crt` of secretRef, as cert-manager writes it."
+            "`ca.crt`), in a Secret labelled `routevpn.io/usage: ike`. Default: `ca.crt` of "
+            "secretRef, as cert-manager writes it."
         ),
     )
 

@@ -28,6 +28,9 @@ TUNNEL_NAME_LABEL: Final = f"{GROUP}/tunnel-name"
 #: On a delivered Secret: `namespace/name` of its tunnel, whole. Label values stop at 63
 #: characters and tunnel names don't, so the labels only narrow a listing; this is the truth.
 TUNNEL_ANNOTATION: Final = f"{GROUP}/tunnel"
+#: The opt-in label on a user's Secret that lets tunnels use it for IKE (`controller.bundle`).
+USAGE_LABEL: Final = f"{GROUP}/usage"
+USAGE_IKE: Final = "ike"
 #: sha256 of the delivered material, so the agent tells a rotation from a resync.
 CONTENT_HASH_ANNOTATION: Final = f"{GROUP}/content-hash"
 #: Finalizers: the operator's and the agent's are distinct (two kopf processes, one object).
@@ -91,17 +94,33 @@ def default_ifname(kind: str, ident: int) -> str:
     return f"{prefix}{ident}"
 
 
+#: First label of a delivered Secret's name, and of a hashed one (see `secret_name`).
+DELIVERED_PREFIX: Final = "tunnel"
+DELIVERED_HASHED_PREFIX: Final = "tunnel-h"
+OBJECT_NAME_MAX: Final = 253
+
+
 def secret_name(namespace: str, name: str) -> str:
     """Name of the Secret (in routevpn's namespace) the operator delivers for a tunnel.
 
-    Kubernetes object names are at most 253 characters; namespace (63) + name (253)
-    could exceed that, so long pairs are shortened with a stable hash.
+    Unique for every (namespace, name): `tunnel.<namespace>.<name>`. Namespaces are DNS
+    labels (no dots), so the first dot after the prefix ends the namespace. (It was
+    `tunnel-<namespace>-<name>`, the same for tunnel `b-c` in `a` and tunnel `c` in
+    `a-b`: written with force, one tunnel could be keyed with another's PSK.)
+
+    A pair too long for 253 characters becomes
+    `tunnel-h.<namespace>.<sha256 of namespace/name>.<head of name>`: another first
+    label, so it never equals a plain name, and the whole digest keeps it unique.
     """
-    base = f"tunnel-{namespace}-{name}"
-    if len(base) <= 253:
-        return base
-    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:10]
-    return f"{base[:242]}-{digest}"
+    plain = f"{DELIVERED_PREFIX}.{namespace}.{name}"
+    if len(plain) <= OBJECT_NAME_MAX:
+        return plain
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()
+    hashed = f"{DELIVERED_HASHED_PREFIX}.{namespace}.{digest}"
+    room = OBJECT_NAME_MAX - len(hashed) - 1
+    # A name starts with an alphanumeric; its head must end with one (DNS subdomain).
+    head = name[:room].rstrip("-.")
+    return f"{hashed}.{head}" if head else hashed
 
 
 def delivered_annotations(namespace: str, name: str) -> dict[str, str]:
@@ -121,6 +140,18 @@ def delivered_tunnel(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
     if not sep or not ns or not name:
         return None
     return ns, name
+
+
+def current_delivered(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The tunnel of a delivered Secret whose name is the current `secret_name` for it.
+
+    None for a Secret delivered under an older naming (or naming nothing): the operator
+    deletes those, and an agent never reads one (during an upgrade both names may exist
+    for a moment, and the old one's deletion must not take the tunnel's key away)."""
+    tunnel = delivered_tunnel(metadata)
+    if tunnel is None or metadata.get("name") != secret_name(*tunnel):
+        return None
+    return tunnel
 
 
 def tunnel_ref(namespace: str, name: str) -> str:

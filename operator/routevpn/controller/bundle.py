@@ -2,6 +2,14 @@
 
 Values stay base64 as the API server hands them over (Secret.data): they are copied,
 never decoded, logged or put in a message. Problems name the Secret and key only.
+
+Only the keys the auth type uses are delivered (PSK: `psk`; x509: `tls.crt`, `tls.key`,
+`ca.crt`), and only from a Secret that opted in: it carries the label
+`routevpn.io/usage: ike`, and is of type Opaque (PSK) or `kubernetes.io/tls` (x509).
+The operator can read Secrets a tenant can't, so without the opt-in whoever may create
+a VpnTunnel could feed any key of their namespace (an ingress `tls.key`, a database
+password) into IKE towards a peer of their choosing. The label says that someone who
+may write that Secret meant it for IKE.
 """
 
 from __future__ import annotations
@@ -20,10 +28,24 @@ from routevpn.controller.model import (
     TUNNEL_NAMESPACE_LABEL,
 )
 
-#: A user Secret as read: its type and data (base64 values), or None when it does not exist.
-UserSecret = tuple[str, Mapping[str, str]] | None
-
 TLS_TYPE = "kubernetes.io/tls"
+OPAQUE_TYPE = "Opaque"
+#: The opt-in label every Secret a tunnel refers to must carry, and its value.
+USAGE_LABEL = naming.USAGE_LABEL
+USAGE_IKE = naming.USAGE_IKE
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A user Secret as read: its type, data (base64 values), and whether it opted in."""
+
+    type: str
+    data: Mapping[str, str]
+    opted_in: bool
+
+
+#: A user Secret as read, or None when it does not exist.
+UserSecret = Found | None
 #: The `app.kubernetes.io/managed-by` value of delivered Secrets (the operator lists by it).
 MANAGED_BY = "routevpn-operator"
 
@@ -70,42 +92,44 @@ def build(
 ) -> Bundle | SecretProblem:
     """The bundle for a tunnel in `namespace` from its referenced Secrets (by name)."""
     auth = spec.auth
-    data: dict[str, str] = {}
+    wanted: list[tuple[str, str, str, str]] = []  # (delivered key, Secret, its key, type)
     if auth.type is AuthType.PSK and auth.psk is not None:
         ref = auth.psk.secret_ref
-        got = _key(secrets, namespace, ref.name, ref.key or "psk")
-        if isinstance(got, SecretProblem):
-            return got
-        data["psk"] = got
+        wanted.append(("psk", ref.name, ref.key or "psk", OPAQUE_TYPE))
     elif auth.x509 is not None:
         ref = auth.x509.secret_ref
-        sec = secrets.get(ref.name)
-        if sec is not None and sec[0] != TLS_TYPE:
-            return SecretProblem(
-                Reason.SECRET_INVALID,
-                f"Secret {namespace}/{ref.name} is of type {sec[0]}, not {TLS_TYPE}",
-            )
-        for key in ("tls.crt", "tls.key"):
-            got = _key(secrets, namespace, ref.name, key)
-            if isinstance(got, SecretProblem):
-                return got
-            data[key] = got
+        wanted += [(k, ref.name, k, TLS_TYPE) for k in ("tls.crt", "tls.key")]
         ca = auth.x509.ca_secret_ref
         ca_name, ca_key = (ca.name, ca.key or "ca.crt") if ca else (ref.name, "ca.crt")
-        got = _key(secrets, namespace, ca_name, ca_key)
+        wanted.append(("ca.crt", ca_name, ca_key, TLS_TYPE if ca is None else ""))
+    data: dict[str, str] = {}
+    for out, name, key, type_ in wanted:
+        got = _key(secrets, namespace, name, key, type_)
         if isinstance(got, SecretProblem):
             return got
-        data["ca.crt"] = got
+        data[out] = got
     return Bundle(data, content_hash(data))
 
 
 def _key(
-    secrets: Mapping[str, UserSecret], namespace: str, name: str, key: str
+    secrets: Mapping[str, UserSecret], namespace: str, name: str, key: str, type_: str
 ) -> str | SecretProblem:
+    """The value of `key` in Secret `name`, which must exist, have opted in and (if
+    `type_` is set) be of that type."""
     sec = secrets.get(name)
     if sec is None:
         return SecretProblem(Reason.SECRET_MISSING, f"Secret {namespace}/{name} does not exist")
-    value = sec[1].get(key)
+    if not sec.opted_in:
+        return SecretProblem(
+            Reason.SECRET_INVALID,
+            f"Secret {namespace}/{name} lacks the label {USAGE_LABEL}={USAGE_IKE} that "
+            "allows routevpn to use it for IKE",
+        )
+    if type_ and sec.type != type_:
+        return SecretProblem(
+            Reason.SECRET_INVALID, f"Secret {namespace}/{name} is of type {sec.type}, not {type_}"
+        )
+    value = sec.data.get(key)
     if not value:
         return SecretProblem(
             Reason.SECRET_INVALID, f"Secret {namespace}/{name} has no (or an empty) key {key}"

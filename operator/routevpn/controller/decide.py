@@ -48,6 +48,12 @@ class OperatorSettings:
     not_ready_grace_seconds: float = 60.0
     alloc_min: int = naming.ALLOC_MIN
     alloc_max: int = naming.ALLOC_MAX
+    #: Namespaces whose tunnels this operator serves; None: every namespace.
+    namespaces: frozenset[str] | None = None
+
+    def serves(self, namespace: str) -> bool:
+        """Does this operator serve tunnels (and read Secrets) in `namespace`?"""
+        return self.namespaces is None or namespace in self.namespaces
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,11 @@
 """kopf registrations: thin handlers that keep the view current and queue tunnels.
 
-Indexes fill the view (tunnels, nodes, delivered Secrets) and kopf runs no handler until
-every index holds the whole listing, so the first allocation already sees every number
-that existing tunnels hold. Event handlers only queue the tunnels to look at.
+Indexes fill the view (tunnels, nodes) and kopf runs no handler until every index holds
+the whole listing, so the first allocation already sees every number that existing
+tunnels hold. Event handlers only queue the tunnels to look at. Secrets are not watched
+through kopf (it would watch every Secret of the cluster): `controller.secrets` watches
+the delivered ones in routevpn's namespace only and reads users' Secrets by name.
+Tunnels of namespaces the operator does not serve (`--watch-namespaces`) are ignored.
 
 Every handler is `async` although none awaits: kopf runs plain functions in a thread
 pool, and the view and the queue must only ever be touched from the event loop's thread
@@ -24,17 +27,14 @@ from routevpn.api import naming
 from routevpn.controller.decide import OperatorSettings
 from routevpn.controller.leader import Leader
 from routevpn.controller.metrics import API_WRITES, REGISTRY
-from routevpn.controller.model import (
-    CONTENT_HASH_ANNOTATION,
-    delivered_from_body,
-    node_from_body,
-    tunnel_from_body,
-)
+from routevpn.controller.model import node_from_body, tunnel_from_body
 from routevpn.controller.reconciler import OperatorReconciler
+from routevpn.controller.secrets import SecretFollower, delivered_selector
 from routevpn.controller.store import Store
 from routevpn.kube import http
 from routevpn.kube.client import KubeClient, connect
 from routevpn.kube.events import EventPoster
+from routevpn.kube.watch import Watcher, WatchItem
 
 
 @dataclass
@@ -49,9 +49,12 @@ class Runtime:
     http_host: str
     http_port: int
     concurrency: int = 32
+    #: Seconds between re-reads of the user Secrets tunnels refer to (rotation latency).
+    secret_reread_seconds: float = 60.0
     store: Store = field(default_factory=Store)
     reconciler: OperatorReconciler | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    watchers: list[Watcher] = field(default_factory=list)
     http_runner: Any = None
     #: Node facts as node_event last acted on them (the index has already updated the view).
     nodes_handled: dict[str, Any] = field(default_factory=dict)
@@ -126,6 +129,7 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         asyncio.create_task(leader.run(lambda: _read_peering(kube, rt.peering), reconciler.resync))
     )
     rt.tasks.append(asyncio.create_task(_gauge(reconciler)))
+    _follow_secrets(rt, kube, reconciler)
     rt.http_runner = await http.serve(http.app(REGISTRY), rt.http_host, rt.http_port)
     logger.info(
         "routevpn operator: namespace %s, peering %s (priority %d), http %s:%d",
@@ -135,6 +139,23 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         rt.http_host,
         rt.http_port,
     )
+
+
+def _follow_secrets(rt: Runtime, kube: KubeClient, reconciler: OperatorReconciler) -> None:
+    """Watch delivered Secrets in our namespace only; re-read referenced ones by name."""
+    follower = SecretFollower(reconciler, rt.secret_reread_seconds)
+    queue: asyncio.Queue[WatchItem] = asyncio.Queue()
+    lister = kube.secrets(rt.settings.routevpn_namespace, delivered_selector())
+    watcher = Watcher(lister, asyncio.get_running_loop(), queue)
+    watcher.start()
+    rt.watchers.append(watcher)
+
+    async def consume() -> None:
+        while True:
+            follower.on_delivered(await queue.get())
+
+    rt.tasks.append(asyncio.create_task(consume()))
+    rt.tasks.append(asyncio.create_task(follower.reread_loop()))
 
 
 async def _read_peering(kube: KubeClient, name: str) -> dict[str, Any] | None:
@@ -156,6 +177,8 @@ async def _gauge(reconciler: OperatorReconciler) -> None:
 async def stop(**_: Any) -> None:
     """Stop the reconciler and the HTTP server."""
     rt = _rt()
+    for watcher in rt.watchers:
+        watcher.stop()
     for task in rt.tasks:
         task.cancel()
     if rt.http_runner is not None:
@@ -168,7 +191,9 @@ async def stop(**_: Any) -> None:
 @kopf.index(naming.GROUP, naming.VERSION, naming.PLURAL)
 async def tunnels(body: kopf.Body, **_: Any) -> None:
     """Keep the tunnel view current (deletions: see `tunnel_event`)."""
-    _rt().store.put_tunnel(tunnel_from_body(body))
+    rec = tunnel_from_body(body)
+    if _rt().settings.serves(rec.namespace):
+        _rt().store.put_tunnel(rec)
 
 
 @kopf.index("", "v1", "nodes")
@@ -176,23 +201,6 @@ async def nodes(body: kopf.Body, **_: Any) -> None:
     """Keep the node view current."""
     rec = node_from_body(body)
     _rt().store.nodes[rec.name] = rec
-
-
-@kopf.index("", "v1", "secrets")
-async def secrets(body: kopf.Body, namespace: str | None, name: str | None, **_: Any) -> None:
-    """Delivered Secrets (by tunnel) and the user Secrets tunnels refer to (cached)."""
-    store = _rt().store
-    if namespace == _rt().settings.routevpn_namespace and CONTENT_HASH_ANNOTATION in (
-        body.metadata.annotations or {}
-    ):
-        got = delivered_from_body(body)
-        if got.tunnel is not None:
-            store.delivered[got.tunnel] = got
-    elif (namespace, name) in store.user_secrets and namespace and name:
-        store.user_secrets[(namespace, name)] = (
-            str(body.get("type") or "Opaque"),
-            dict(body.get("data") or {}),
-        )
 
 
 # --- what to look at --------------------------------------------------------------------
@@ -203,6 +211,8 @@ async def tunnel_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """Queue the tunnel; on deletion forget it and wake tunnels waiting for its claims."""
     rt, r = _rt(), _reconciler()
     rec = tunnel_from_body(body)
+    if not rt.settings.serves(rec.namespace):
+        return
     if event.get("type") == "DELETED":
         rt.store.drop_tunnel(rec.key)
         for key in rt.store.waiting_on_others():
@@ -231,33 +241,3 @@ async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if not rec.ready:
             # Look again once "NotReady for a moment" has become "NotReady for good".
             r.enqueue(key, rt.settings.not_ready_grace_seconds + 0.5)
-
-
-@kopf.on.event("", "v1", "secrets")
-async def secret_event(
-    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str | None, **_: Any
-) -> None:
-    """React only to Secrets that tunnels refer to (and to our own delivered ones)."""
-    if not namespace or not name:
-        return
-    rt, r = _rt(), _reconciler()
-    deleted = event.get("type") == "DELETED"
-    if namespace == rt.settings.routevpn_namespace:
-        got = delivered_from_body(body)
-        if got.tunnel is not None:
-            if deleted:
-                rt.store.delivered.pop(got.tunnel, None)
-            else:
-                rt.store.delivered[got.tunnel] = got
-            r.enqueue(got.tunnel)
-        return
-    users = rt.store.referencing(namespace, name)
-    if not users and (namespace, name) not in rt.store.user_secrets:
-        return
-    # Cached but unused (its tunnels are gone) still follows: the index below never sees
-    # a deletion, and a tunnel created later must not start from a Secret that is gone.
-    rt.store.user_secrets[(namespace, name)] = (
-        None if deleted else (str(body.get("type") or "Opaque"), dict(body.get("data") or {}))
-    )
-    for key in users:
-        r.enqueue(key)

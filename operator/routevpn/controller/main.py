@@ -15,6 +15,12 @@ from routevpn.controller import handlers
 from routevpn.controller.decide import OperatorSettings
 
 
+def namespaces(text: str) -> frozenset[str] | None:
+    """`--watch-namespaces` as a set; None (every namespace) when empty."""
+    got = frozenset(n.strip() for n in text.split(",") if n.strip())
+    return got or None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM."""
     level = os.environ.get("ROUTEVPN_LOG_LEVEL", "info").upper()
@@ -30,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
             routevpn_namespace=args.namespace,
             orphan_wait_seconds=args.orphan_wait,
             not_ready_grace_seconds=args.not_ready_grace,
+            namespaces=namespaces(args.watch_namespaces),
         ),
         peering=args.peering,
         priority=priority,
@@ -37,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         http_host=args.http_host,
         http_port=args.http_port,
         concurrency=args.concurrency,
+        secret_reread_seconds=args.secret_reread,
     )
     kopf.run(
         clusterwide=True,

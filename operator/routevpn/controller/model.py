@@ -162,7 +162,9 @@ class DeliveredRecord:
 
 
 def delivered_from_body(body: Mapping[str, Any]) -> DeliveredRecord:
-    """A DeliveredRecord from a Secret body; only labels and the hash annotation are read."""
+    """A DeliveredRecord from a Secret body; only labels and annotations are read.
+
+    `tunnel` is None for a Secret whose name is not its tunnel's current one (stale)."""
     meta = body.get("metadata") or {}
     labels = meta.get("labels") or {}
     ann = meta.get("annotations") or {}
@@ -170,7 +172,7 @@ def delivered_from_body(body: Mapping[str, Any]) -> DeliveredRecord:
         name=str(meta.get("name", "")),
         node=labels.get(naming.NODE_LABEL) or None,
         content_hash=str(ann.get(CONTENT_HASH_ANNOTATION, "")),
-        tunnel=naming.delivered_tunnel(meta),
+        tunnel=naming.current_delivered(meta),
     )
 
 

@@ -43,6 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a node may be NotReady before its tunnels move",
     )
     parser.add_argument(
+        "--watch-namespaces",
+        default=os.environ.get("ROUTEVPN_WATCH_NAMESPACES", ""),
+        help="comma-separated namespaces whose tunnels to serve and whose Secrets to read "
+        "(default: every namespace)",
+    )
+    parser.add_argument(
+        "--secret-reread",
+        type=float,
+        default=60.0,
+        help="seconds between re-reads of the Secrets tunnels refer to: a rotated key "
+        "reaches its tunnels within this (one GET per referenced Secret per period)",
+    )
+    parser.add_argument(
         "--concurrency",
         type=int,
         default=32,

@@ -58,10 +58,15 @@ class NotLeadingError(Exception):
 
 
 def user_secret(body: Mapping[str, Any] | None) -> bundle.UserSecret:
-    """A user's Secret as (type, data), or None when it does not exist."""
+    """A user's Secret as read (type, data, opt-in label), or None when it does not exist."""
     if body is None:
         return None
-    return str(body.get("type") or "Opaque"), dict(body.get("data") or {})
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    return bundle.Found(
+        type=str(body.get("type") or bundle.OPAQUE_TYPE),
+        data=dict(body.get("data") or {}),
+        opted_in=labels.get(bundle.USAGE_LABEL) == bundle.USAGE_IKE,
+    )
 
 
 class OperatorReconciler:
@@ -87,6 +92,8 @@ class OperatorReconciler:
         self._busy: set[TunnelKey] = set()
         self._again: set[TunnelKey] = set()
         self._waiting_since: dict[TunnelKey, float] = {}
+        self._stale: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def enqueue(self, key: TunnelKey, delay: float = 0.0) -> None:
         """Look at tunnel `key` (again) now or after `delay` seconds."""
@@ -113,19 +120,49 @@ class OperatorReconciler:
         event)."""
         items = await self.kube.list_tunnels()
         nodes = await self.kube.list_nodes()
-        delivered = await self.kube.list_secrets(
-            self.settings.routevpn_namespace, f"app.kubernetes.io/managed-by={bundle.MANAGED_BY}"
-        )
-        self.store.resync(tunnel_from_body(body) for body in items)
+        delivered = [
+            delivered_from_body(b)
+            for b in await self.kube.list_secrets(
+                self.settings.routevpn_namespace,
+                f"app.kubernetes.io/managed-by={bundle.MANAGED_BY}",
+            )
+        ]
+        served = (tunnel_from_body(body) for body in items)
+        self.store.resync(rec for rec in served if self.settings.serves(rec.namespace))
         self.store.nodes = {rec.name: rec for rec in (node_from_body(b) for b in nodes)}
-        self.store.delivered = {
-            got.tunnel: got
-            for got in (delivered_from_body(b) for b in delivered)
-            if got.tunnel is not None
-        }
+        self.store.delivered = {got.tunnel: got for got in delivered if got.tunnel is not None}
+        for got in delivered:
+            if got.tunnel is None:
+                self.delete_stale_secret(got.name)
         self._waiting_since.clear()
         for key in list(self.store.tunnels):
             self.enqueue(key)
+
+    @property
+    def active(self) -> bool:
+        """May this replica act now (always, without a leader)?"""
+        return self._may_act()
+
+    def delete_stale_secret(self, name: str) -> None:
+        """Delete (in the background, if we lead) a delivered Secret under a name that
+        is not its tunnel's current one: left by an older naming (`naming.secret_name`)."""
+        if name in self._stale or not self._may_act():
+            return  # the next resync (when we lead) lists it again
+        self._stale.add(name)
+
+        async def delete() -> None:
+            try:
+                self._guard()
+                await self.kube.delete_secret(self.settings.routevpn_namespace, name)
+                log.info("deleted delivered Secret %s (not its tunnel's current name)", name)
+            except Exception as e:  # the next listing finds it again
+                log.warning("stale delivered Secret %s not deleted: %s", name, type(e).__name__)
+            finally:
+                self._stale.discard(name)
+
+        task = asyncio.get_running_loop().create_task(delete())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _may_act(self) -> bool:
         return self.leader is None or self.leader.active

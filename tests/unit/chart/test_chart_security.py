@@ -42,8 +42,9 @@ def test_operator_cluster_role(docs: list[Manifest]) -> None:
         ("", "nodes", READ),
         ("routevpn.io", "vpntunnels", v("get", "list", "watch", "patch")),
         ("routevpn.io", "vpntunnels/status", v("patch")),
-        ("", "secrets", READ),
-        ("", "events", v("create", "patch")),
+        # Users' Secrets by name only: never list or watch (no cluster-wide Secret watch).
+        ("", "secrets", v("get")),
+        ("", "events", v("create")),
         ("kopf.dev", "clusterkopfpeerings", v("get", "list", "watch", "patch")),
     }
 
@@ -52,7 +53,7 @@ def test_operator_role_is_in_the_release_namespace_only(docs: list[Manifest]) ->
     role = find(docs, "Role", "operator")
     assert role["metadata"]["namespace"] == "routevpn-system"
     assert rules(role) == {
-        ("", "secrets", v("create", "update", "patch", "delete")),
+        ("", "secrets", v("list", "watch", "create", "update", "patch", "delete")),
         ("kopf.dev", "kopfpeerings", v("get", "list", "watch", "patch")),
         ("coordination.k8s.io", "leases", v("get", "list", "watch", "create", "update", "patch")),
     }
@@ -62,14 +63,15 @@ def test_agent_cluster_role(docs: list[Manifest]) -> None:
     assert rules(find(docs, "ClusterRole", "agent")) == {
         ("routevpn.io", "vpntunnels", v("get", "list", "watch", "patch")),
         ("routevpn.io", "vpntunnels/status", v("patch")),
-        ("", "events", v("create", "patch")),
+        ("", "events", v("create")),
     }
 
 
 def test_agent_reads_secrets_only_where_the_operator_delivers_them(docs: list[Manifest]) -> None:
     role = find(docs, "Role", "agent")
     assert role["metadata"]["namespace"] == "routevpn-system"
-    assert rules(role) == {("", "secrets", READ)}
+    # list and watch (its informer); it never GETs a Secret.
+    assert rules(role) == {("", "secrets", v("list", "watch"))}
     binding = find(docs, "RoleBinding", "agent")
     assert binding["metadata"]["namespace"] == "routevpn-system"
     assert binding["subjects"] == [
@@ -100,14 +102,14 @@ def test_bindings_point_at_their_own_roles(docs: list[Manifest]) -> None:
 
 
 def test_spec_guard_names_the_agent_service_account(docs: list[Manifest]) -> None:
-    policy = find(docs, "ValidatingAdmissionPolicy")
+    policy = find(docs, "ValidatingAdmissionPolicy", "spec-guard")
     sa = find(docs, "ServiceAccount", "agent")["metadata"]
     user = f"system:serviceaccount:{sa['namespace']}:{sa['name']}"
     (cond,) = policy["spec"]["matchConditions"]
     assert cond["expression"] == f'request.userInfo.username == "{user}"'
     (resource_rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
     assert resource_rule["resources"] == ["vpntunnels"]  # not vpntunnels/status
-    binding = find(docs, "ValidatingAdmissionPolicyBinding")
+    binding = find(docs, "ValidatingAdmissionPolicyBinding", "spec-guard")
     assert binding["spec"] == {
         "policyName": policy["metadata"]["name"],
         "validationActions": ["Deny"],
@@ -170,10 +172,14 @@ def test_agent_pod_capabilities(docs: list[Manifest]) -> None:
         "/run/routevpn/charon.vici",
         "--http-port",
         "9478",
+        "--bind-address",
+        "$(HOST_IP)",
     ]
     env = {e["name"]: e for e in by_name["agent"]["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["ROUTEVPN_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # The HTTP port binds the node's primary address, not every address of the node.
+    assert env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
     assert by_name["charon"]["command"] == ["/usr/lib/ipsec/charon"]
 
 
@@ -229,3 +235,44 @@ def test_operator_disruption_budget(docs: list[Manifest]) -> None:
     deploy = find(docs, "Deployment", "operator")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"] == deploy["spec"]["selector"]
+
+
+def test_node_guard_keys_agent_writes_on_the_bound_node_name(docs: list[Manifest]) -> None:
+    policy = find(docs, "ValidatingAdmissionPolicy", "node-guard")
+    sa = find(docs, "ServiceAccount", "agent")["metadata"]
+    user = f"system:serviceaccount:{sa['namespace']}:{sa['name']}"
+    (cond,) = policy["spec"]["matchConditions"]
+    assert cond["expression"] == f'request.userInfo.username == "{user}"'
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    by_group = {
+        r["apiGroups"][0]: (set(r["resources"]), set(r["operations"]))
+        for r in policy["spec"]["matchConstraints"]["resourceRules"]
+    }
+    assert by_group == {
+        "routevpn.io": ({"vpntunnels", "vpntunnels/status"}, {"UPDATE"}),
+        "": ({"events"}, {"CREATE", "UPDATE"}),
+    }
+    (node,) = [x for x in policy["spec"]["variables"] if x["name"] == "node"]
+    assert "authentication.kubernetes.io/node-name" in node["expression"]
+    text = " ".join(x["expression"] for x in policy["spec"]["validations"])
+    for field in ("oldObject.metadata.labels", "object.metadata.labels", "reportingInstance"):
+        assert field in text
+    binding = find(docs, "ValidatingAdmissionPolicyBinding", "node-guard")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+
+
+def test_watch_namespaces_grant_secret_reads_there_only(tmp_path: Path) -> None:
+    docs = render(VALUE_SETS["customised"], tmp_path)
+    cluster = rules(find(docs, "ClusterRole", "operator"))
+    assert not [r for r in cluster if r[1] == "secrets"]
+    reads = [d for d in docs if d["kind"] == "Role" and "read-secrets" in d["metadata"]["name"]]
+    assert sorted(r["metadata"]["namespace"] for r in reads) == ["tenant-a", "tenant-b"]
+    for role in reads:
+        assert rules(role) == {("", "secrets", v("get"))}
+    args = containers(find(docs, "Deployment", "operator"))["operator"]["args"]
+    assert args[args.index("--watch-namespaces") + 1] == "tenant-a,tenant-b"
+    agent = containers(find(docs, "DaemonSet", "agent"))["agent"]["args"]
+    assert agent[agent.index("--bind-address") + 1] == "192.0.2.7"

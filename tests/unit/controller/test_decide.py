@@ -13,7 +13,7 @@ from routevpn.controller.model import DeliveredRecord, NodeRecord, TunnelRecord,
 from routevpn.controller.status import changed, desired_status
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-PSK = {"s": ("Opaque", {"psk": "c2VjcmV0"})}
+PSK = {"s": bundle.Found("Opaque", {"psk": "c2VjcmV0"}, opted_in=True)}
 
 
 def tunnel(
@@ -118,7 +118,12 @@ def test_missing_and_invalid_secret() -> None:
     assert d.status is not None and d.label is None and d.secret is None
     sched = d.status["conditions"][0]
     assert sched["reason"] == Reason.SECRET_MISSING and "ns/s" in sched["message"]
-    d = decide(tunnel(), {}, world(["a"], secrets={"s": ("Opaque", {"x": "eQ=="})}), 0)
+    d = decide(
+        tunnel(),
+        {},
+        world(["a"], secrets={"s": bundle.Found("Opaque", {"x": "eQ=="}, opted_in=True)}),
+        0,
+    )
     assert d.status is not None
     assert d.status["conditions"][0]["reason"] == Reason.SECRET_INVALID
     assert "c2VjcmV0" not in str(d.status) and all("c2VjcmV0" not in e[2] for e in d.events)
@@ -150,7 +155,7 @@ def test_transition_time_kept_when_status_unchanged() -> None:
 
 
 def _delivered(node: str) -> DeliveredRecord:
-    return DeliveredRecord("tunnel-ns-t", node, "sha256:old", ("ns", "t"))
+    return DeliveredRecord(naming.secret_name("ns", "t"), node, "sha256:old", ("ns", "t"))
 
 
 def test_placed_tunnel_keeps_running_when_its_secret_goes_missing_or_invalid() -> None:
@@ -161,7 +166,7 @@ def test_placed_tunnel_keeps_running_when_its_secret_goes_missing_or_invalid() -
     )
     cases: list[tuple[dict[str, bundle.UserSecret], str]] = [
         ({"s": None}, Reason.SECRET_MISSING),
-        ({"s": ("Opaque", {"other": "eQ=="})}, Reason.SECRET_INVALID),
+        ({"s": bundle.Found("Opaque", {"other": "eQ=="}, opted_in=True)}, Reason.SECRET_INVALID),
     ]
     for secrets, reason in cases:
         w = world(["a"], secrets=secrets)
