@@ -305,17 +305,25 @@ async def _observe() -> NetlinkFacts:
         return await nl.observe()
 
 
-def test_observe_reports_links_addresses_and_routes(node_ns: Netns) -> None:
+def test_observe_reports_links_addresses_and_routevpns_routes_only(node_ns: Netns) -> None:
+    """Routes: routevpn's own (every table), never the rest of a possibly full table."""
     owned_bridge(node_ns, "rv0", "site", "a")
     node_ns.ip("link", "set", "rv0", "mtu", "1400")
     node_ns.ip("addr", "add", "192.0.2.1/31", "dev", "rv0")
-    node_ns.ip("route", "add", "198.51.100.0/24", "via", "192.0.2.0", "metric", "3")
+    proto = str(naming.ROUTE_PROTOCOL)
+    node_ns.ip("route", "add", "198.51.100.0/24", "via", "192.0.2.0", "metric", "3", "proto", proto)
+    node_ns.ip("route", "add", "203.0.113.0/24", "via", "192.0.2.0", "table", "100", "proto", proto)
+    node_ns.ip("route", "add", "198.51.100.0/25", "via", "192.0.2.0", "proto", "static")
     facts = in_netns(node_ns, _observe)
     link = next(lk for lk in facts.links if lk.name == "rv0")
     assert (link.kind, link.alias, link.mtu, link.up) == ("bridge", "routevpn:site/a", 1400, True)
     assert any(a.ifname == "rv0" and str(a.address) == "192.0.2.1/31" for a in facts.addresses)
     route = next(r for r in facts.routes if str(r.dst) == "198.51.100.0/24")
     assert (str(route.via), route.metric, route.ifname, route.table) == ("192.0.2.0", 3, "rv0", 254)
+    assert {(str(r.dst), r.table) for r in facts.routes} == {
+        ("198.51.100.0/24", 254),
+        ("203.0.113.0/24", 100),
+    }
 
 
 async def _apply_policy(plan: TunnelPlan) -> list[Change]:

@@ -1,7 +1,7 @@
 """Links, addresses, routes and sysctls of the network namespace this process is in.
 
 The only module importing pyroute2. It uses `AsyncIPRoute` because the agent is an
-asyncio (kopf) program: every request is awaited on the loop, nothing blocks it.
+asyncio program: every request is awaited on the loop, nothing blocks it.
 
 It works on the namespace the process (or thread that opened it) is in and takes no
 namespace argument on purpose: sysctls are written through /proc/sys, which always
@@ -14,6 +14,18 @@ values tolerated are exactly those meaning "already so" for that request (the ke
 uses different ones per object: EEXIST on add; ENODEV for a gone link, EADDRNOTAVAIL
 for a gone address, ESRCH for a gone route); everything else is raised as
 `NetlinkOperationError` naming the tunnel.
+
+Routes: a node may carry full BGP tables (hundreds of thousands of routes), so nothing
+here ever dumps every route. The socket turns on netlink strict checking
+(NETLINK_GET_STRICT_CHK, kernel 4.20+), under which an RTM_GETROUTE dump honours the
+filters in its request header: `_owned_routes` asks for protocol 157 only and the kernel
+sends routevpn's routes and nothing else. pyroute2's own `route("dump", proto=…)` sends
+an unfiltered request and filters in Python after receiving every route, so the request
+is built here by hand. Questions about other routes are single requests: a route of
+ours is created with NLM_F_EXCL, so the kernel itself refuses (EEXIST) when any route
+(someone else's, a connected prefix, a blackhole) holds the same destination, table and
+metric; and the route loop check asks the kernel which route reaches each peer
+(RTM_GETROUTE with RTM_F_FIB_MATCH) instead of reading a table.
 """
 
 from __future__ import annotations
@@ -29,8 +41,12 @@ from typing import Any
 
 from pyroute2 import AsyncIPRoute, NetlinkError  # type: ignore[import-untyped]
 
+# Not exported at the package root: a hand-built request is the only way to send the
+# filter fields of a route dump and the flags of a FIB lookup (see the module docstring).
+from pyroute2.netlink.rtnl.rtmsg import rtmsg  # type: ignore[import-untyped]
+
 from routevpn.api import naming
-from routevpn.dataplane import builders
+from routevpn.dataplane import builders, safety
 from routevpn.dataplane.errors import (
     LinkNotOwnedError,
     NetlinkOperationError,
@@ -54,14 +70,21 @@ from routevpn.dataplane.plan import (
 
 log = logging.getLogger(__name__)
 
+AF_UNSPEC = 0
 AF_INET = 2
 AF_INET6 = 10
 RTN_UNICAST = 1
 RT_SCOPE_NOWHERE = 255
 IFF_UP = 1
-#: Family value that makes the kernel dump routes of every family (see pyroute2 docs).
-ALL_FAMILIES = 255
-RTPROT_KERNEL = 2
+RTM_GETROUTE = 26
+NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300
+#: Answer a route lookup with the FIB entry that matched, not a per-destination clone.
+RTM_F_FIB_MATCH = 0x2000
+#: What a FIB lookup answers when no unicast route reaches the address: none at all
+#: (ENETUNREACH), or the best match is `unreachable` (EHOSTUNREACH), `prohibit`
+#: (EACCES) or `blackhole` (EINVAL) — checked against the kernel in tests/netns.
+NO_UNICAST_ROUTE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES, errno.EINVAL})
 
 
 def _ip(value: Any) -> Any:
@@ -137,15 +160,21 @@ def link_matches(have: LinkFacts, want: LinkPlan, underlay_index: int | None) ->
     )
 
 
+def _socket() -> AsyncIPRoute:
+    """A netlink socket whose dumps the kernel filters by their request (strict check)."""
+    return AsyncIPRoute(strict_check=True)
+
+
 @dataclass
 class _View:
-    """Links, addresses and routes as last dumped, kept current with the adapter's writes.
+    """Links, addresses and routevpn's routes as last dumped, kept current with writes.
 
     Within a pass (`begin_pass`/`end_pass`) every verb reads this instead of dumping
     netlink again, so a pass over N tunnels costs one dump, not several per tunnel.
     Each write updates it: links are re-read singly after a create or set; addresses and
-    routes are recorded as written; a connected prefix route is recorded for an added
-    address as the kernel adds one; a deleted link takes its addresses and routes along.
+    routes are recorded as written; a deleted link takes its addresses and routes along.
+    `routes` holds routevpn's own routes only (protocol 157, any table and link): other
+    routes are never read in bulk (see the module docstring).
     """
 
     links: dict[int, LinkFacts] = field(default_factory=dict)
@@ -169,22 +198,11 @@ class _View:
     def add_address(self, index: int, address: IPInterface) -> None:
         name = self.links[index].name if index in self.links else ""
         self.addresses.append(AddressFacts(index, name, address))
-        if address.network.prefixlen < address.max_prefixlen:
-            metric = 0 if address.version == 4 else 256
-            self.put_route(
-                RouteFacts(address.network, index, name, None, metric, 254, RTPROT_KERNEL)
-            )
 
     def drop_address(self, index: int, address: IPInterface) -> None:
         self.addresses = [
             a for a in self.addresses if not (a.index == index and a.address == address)
         ]
-        if address.network.prefixlen < address.max_prefixlen:
-            self.routes = [
-                r
-                for r in self.routes
-                if not (r.oif == index and r.dst == address.network and r.proto == RTPROT_KERNEL)
-            ]
 
     def put_route(self, route: RouteFacts) -> None:
         self.drop_route(route)
@@ -205,7 +223,7 @@ class NetlinkAdapter:
         self._view: _View | None = None
 
     async def __aenter__(self) -> NetlinkAdapter:
-        self._ipr = AsyncIPRoute()
+        self._ipr = _socket()
         return self
 
     async def __aexit__(
@@ -226,7 +244,7 @@ class NetlinkAdapter:
     def ipr(self) -> AsyncIPRoute:
         """The open socket (opened lazily so the adapter also works without `async with`)."""
         if self._ipr is None:
-            self._ipr = AsyncIPRoute()
+            self._ipr = _socket()
         return self._ipr
 
     async def _call(self, ref: str, what: str, ok: Collection[int], coro: Any) -> bool:
@@ -279,11 +297,64 @@ class NetlinkAdapter:
         return [_link_facts(m) async for m in await self.ipr.link("dump")]
 
     async def observe(self) -> NetlinkFacts:
-        """Links, addresses and unicast routes of every table, as typed facts.
+        """Links, addresses and routevpn's own routes (protocol 157, every table).
 
-        Within a pass: the pass's view (this pass's own changes included).
+        Other routes are not listed: a node may carry full routing tables. What the
+        safety checks need of them is asked per tunnel (`observe_for`). Within a pass:
+        the pass's view (this pass's own changes included).
         """
         return (await self._current()).facts()
+
+    async def observe_for(self, plan: TunnelPlan) -> NetlinkFacts:
+        """`observe()` plus the route the kernel uses now to reach each of `plan`'s peers.
+
+        That route is what the route loop check (`safety.check_route_loops`) weighs
+        against the plan's own routes. It is looked up only for a peer that a route or
+        an inside prefix of the plan covers: for any other peer the check has nothing
+        to weigh. A peer with no unicast route (none, or a blackhole, unreachable or
+        prohibit route) adds nothing, as such a route never carried IKE before either.
+        """
+        view = await self._current()
+        facts = view.facts()
+        names = {index: link.name for index, link in view.links.items()}
+        found: list[RouteFacts] = []
+        for peer in safety.peer_addresses(plan):
+            covered = any(
+                r.dst.version == peer.version and peer in r.dst for r in plan.routes
+            ) or any(a.version == peer.version and peer in a.network for a in plan.addresses)
+            if not covered:
+                continue
+            route = await self.route_to(peer, names)
+            if route is not None:
+                found.append(route)
+        return NetlinkFacts(facts.links, facts.addresses, facts.routes + tuple(found))
+
+    async def route_to(
+        self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, names: dict[int, str]
+    ) -> RouteFacts | None:
+        """The unicast route the kernel would use for `address` (a single lookup), or None.
+
+        RTM_F_FIB_MATCH makes the kernel answer with the routing entry that matched
+        (prefix, table, metric, device), as `ip route get fibmatch` shows it.
+        """
+        msg = rtmsg()
+        msg["family"] = AF_INET if address.version == 4 else AF_INET6
+        msg["dst_len"] = address.max_prefixlen
+        msg["flags"] = RTM_F_FIB_MATCH
+        msg["attrs"] = [("RTA_DST", str(address))]
+        try:
+            replies = [
+                m async for m in await self.ipr.nlm_request(msg, RTM_GETROUTE, NLM_F_REQUEST)
+            ]
+        except NetlinkError as e:
+            if e.code in NO_UNICAST_ROUTE:
+                return None
+            raise
+        for m in replies:
+            fact = _route_facts(m, names)
+            if fact is not None:
+                return fact
+        return None
 
     async def _dump(self) -> _View:
         links = await self.links()
@@ -296,11 +367,7 @@ class NetlinkAdapter:
             )
             async for m in await self.ipr.addr("dump")
         ]
-        routes: list[RouteFacts] = []
-        async for m in await self.ipr.route("dump", family=ALL_FAMILIES):
-            fact = _route_facts(m, names)
-            if fact is not None:
-                routes.append(fact)
+        routes = await self._owned_routes(names)
         return _View({link.index: link for link in links}, addrs, routes)
 
     async def _link_by_name(self, name: str) -> LinkFacts | None:
@@ -420,17 +487,27 @@ class NetlinkAdapter:
 
     # -- routes ----------------------------------------------------------------------
 
-    async def _routes(self) -> list[RouteFacts]:
-        names = {link.index: link.name for link in await self.links()}
+    async def _owned_routes(self, names: dict[int, str] | None = None) -> list[RouteFacts]:
+        """routevpn's routes (protocol 157) of every table and family, filtered by the kernel.
+
+        Under strict checking the kernel reads `rtm_protocol` of a dump request as a
+        filter (and flags its answers NLM_F_DUMP_FILTERED): other routes are never sent,
+        however many there are. The protocol is checked here again all the same, so a
+        kernel that ignored the filter would cost time, never correctness.
+        """
+        if names is None:
+            names = {link.index: link.name for link in await self.links()}
+        msg = rtmsg()
+        msg["family"] = AF_UNSPEC
+        msg["proto"] = naming.ROUTE_PROTOCOL
         out: list[RouteFacts] = []
-        async for m in await self.ipr.route("dump", family=ALL_FAMILIES):
+        async for m in await self.ipr.nlm_request(msg, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP):
+            if m["proto"] != naming.ROUTE_PROTOCOL:
+                continue
             fact = _route_facts(m, names)
             if fact is not None:
                 out.append(fact)
         return out
-
-    async def _owned_routes(self) -> list[RouteFacts]:
-        return [r for r in await self._routes() if r.proto == naming.ROUTE_PROTOCOL]
 
     async def _delete_route(self, ref: str, route: RouteFacts) -> bool:
         return await self._call(
@@ -456,33 +533,36 @@ class NetlinkAdapter:
         """Replace routes that are missing or differ; delete our own stale ones on `index`.
 
         A route's identity is (dst, table, metric), as in the kernel; `via` and the
-        device are what `replace` updates.
+        device are what `replace` updates. A missing route is created exclusively: if
+        any other route holds its key the kernel says EEXIST and nothing is changed
+        (`RouteNotOwnedError`), without this adapter ever reading that table.
         """
         view = await self._current()
-        every = list(view.routes)
-        owned = [r for r in every if r.proto == naming.ROUTE_PROTOCOL and r.oif == index]
-        foreign = {(r.dst, r.table, r.metric) for r in every if r.proto != naming.ROUTE_PROTOCOL}
-        by_key = {(r.dst, r.table, r.metric): r for r in owned}
+        # every route of ours, on any link: one moving here from another link is replaced
+        ours = {(r.dst, r.table, r.metric): r for r in view.routes}
+        owned = [r for r in view.routes if r.oif == index]
         want = list(wanted)
         changes: list[Change] = []
         for route in want:
             key = (route.dst, route.table, effective_metric(route))
-            if key in foreign:
-                # `replace` would silently take over someone else's route
+            have = ours.get(key)
+            if have is not None and have.oif == index and have.via == route.via:
+                continue
+            kwargs = builders.build_route(route, index)
+            if have is not None:
+                await self._call(
+                    ref, f"replace route {route.dst}", (), self.ipr.route("replace", **kwargs)
+                )
+            elif not await self._call(
+                ref, f"add route {route.dst}", {errno.EEXIST}, self.ipr.route("add", **kwargs)
+            ):
+                # Not ours (ours are all in the view), yet the kernel holds a route with
+                # this key: `replace` would silently take over someone else's route.
                 raise RouteNotOwnedError(
                     ref,
                     f"route {route.dst} table {route.table} metric {key[2]} exists and "
                     "is not routevpn's; not replacing it",
                 )
-            have = by_key.get(key)
-            if have is not None and have.via == route.via:
-                continue
-            await self._call(
-                ref,
-                f"replace route {route.dst}",
-                (),
-                self.ipr.route("replace", **builders.build_route(route, index)),
-            )
             name = view.links[index].name if index in view.links else None
             view.put_route(
                 RouteFacts(

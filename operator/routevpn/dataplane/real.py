@@ -53,7 +53,7 @@ class RealDriver:
         has no IKE SA (the peer closed it, DPD cleared it). `trap` connections start on
         traffic and `none` ones wait for the peer: never initiated here.
         """
-        addrs, routes = _host_facts(plan, await self.netlink.observe())
+        addrs, routes = _host_facts(plan, await self.netlink.observe_for(plan))
         findings = safety.check(plan, addrs, routes)
         if findings:
             return ApplyResult(plan.ref, findings=tuple(findings))

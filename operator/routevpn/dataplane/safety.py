@@ -50,7 +50,8 @@ class Finding:
     message: str
 
 
-def _peer_addresses(plan: TunnelPlan) -> list[IPAddress]:
+def peer_addresses(plan: TunnelPlan) -> list[IPAddress]:
+    """The peer's literal addresses (`remote_addrs` that are IP addresses)."""
     out: list[IPAddress] = []
     for raw in plan.conn.remote_addrs:
         try:
@@ -91,7 +92,7 @@ def check_route_loops(plan: TunnelPlan, host_routes: Iterable[HostRoute]) -> lis
         return []
     outside = [r for r in host_routes if r.dev != link.name]
     findings: list[Finding] = []
-    for peer in _peer_addresses(plan):
+    for peer in peer_addresses(plan):
         candidates: list[tuple[str, int, int]] = [
             (f"route {r.dst}", r.dst.prefixlen, r.metric)
             for r in plan.routes
