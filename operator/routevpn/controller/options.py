@@ -12,6 +12,13 @@ import os
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The operator's command-line options."""
+    _scope(parser)
+    _leadership(parser)
+    _timing(parser)
+
+
+def _scope(parser: argparse.ArgumentParser) -> None:
+    """Where the operator works and serves."""
     parser.add_argument(
         "--namespace",
         default=os.environ.get("ROUTEVPN_NAMESPACE", "routevpn"),
@@ -26,10 +33,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bind address of --http-port",
     )
     parser.add_argument(
+        "--watch-namespaces",
+        default=os.environ.get("ROUTEVPN_WATCH_NAMESPACES", ""),
+        help="comma-separated namespaces whose tunnels to serve and whose Secrets to read "
+        "(default: every namespace)",
+    )
+
+
+def _leadership(parser: argparse.ArgumentParser) -> None:
+    """How replicas agree on the one that acts."""
+    parser.add_argument(
         "--peering",
         default=os.environ.get("ROUTEVPN_PEERING", "routevpn"),
         help="name of the ClusterKopfPeering the replicas coordinate through",
     )
+
+
+def _timing(parser: argparse.ArgumentParser) -> None:
+    """Waits, periods and concurrency."""
     parser.add_argument(
         "--orphan-wait",
         type=float,
@@ -41,12 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=60.0,
         help="seconds a node may be NotReady before its tunnels move",
-    )
-    parser.add_argument(
-        "--watch-namespaces",
-        default=os.environ.get("ROUTEVPN_WATCH_NAMESPACES", ""),
-        help="comma-separated namespaces whose tunnels to serve and whose Secrets to read "
-        "(default: every namespace)",
     )
     parser.add_argument(
         "--secret-reread",
