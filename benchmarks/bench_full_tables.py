@@ -228,7 +228,7 @@ async def old_full_dump() -> dict[str, Any]:
     """The old way: one unfiltered dump of every route of every table, parsed to facts."""
     from pyroute2 import AsyncIPRoute  # type: ignore[import-untyped]
 
-    from routevpn.dataplane.netlink import _route_facts
+    from routevpn.dataplane.netlink_facts import route_facts as _route_facts
 
     start = time.perf_counter()
     async with AsyncIPRoute() as ipr:

@@ -14,18 +14,7 @@ values tolerated are exactly those meaning "already so" for that request (the ke
 uses different ones per object: EEXIST on add; ENODEV for a gone link, EADDRNOTAVAIL
 for a gone address, ESRCH for a gone route); everything else is raised as
 `NetlinkOperationError` naming the tunnel.
-
-Routes: a node may carry full BGP tables (hundreds of thousands of routes), so nothing
-here ever dumps every route. The socket turns on netlink strict checking
-(NETLINK_GET_STRICT_CHK, kernel 4.20+), under which an RTM_GETROUTE dump honours the
-filters in its request header: `_owned_routes` asks for protocol 157 only and the kernel
-sends routevpn's routes and nothing else. pyroute2's own `route("dump", proto=…)` sends
-an unfiltered request and filters in Python after receiving every route, so the request
-is built here by hand. Questions about other routes are single requests: a route of
-ours is created with NLM_F_EXCL, so the kernel itself refuses (EEXIST) when any route
-(someone else's, a connected prefix, a blackhole) holds the same destination, table and
-metric; and the route loop check asks the kernel which route reaches each peer
-(RTM_GETROUTE with RTM_F_FIB_MATCH) instead of reading a table.
+Routes: see `dataplane.netlink_routes`.
 """
 
 from __future__ import annotations
@@ -34,7 +23,6 @@ import errno
 import ipaddress
 import logging
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,14 +31,12 @@ from pyroute2 import AsyncIPRoute, NetlinkError  # type: ignore[import-untyped]
 
 # Not exported at the package root: a hand-built request is the only way to send the
 # filter fields of a route dump and the flags of a FIB lookup (see the module docstring).
-from pyroute2.netlink.rtnl.rtmsg import rtmsg  # type: ignore[import-untyped]
-
 from routevpn.api import naming
-from routevpn.dataplane import builders, safety
+from routevpn.dataplane import builders
+from routevpn.dataplane import netlink_facts as nf
 from routevpn.dataplane.errors import (
     LinkNotOwnedError,
     NetlinkOperationError,
-    RouteNotOwnedError,
     SysctlError,
 )
 from routevpn.dataplane.facts import (
@@ -58,106 +44,16 @@ from routevpn.dataplane.facts import (
     Change,
     LinkFacts,
     NetlinkFacts,
-    RouteFacts,
 )
+from routevpn.dataplane.netlink_routes import RouteOps
 from routevpn.dataplane.plan import (
     IPInterface,
     LinkPlan,
-    RoutePlan,
     SysctlPlan,
     TunnelPlan,
 )
 
 log = logging.getLogger(__name__)
-
-AF_UNSPEC = 0
-AF_INET = 2
-AF_INET6 = 10
-RTN_UNICAST = 1
-RT_SCOPE_NOWHERE = 255
-IFF_UP = 1
-RTM_GETROUTE = 26
-NLM_F_REQUEST = 0x1
-NLM_F_DUMP = 0x300
-#: Answer a route lookup with the FIB entry that matched, not a per-destination clone.
-RTM_F_FIB_MATCH = 0x2000
-#: What a FIB lookup answers when no unicast route reaches the address: none at all
-#: (ENETUNREACH), or the best match is `unreachable` (EHOSTUNREACH), `prohibit`
-#: (EACCES) or `blackhole` (EINVAL) — checked against the kernel in tests/netns.
-NO_UNICAST_ROUTE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES, errno.EINVAL})
-
-
-def _ip(value: Any) -> Any:
-    return ipaddress.ip_address(value) if value else None
-
-
-def _link_facts(msg: Any) -> LinkFacts:
-    data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
-    kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-    facts: dict[str, Any] = {}
-    if data is not None and kind in ("vti", "vti6"):
-        facts = {
-            "local": _ip(data.get_attr("IFLA_VTI_LOCAL")),
-            "remote": _ip(data.get_attr("IFLA_VTI_REMOTE")),
-            "ikey": data.get_attr("IFLA_VTI_IKEY"),
-            "okey": data.get_attr("IFLA_VTI_OKEY"),
-            "underlay_index": data.get_attr("IFLA_VTI_LINK") or None,
-        }
-    elif data is not None and kind == "xfrm":
-        facts = {
-            "if_id": data.get_attr("IFLA_XFRM_IF_ID"),
-            "underlay_index": data.get_attr("IFLA_XFRM_LINK") or None,
-        }
-    return LinkFacts(
-        index=msg["index"],
-        name=msg.get_attr("IFLA_IFNAME"),
-        kind=kind,
-        alias=msg.get_attr("IFLA_IFALIAS"),
-        mtu=msg.get_attr("IFLA_MTU"),
-        up=bool(msg["flags"] & IFF_UP),
-        **facts,
-    )
-
-
-def _route_facts(msg: Any, names: dict[int, str]) -> RouteFacts | None:
-    if msg["type"] != RTN_UNICAST:
-        return None
-    family = msg["family"]
-    # A default route carries no RTA_DST: the kernel means the all-zero address.
-    dst = msg.get_attr("RTA_DST") or (
-        ipaddress.IPv4Address(0) if family == AF_INET else ipaddress.IPv6Address(0)
-    )
-    oif = msg.get_attr("RTA_OIF")
-    return RouteFacts(
-        dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}"),
-        oif=oif,
-        ifname=names.get(oif) if oif is not None else None,
-        via=_ip(msg.get_attr("RTA_GATEWAY")),
-        metric=msg.get_attr("RTA_PRIORITY") or 0,
-        table=msg.get_attr("RTA_TABLE") or msg["table"],
-        proto=msg["proto"],
-    )
-
-
-def effective_metric(route: RoutePlan) -> int:
-    """The metric the kernel records: IPv6 turns "no metric" (0) into 1024."""
-    return 1024 if route.family == 6 and route.metric == 0 else route.metric
-
-
-def link_matches(have: LinkFacts, want: LinkPlan, underlay_index: int | None) -> bool:
-    """Whether `have` already has every attribute of `want` the kernel can't change."""
-    if have.kind != want.kind:
-        return False
-    if want.kind in ("vti", "vti6"):
-        return (
-            have.local == want.local
-            and have.remote == want.remote
-            and have.ikey == want.key
-            and have.okey == want.key
-        )
-    return have.if_id == want.if_id and (
-        underlay_index is None or have.underlay_index == underlay_index
-    )
 
 
 def _socket() -> AsyncIPRoute:
@@ -165,62 +61,14 @@ def _socket() -> AsyncIPRoute:
     return AsyncIPRoute(strict_check=True)
 
 
-@dataclass
-class _View:
-    """Links, addresses and routevpn's routes as last dumped, kept current with writes.
-
-    Within a pass (`begin_pass`/`end_pass`) every verb reads this instead of dumping
-    netlink again, so a pass over N tunnels costs one dump, not several per tunnel.
-    Each write updates it: links are re-read singly after a create or set; addresses and
-    routes are recorded as written; a deleted link takes its addresses and routes along.
-    `routes` holds routevpn's own routes only (protocol 157, any table and link): other
-    routes are never read in bulk (see the module docstring).
-    """
-
-    links: dict[int, LinkFacts] = field(default_factory=dict)
-    addresses: list[AddressFacts] = field(default_factory=list)
-    routes: list[RouteFacts] = field(default_factory=list)
-
-    def facts(self) -> NetlinkFacts:
-        return NetlinkFacts(tuple(self.links.values()), tuple(self.addresses), tuple(self.routes))
-
-    def by_name(self, name: str) -> LinkFacts | None:
-        return next((link for link in self.links.values() if link.name == name), None)
-
-    def put_link(self, link: LinkFacts) -> None:
-        self.links[link.index] = link
-
-    def drop_link(self, index: int) -> None:
-        self.links.pop(index, None)
-        self.addresses = [a for a in self.addresses if a.index != index]
-        self.routes = [r for r in self.routes if r.oif != index]
-
-    def add_address(self, index: int, address: IPInterface) -> None:
-        name = self.links[index].name if index in self.links else ""
-        self.addresses.append(AddressFacts(index, name, address))
-
-    def drop_address(self, index: int, address: IPInterface) -> None:
-        self.addresses = [
-            a for a in self.addresses if not (a.index == index and a.address == address)
-        ]
-
-    def put_route(self, route: RouteFacts) -> None:
-        self.drop_route(route)
-        self.routes.append(route)
-
-    def drop_route(self, route: RouteFacts) -> None:
-        key = (route.dst, route.table, route.metric)
-        self.routes = [r for r in self.routes if (r.dst, r.table, r.metric) != key]
-
-
-class NetlinkAdapter:
+class NetlinkAdapter(RouteOps):
     """Idempotent verbs on the current network namespace. Use as `async with`."""
 
     def __init__(self, proc_sys: Path = Path("/proc/sys")) -> None:
         self._proc_sys = proc_sys
         self._ipr: AsyncIPRoute | None = None
         self._in_pass = False
-        self._view: _View | None = None
+        self._view: nf.View | None = None
 
     async def __aenter__(self) -> NetlinkAdapter:
         self._ipr = _socket()
@@ -269,7 +117,7 @@ class NetlinkAdapter:
         self._in_pass = False
         self._view = None
 
-    async def _current(self) -> _View:
+    async def _current(self) -> nf.View:
         """The pass's view (dumped on first use), or a fresh one outside a pass."""
         if self._in_pass and self._view is not None:
             return self._view
@@ -288,13 +136,13 @@ class NetlinkAdapter:
             if e.code == errno.ENODEV:
                 return None
             raise
-        return _link_facts(msgs[0]) if msgs else None
+        return nf.link_facts(msgs[0]) if msgs else None
 
     # -- observe -------------------------------------------------------------------
 
     async def links(self) -> list[LinkFacts]:
         """Every link in this namespace."""
-        return [_link_facts(m) async for m in await self.ipr.link("dump")]
+        return [nf.link_facts(m) async for m in await self.ipr.link("dump")]
 
     async def observe(self) -> NetlinkFacts:
         """Links, addresses and routevpn's own routes (protocol 157, every table).
@@ -305,58 +153,7 @@ class NetlinkAdapter:
         """
         return (await self._current()).facts()
 
-    async def observe_for(self, plan: TunnelPlan) -> NetlinkFacts:
-        """`observe()` plus the route the kernel uses now to reach each of `plan`'s peers.
-
-        That route is what the route loop check (`safety.check_route_loops`) weighs
-        against the plan's own routes. It is looked up only for a peer that a route or
-        an inside prefix of the plan covers: for any other peer the check has nothing
-        to weigh. A peer with no unicast route (none, or a blackhole, unreachable or
-        prohibit route) adds nothing, as such a route never carried IKE before either.
-        """
-        view = await self._current()
-        facts = view.facts()
-        names = {index: link.name for index, link in view.links.items()}
-        found: list[RouteFacts] = []
-        for peer in safety.peer_addresses(plan):
-            covered = any(
-                r.dst.version == peer.version and peer in r.dst for r in plan.routes
-            ) or any(a.version == peer.version and peer in a.network for a in plan.addresses)
-            if not covered:
-                continue
-            route = await self.route_to(peer, names)
-            if route is not None:
-                found.append(route)
-        return NetlinkFacts(facts.links, facts.addresses, facts.routes + tuple(found))
-
-    async def route_to(
-        self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, names: dict[int, str]
-    ) -> RouteFacts | None:
-        """The unicast route the kernel would use for `address` (a single lookup), or None.
-
-        RTM_F_FIB_MATCH makes the kernel answer with the routing entry that matched
-        (prefix, table, metric, device), as `ip route get fibmatch` shows it.
-        """
-        msg = rtmsg()
-        msg["family"] = AF_INET if address.version == 4 else AF_INET6
-        msg["dst_len"] = address.max_prefixlen
-        msg["flags"] = RTM_F_FIB_MATCH
-        msg["attrs"] = [("RTA_DST", str(address))]
-        try:
-            replies = [
-                m async for m in await self.ipr.nlm_request(msg, RTM_GETROUTE, NLM_F_REQUEST)
-            ]
-        except NetlinkError as e:
-            if e.code in NO_UNICAST_ROUTE:
-                return None
-            raise
-        for m in replies:
-            fact = _route_facts(m, names)
-            if fact is not None:
-                return fact
-        return None
-
-    async def _dump(self) -> _View:
+    async def _dump(self) -> nf.View:
         links = await self.links()
         names = {link.index: link.name for link in links}
         addrs = [
@@ -368,7 +165,7 @@ class NetlinkAdapter:
             async for m in await self.ipr.addr("dump")
         ]
         routes = await self._owned_routes(names)
-        return _View({link.index: link for link in links}, addrs, routes)
+        return nf.View({link.index: link for link in links}, addrs, routes)
 
     async def _link_by_name(self, name: str) -> LinkFacts | None:
         for link in await self.links():
@@ -391,20 +188,13 @@ class NetlinkAdapter:
         """
         changes: list[Change] = []
         view = await self._current()
-        underlay_index: int | None = None
-        if link.underlay is not None:
-            under = view.by_name(link.underlay)
-            if under is None:
-                raise NetlinkOperationError(
-                    ref, f"find underlay {link.underlay}", errno.ENODEV, "no such device"
-                )
-            underlay_index = under.index
+        underlay_index = self._underlay_index(ref, view, link)
         have = view.by_name(link.name)
         if have is not None and naming.parse_link_alias(have.alias) is None:
             raise LinkNotOwnedError(
                 ref, f"interface {link.name} exists and is not routevpn's; not touching it"
             )
-        if have is not None and not link_matches(have, link, underlay_index):
+        if have is not None and not nf.link_matches(have, link, underlay_index):
             await self._call(
                 ref, f"delete {link.name}", {errno.ENODEV}, self.ipr.link("del", index=have.index)
             )
@@ -412,18 +202,7 @@ class NetlinkAdapter:
             changes.append(Change(ref, "link", "deleted", f"{link.name} (attributes changed)"))
             have = None
         if have is None:
-            kwargs = builders.build_link(link, underlay_index)
-            created = await self._call(
-                ref,
-                f"create {link.kind} {link.name}",
-                {errno.EEXIST},
-                self.ipr.link("add", **kwargs),
-            )
-            if created:
-                changes.append(Change(ref, "link", "created", f"{link.kind} {link.name}"))
-            have = await self._get_link(link.name)
-            if have is None:
-                raise NetlinkOperationError(ref, f"create {link.name}", errno.ENODEV, "vanished")
+            have = await self._create_link(ref, link, underlay_index, changes)
             view.put_link(have)
         settings = builders.build_link_settings(link)
         if have.alias != link.alias or have.mtu != link.mtu or not have.up:
@@ -435,6 +214,31 @@ class NetlinkAdapter:
         for change in changes:
             log.info("%s", change)
         return have.index, changes
+
+    @staticmethod
+    def _underlay_index(ref: str, view: nf.View, link: LinkPlan) -> int | None:
+        if link.underlay is None:
+            return None
+        under = view.by_name(link.underlay)
+        if under is None:
+            raise NetlinkOperationError(
+                ref, f"find underlay {link.underlay}", errno.ENODEV, "no such device"
+            )
+        return under.index
+
+    async def _create_link(
+        self, ref: str, link: LinkPlan, underlay_index: int | None, changes: list[Change]
+    ) -> LinkFacts:
+        kwargs = builders.build_link(link, underlay_index)
+        created = await self._call(
+            ref, f"create {link.kind} {link.name}", {errno.EEXIST}, self.ipr.link("add", **kwargs)
+        )
+        if created:
+            changes.append(Change(ref, "link", "created", f"{link.kind} {link.name}"))
+        have = await self._get_link(link.name)
+        if have is None:
+            raise NetlinkOperationError(ref, f"create {link.name}", errno.ENODEV, "vanished")
+        return have
 
     async def delete_owned_link(self, ref: str, name: str) -> list[Change]:
         """Delete link `name` if it is routevpn's (its alias says so); else leave it."""
@@ -481,109 +285,6 @@ class NetlinkAdapter:
             view.drop_address(index, addr)
             if removed:
                 changes.append(Change(ref, "address", "removed", str(addr)))
-        for change in changes:
-            log.info("%s", change)
-        return changes
-
-    # -- routes ----------------------------------------------------------------------
-
-    async def _owned_routes(self, names: dict[int, str] | None = None) -> list[RouteFacts]:
-        """routevpn's routes (protocol 157) of every table and family, filtered by the kernel.
-
-        Under strict checking the kernel reads `rtm_protocol` of a dump request as a
-        filter (and flags its answers NLM_F_DUMP_FILTERED): other routes are never sent,
-        however many there are. The protocol is checked here again all the same, so a
-        kernel that ignored the filter would cost time, never correctness.
-        """
-        if names is None:
-            names = {link.index: link.name for link in await self.links()}
-        msg = rtmsg()
-        msg["family"] = AF_UNSPEC
-        msg["proto"] = naming.ROUTE_PROTOCOL
-        out: list[RouteFacts] = []
-        async for m in await self.ipr.nlm_request(msg, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP):
-            if m["proto"] != naming.ROUTE_PROTOCOL:
-                continue
-            fact = _route_facts(m, names)
-            if fact is not None:
-                out.append(fact)
-        return out
-
-    async def _delete_route(self, ref: str, route: RouteFacts) -> bool:
-        return await self._call(
-            ref,
-            f"delete route {route.dst}",
-            {errno.ESRCH},
-            self.ipr.route(
-                "del",
-                dst=str(route.dst),
-                table=route.table,
-                priority=route.metric,
-                proto=naming.ROUTE_PROTOCOL,
-                # RT_SCOPE_NOWHERE matches a route of any scope, as `ip route del` does;
-                # pyroute2's default (universe) would miss on-link routes (ESRCH).
-                scope=RT_SCOPE_NOWHERE,
-                family=AF_INET if route.dst.version == 4 else AF_INET6,
-            ),
-        )
-
-    async def ensure_routes(
-        self, ref: str, index: int, wanted: Iterable[RoutePlan]
-    ) -> list[Change]:
-        """Replace routes that are missing or differ; delete our own stale ones on `index`.
-
-        A route's identity is (dst, table, metric), as in the kernel; `via` and the
-        device are what `replace` updates. A missing route is created exclusively: if
-        any other route holds its key the kernel says EEXIST and nothing is changed
-        (`RouteNotOwnedError`), without this adapter ever reading that table.
-        """
-        view = await self._current()
-        # every route of ours, on any link: one moving here from another link is replaced
-        ours = {(r.dst, r.table, r.metric): r for r in view.routes}
-        owned = [r for r in view.routes if r.oif == index]
-        want = list(wanted)
-        changes: list[Change] = []
-        for route in want:
-            key = (route.dst, route.table, effective_metric(route))
-            have = ours.get(key)
-            if have is not None and have.oif == index and have.via == route.via:
-                continue
-            kwargs = builders.build_route(route, index)
-            if have is not None:
-                await self._call(
-                    ref, f"replace route {route.dst}", (), self.ipr.route("replace", **kwargs)
-                )
-            elif not await self._call(
-                ref, f"add route {route.dst}", {errno.EEXIST}, self.ipr.route("add", **kwargs)
-            ):
-                # Not ours (ours are all in the view), yet the kernel holds a route with
-                # this key: `replace` would silently take over someone else's route.
-                raise RouteNotOwnedError(
-                    ref,
-                    f"route {route.dst} table {route.table} metric {key[2]} exists and "
-                    "is not routevpn's; not replacing it",
-                )
-            name = view.links[index].name if index in view.links else None
-            view.put_route(
-                RouteFacts(
-                    route.dst,
-                    index,
-                    name,
-                    route.via,
-                    key[2],
-                    route.table,
-                    naming.ROUTE_PROTOCOL,
-                )
-            )
-            changes.append(Change(ref, "route", "replaced", f"{route.dst} table {route.table}"))
-        keys = {(r.dst, r.table, effective_metric(r)) for r in want}
-        for stale in owned:
-            if (stale.dst, stale.table, stale.metric) in keys:
-                continue
-            deleted = await self._delete_route(ref, stale)
-            view.drop_route(stale)
-            if deleted:
-                changes.append(Change(ref, "route", "deleted", f"{stale.dst} table {stale.table}"))
         for change in changes:
             log.info("%s", change)
         return changes
@@ -672,7 +373,7 @@ class NetlinkAdapter:
             if ref not in keep and (ref, link.name) not in links_wanted:
                 changes += await self.delete_owned_link(ref, link.name)
         routes_wanted = {
-            (r.dst, r.table, effective_metric(r), r.dev) for p in plans for r in p.routes
+            (r.dst, r.table, nf.effective_metric(r), r.dev) for p in plans for r in p.routes
         }
         for route in await self._owned_routes():
             if (route.dst, route.table, route.metric, route.ifname) in routes_wanted:
