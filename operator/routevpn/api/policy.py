@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 from pydantic import Field, field_validator
 
@@ -121,7 +121,7 @@ class DefaultRoute(enum.StrEnum):
     FORBIDDEN = "forbidden"
 
 
-def _cidr_list(path: str, what: str) -> dict[str, object]:
+def _cidr_list(path: str, what: str) -> dict[str, Any]:
     return {
         "x-kubernetes-list-type": "set",
         **item_rules(cel("isCIDR(self)", f"spec.{path}[]: must be a CIDR such as {what}")),
