@@ -71,6 +71,7 @@ class Operator:
         orphan_wait: float = 2.0,
         extra_args: Sequence[str] = (),
         log_level: str = "info",
+        without_policy: str = "allow",
     ) -> None:
         self.port = free_port()
         self.log = log
@@ -92,6 +93,10 @@ class Operator:
             str(orphan_wait),
             "--not-ready-grace",
             str(not_ready_grace),
+            # The tests of placement, allocation and lifecycle run single-tenant; the
+            # tenancy tests (test_operator_policy.py) run with the product's default, deny.
+            "--without-policy",
+            without_policy,
             *extra_args,
         ]
         self._out = log.open("ab")
