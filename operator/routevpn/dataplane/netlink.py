@@ -116,6 +116,12 @@ def _route_facts(msg: Any, names: dict[int, str]) -> RouteFacts | None:
     )
 
 
+def owned_by(route: RouteFacts, index: int) -> bool:
+    """Is `route` the tunnel's whose link is `index`? routevpn's protocol number AND that
+    link: another tunnel's route (same protocol, another link) is never ours to replace."""
+    return route.proto == naming.ROUTE_PROTOCOL and route.oif == index
+
+
 def effective_metric(route: RoutePlan) -> int:
     """The metric the kernel records: IPv6 turns "no metric" (0) into 1024."""
     return 1024 if route.family == 6 and route.metric == 0 else route.metric
@@ -460,8 +466,8 @@ class NetlinkAdapter:
         """
         view = await self._current()
         every = list(view.routes)
-        owned = [r for r in every if r.proto == naming.ROUTE_PROTOCOL and r.oif == index]
-        foreign = {(r.dst, r.table, r.metric) for r in every if r.proto != naming.ROUTE_PROTOCOL}
+        owned = [r for r in every if owned_by(r, index)]
+        foreign = {(r.dst, r.table, r.metric) for r in every if not owned_by(r, index)}
         by_key = {(r.dst, r.table, r.metric): r for r in owned}
         want = list(wanted)
         changes: list[Change] = []
@@ -472,7 +478,7 @@ class NetlinkAdapter:
                 raise RouteNotOwnedError(
                     ref,
                     f"route {route.dst} table {route.table} metric {key[2]} exists and "
-                    "is not routevpn's; not replacing it",
+                    "is not this tunnel's; not replacing it",
                 )
             have = by_key.get(key)
             if have is not None and have.via == route.via:
