@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from routevpn.api.crd import build_policy_crd, render_crd_yaml
@@ -92,3 +93,10 @@ def test_defaults() -> None:
 )
 def test_label_selector(selector: dict[str, Any], labels: dict[str, str], want: bool) -> None:
     assert LabelSelector.model_validate(selector).matches(labels) is want
+
+
+def test_the_example_policy_is_valid() -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "tenancy" / "policy.yaml").read_text())
+    assert doc["kind"] == "VpnTunnelPolicy"
+    spec = VpnTunnelPolicySpec.model_validate(doc["spec"])
+    assert spec.tables == (254, 100)
