@@ -175,13 +175,19 @@ def grant_violation(spec: VpnTunnelSpec, grant: VpnTunnelPolicySpec) -> str | No
             iface.network, grant.allowed_inside_ranges
         ):
             return f"{where} {iface} is outside allowedInsideRanges"
-    if grant.allowed_proposals is not None:
-        ike = (spec.ike.proposals if spec.ike else None) or IKE_DEFAULT_PROPOSALS
-        esp = (spec.child.proposals if spec.child else None) or ESP_DEFAULT_PROPOSALS
-        for where, proposals in (("spec.ike.proposals", ike), ("spec.child.proposals", esp)):
-            for proposal in proposals:
-                if proposal not in grant.allowed_proposals:
-                    return f"{where}: {proposal} is not in allowedProposals"
+    return _proposal_violation(spec, grant.allowed_proposals)
+
+
+def _proposal_violation(spec: VpnTunnelSpec, allowed: Sequence[str] | None) -> str | None:
+    """The first proposal (defaults included) not in `allowed`; None: any is granted."""
+    if allowed is None:
+        return None
+    ike = (spec.ike.proposals if spec.ike else None) or IKE_DEFAULT_PROPOSALS
+    esp = (spec.child.proposals if spec.child else None) or ESP_DEFAULT_PROPOSALS
+    for where, proposals in (("spec.ike.proposals", ike), ("spec.child.proposals", esp)):
+        for proposal in proposals:
+            if proposal not in allowed:
+                return f"{where}: {proposal} is not in allowedProposals"
     return None
 
 
