@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from routevpn import __version__
 
 
-def _crd(_: argparse.Namespace) -> int:
+def _crd(args: argparse.Namespace) -> int:
     from routevpn.api.crd import render_crd_yaml
 
-    sys.stdout.write(render_crd_yaml())
+    sys.stdout.write(render_crd_yaml(args.which))
     return 0
 
 
@@ -37,7 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"routevpn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    crd = sub.add_parser("crd", help="print the VpnTunnel CustomResourceDefinition (YAML)")
+    crd = sub.add_parser("crd", help="print a CustomResourceDefinition (YAML)")
+    crd.add_argument(
+        "which",
+        nargs="?",
+        choices=("tunnel", "policy"),
+        default="tunnel",
+        help="tunnel: VpnTunnel (the default) · policy: VpnTunnelPolicy",
+    )
     crd.set_defaults(func=_crd)
 
     op = sub.add_parser("operator", help="run the operator")

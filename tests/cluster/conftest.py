@@ -64,18 +64,22 @@ from support.tiers import missing
 
 
 def _crd_yaml() -> str:
-    res = subprocess.run(
-        [sys.executable, "-m", "routevpn", "crd"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if res.returncode != 0 or "CustomResourceDefinition" not in res.stdout:
-        raise RuntimeError(
-            f"`routevpn crd` failed ({res.returncode}): {res.stderr.strip()[-2000:]}"
+    """Both CRDs (VpnTunnel, VpnTunnelPolicy) as `routevpn crd` prints them."""
+    out = []
+    for which in ("tunnel", "policy"):
+        res = subprocess.run(
+            [sys.executable, "-m", "routevpn", "crd", which],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
-    return res.stdout
+        if res.returncode != 0 or "CustomResourceDefinition" not in res.stdout:
+            raise RuntimeError(
+                f"`routevpn crd {which}` failed ({res.returncode}): {res.stderr.strip()[-2000:]}"
+            )
+        out.append(res.stdout)
+    return "\n".join(out)
 
 
 def _start(tmp_path_factory: pytest.TempPathFactory) -> Generator[ClusterAccess]:

@@ -72,6 +72,7 @@ class Operator:
         secret_reread: float = 1.0,
         extra_args: Sequence[str] = (),
         log_level: str = "info",
+        without_policy: str = "allow",
     ) -> None:
         self.port = free_port()
         self.log = log
@@ -96,6 +97,10 @@ class Operator:
             # Rotation is followed by re-reading referenced Secrets: fast in tests.
             "--secret-reread",
             str(secret_reread),
+            # The tests of placement, allocation and lifecycle run single-tenant; the
+            # tenancy tests (test_operator_policy.py) run with the product's default, deny.
+            "--without-policy",
+            without_policy,
             *extra_args,
         ]
         self._out = log.open("ab")

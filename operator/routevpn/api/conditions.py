@@ -85,12 +85,16 @@ class Reason(enum.StrEnum):
     INTERFACE_NAME_IN_USE = "InterfaceNameInUse"
     ADDRESS_IN_USE = "AddressInUse"
     ALLOCATION_EXHAUSTED = "AllocationExhausted"
+    ROUTE_IN_USE = "RouteInUse"
+    IDENTITY_IN_USE = "IdentityInUse"
+    POLICY_VIOLATION = "PolicyViolation"
     SECRET_MISSING = "SecretMissing"  # noqa: S105 - a reason, not a password
     SECRET_INVALID = "SecretInvalid"  # noqa: S105 - a reason, not a password
     INVALID_SPEC = "InvalidSpec"
     # data plane (agent)
     ADDRESS_CONFLICT = "AddressConflict"
     ROUTE_LOOP = "RouteLoop"
+    PROTECTED_ROUTE = "ProtectedRoute"
     LOCAL_ADDRESS_MISSING = "LocalAddressMissing"
     KERNEL_ERROR = "KernelError"
     CHARON_UNAVAILABLE = "CharonUnavailable"

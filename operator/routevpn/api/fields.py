@@ -40,6 +40,17 @@ IFNAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 DURATION_PATTERN: Final = r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"
 PROPOSAL_PATTERN: Final = r"^[a-z0-9_]+(-[a-z0-9_]+)*$"
 
+#: Algorithm tokens no tenant may ask for: no encryption or integrity at all (null), and
+#: ciphers, hashes and DH groups that are broken or within reach of a well-funded attacker
+#: (DES/3DES: 64-bit blocks, Sweet32; MD5: collisions; modp768/modp1024: Logjam-class).
+WEAK_ALGORITHMS: Final = (
+    "null", "des", "3des", "md5", "md5_128", "prfmd5", "modp768", "modp1024", "modp1024s160",
+)  # fmt: skip
+WEAK_PROPOSAL_RE: Final = "(^|-)(" + "|".join(WEAK_ALGORITHMS) + ")(-|$)"
+WEAK_PROPOSAL_MSG: Final = (
+    "null encryption and broken algorithms are not allowed (" + ", ".join(WEAK_ALGORITHMS) + ")"
+)
+
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
 Proposal = Annotated[str, Field(pattern=PROPOSAL_PATTERN, max_length=128)]
 Identity = Annotated[str, Field(min_length=1, max_length=255)]
@@ -78,6 +89,19 @@ def check_cidr(value: str, field: str) -> ipaddress.IPv4Interface | ipaddress.IP
         raise ValueError(
             f"{field}: must be a CIDR such as 169.254.10.1/30 or 2001:db8:100::/127 (got {value!r})"
         ) from None
+
+
+def weak_proposal_rule(path: str) -> dict[str, str]:
+    """CEL, per proposal: none of its tokens is a broken algorithm."""
+    return cel(f"!self.matches('{WEAK_PROPOSAL_RE}')", f"{path}: {WEAK_PROPOSAL_MSG}")
+
+
+def check_proposals(path: str, proposals: list[str] | None) -> list[str] | None:
+    """The pydantic twin of `weak_proposal_rule`: names the proposal at fault."""
+    for proposal in proposals or []:
+        if re.search(WEAK_PROPOSAL_RE, proposal):
+            raise ValueError(f"{path}: {proposal}: {WEAK_PROPOSAL_MSG}")
+    return proposals
 
 
 def cel_or_default(field: str, default: str) -> str:

@@ -13,6 +13,7 @@ from routevpn.api.fields import IFNAME, Cidr, Id32, InterfaceType, check_cidr, c
 
 # --- interface and routes ---------------------------------------------------------------
 
+_RESERVED_MSG: Final = "tables 0 (unspec), 253 (default) and 255 (local) belong to the kernel"
 _V6_PRESENT: Final = "self.addresses.exists(a, isCIDR(a) && cidr(a).ip().family() == 6)"
 
 
@@ -190,8 +191,24 @@ class Route(ApiModel):
         default=None,
         ge=1,
         le=naming.ID_MAX,
-        description="Routing table id. Default: 254 (main).",
+        description=(
+            "Routing table id. Default: 254 (main). Never 253 (default) or 255 (local): those "
+            "belong to the kernel. A VpnTunnelPolicy says which tables a namespace may use."
+        ),
+        json_schema_extra=rules(
+            cel(
+                f"!(self in {list(naming.RESERVED_TABLES)})",
+                f"spec.routes[].table: {_RESERVED_MSG}",
+            )
+        ),
     )
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, v: int | None) -> int | None:
+        if v in naming.RESERVED_TABLES:
+            raise ValueError(f"spec.routes[].table: {v}: {_RESERVED_MSG}")
+        return v
 
     @model_validator(mode="after")
     def _route(self) -> Route:

@@ -44,6 +44,9 @@ ALIAS_PREFIX: Final = "routevpn:"
 #: Route protocol number on every route routevpn installs (rtm_protocol). Unassigned in
 #: iproute2's rt_protos and by the well-known daemons (bird 12, zebra 11, bgp 186...).
 ROUTE_PROTOCOL: Final = 157
+#: Routing tables no tunnel may write: unspec (0), default (253) and local (255) are the
+#: kernel's own; a route in `local` would even claim addresses as the node's.
+RESERVED_TABLES: Final = (0, 253, 255)
 
 #: Range the operator allocates VTI keys / XFRM if_ids from when the spec leaves them out.
 #: Users may set any value in [1, 2**32-1]; 0 is refused (if_id 0 matches any interface).

@@ -17,7 +17,9 @@ from routevpn.api.fields import (
     Toggle,
     check_cidr,
     check_lifetimes,
+    check_proposals,
     lifetime_rule,
+    weak_proposal_rule,
 )
 
 # --- IKE and CHILD SA -------------------------------------------------------------------
@@ -74,8 +76,10 @@ class Ike(ApiModel):
         description=(
             "IKE proposals in strongSwan syntax, most preferred first. Default: "
             + ", ".join(IKE_DEFAULT_PROPOSALS)
-            + "."
+            + ". Never null encryption or a broken algorithm (DES, 3DES, MD5, modp768, "
+            "modp1024)."
         ),
+        json_schema_extra=item_rules(weak_proposal_rule("spec.ike.proposals[]")),
     )
     lifetime: Duration | None = Field(
         default=None,
@@ -111,6 +115,11 @@ class Ike(ApiModel):
             "site-to-site tunnel between fixed addresses."
         ),
     )
+
+    @field_validator("proposals")
+    @classmethod
+    def _strong(cls, v: list[str] | None) -> list[str] | None:
+        return check_proposals("spec.ike.proposals", v)
 
     @model_validator(mode="after")
     def _lifetimes_ordered(self) -> Ike:
@@ -162,8 +171,10 @@ class Child(ApiModel):
         max_length=16,
         description=(
             "ESP proposals in strongSwan syntax (a DH group gives PFS), most preferred first. "
-            "Default: " + ", ".join(ESP_DEFAULT_PROPOSALS) + "."
+            "Default: " + ", ".join(ESP_DEFAULT_PROPOSALS) + ". Never null encryption or a "
+            "broken algorithm (DES, 3DES, MD5, modp768, modp1024)."
         ),
+        json_schema_extra=item_rules(weak_proposal_rule("spec.child.proposals[]")),
     )
     lifetime: Duration | None = Field(
         default=None, description=f"Hard lifetime of the CHILD SA. Default: {CHILD_LIFETIMES[0]}."
@@ -198,6 +209,11 @@ class Child(ApiModel):
             "and its routes decide what enters the tunnel). Policy mode: required."
         ),
     )
+
+    @field_validator("proposals")
+    @classmethod
+    def _strong(cls, v: list[str] | None) -> list[str] | None:
+        return check_proposals("spec.child.proposals", v)
 
     @model_validator(mode="after")
     def _lifetimes_ordered(self) -> Child:

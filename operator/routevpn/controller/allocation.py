@@ -7,8 +7,16 @@ Who wins a value two tunnels claim: the one that holds it (placed on the node wi
 keeps it, whoever asks later and however (nothing that runs is taken away: a tunnel
 losing its key would be torn down and re-keyed). Between two tunnels that both hold it
 (only after a split decision) or neither, the earlier one wins (creationTimestamp, then
-namespace/name). The loser of a value it asked for explicitly reports a conflict naming
-the winner; the loser of a value it was merely allocated re-allocates.
+namespace/name). The loser of a value it asked for explicitly reports a conflict; the
+loser of a value it was merely allocated re-allocates.
+
+Besides the interface, a tunnel claims its routes (table, destination, metric: the
+kernel's identity of a route) and its IKE identity pair (charon picks a PSK and a peer
+config by the pair, not by connection). Those are never allocated: whoever is placed with
+them holds them, else the earlier tunnel wins.
+
+A conflict message names the winner only when it is in the loser's own namespace: a
+tenant learns nothing of another namespace's objects ("another tenant's tunnel").
 """
 
 from __future__ import annotations
@@ -19,8 +27,11 @@ from dataclasses import dataclass
 
 from routevpn.api import naming
 from routevpn.api.conditions import Reason
-from routevpn.api.fields import InterfaceType
+from routevpn.api.fields import AuthType, InterfaceType
 from routevpn.api.spec import VpnTunnelSpec
+
+#: The metric the kernel records for an IPv6 route added without one.
+IPV6_DEFAULT_METRIC = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +45,10 @@ class Holder:
     ifname: str | None
     ifname_explicit: bool
     addresses: frozenset[str]
+    #: Routes as the kernel keys them: (table, destination, metric).
+    routes: frozenset[tuple[int, str, int]] = frozenset()
+    #: (local identity, remote identity), or None when the local one is a certificate's.
+    identity: tuple[str, str] | None = None
     #: What it holds (status.interface on this node): None when not placed here.
     held_number: int | None = None
     held_ifname: str | None = None
@@ -80,8 +95,32 @@ def requested(spec: VpnTunnelSpec) -> tuple[InterfaceType, int | None, str | Non
     return kind, number, iface.name if iface else None
 
 
+def route_keys(spec: VpnTunnelSpec) -> frozenset[tuple[int, str, int]]:
+    """(table, destination, metric) of each route; IPv6 metric 0 is the kernel's 1024."""
+    out = set()
+    for r in spec.routes or []:
+        net = ipaddress.ip_network(r.to)
+        metric = r.metric or (IPV6_DEFAULT_METRIC if net.version == 6 else 0)
+        out.add((r.table or 254, str(net), metric))
+    return frozenset(out)
+
+
+def identity_pair(spec: VpnTunnelSpec, local: str | None) -> tuple[str, str] | None:
+    """The IKE identities charon matches on, as the agent will configure them."""
+    local_id = spec.local.id if spec.local and spec.local.id else None
+    if local_id is None and spec.auth.type is AuthType.PSK:
+        local_id = local  # a PSK tunnel's default local id is its local address
+    if local_id is None:
+        return None  # a certificate's subject: not known here
+    return local_id, spec.remote.id or spec.remote.address
+
+
 def holder_for(
-    ref: str, order: tuple[str, str, str], spec: VpnTunnelSpec, held: dict[str, object] | None
+    ref: str,
+    order: tuple[str, str, str],
+    spec: VpnTunnelSpec,
+    held: dict[str, object] | None,
+    local: str | None = None,
 ) -> Holder:
     """The claims of a tunnel: what its spec asks for, else what its status holds."""
     _, number, name = requested(spec)
@@ -98,6 +137,8 @@ def holder_for(
         ifname=name if name is not None else held_name,
         ifname_explicit=name is not None,
         addresses=inside_ips(spec),
+        routes=route_keys(spec),
+        identity=identity_pair(spec, local),
         held_number=held_number,
         held_ifname=held_name,
         placed=held is not None,
@@ -123,8 +164,7 @@ def allocate(
             )
     ifname = name if name is not None else naming.default_ifname(kind.value, number)
     if name is None and (o := _name_winner(me, others, ifname)) is not None:
-        msg = f"interface name {ifname} is used by {o.ref} on this node"
-        return _conflict(Reason.INTERFACE_NAME_IN_USE, msg, o)
+        return _conflict(Reason.INTERFACE_NAME_IN_USE, f"interface name {ifname}", o, me)
     iface: dict[str, object] = {"name": ifname, "type": kind.value}
     iface["key" if kind is InterfaceType.VTI else "ifId"] = number
     return Allocation(iface, Reason.PLACED)
@@ -153,16 +193,14 @@ def _lost_claim(
     if number is not None and (o := _number_winner(me, others, number)) is not None:
         reason = Reason.KEY_IN_USE if kind is InterfaceType.VTI else Reason.IF_ID_IN_USE
         what = "key" if kind is InterfaceType.VTI else "ifId"
-        return _conflict(reason, f"{what} {number} is used by {o.ref} on this node", o)
+        return _conflict(reason, f"{what} {number}", o, me)
     if name is not None and (o := _name_winner(me, others, name)) is not None:
-        msg = f"interface name {name} is used by {o.ref} on this node"
-        return _conflict(Reason.INTERFACE_NAME_IN_USE, msg, o)
+        return _conflict(Reason.INTERFACE_NAME_IN_USE, f"interface name {name}", o, me)
     for o in others:
         shared = me.addresses & o.addresses
         # Inside addresses are not allocated: placed with them is what holding means.
         if shared and beats(o, me, o.placed, me.placed):
-            msg = f"inside address {min(shared)} is used by {o.ref} on this node"
-            return _conflict(Reason.ADDRESS_IN_USE, msg, o)
+            return _conflict(Reason.ADDRESS_IN_USE, f"inside address {min(shared)}", o, me)
     return None
 
 
@@ -197,5 +235,27 @@ def _keep_or_pick(
     return None
 
 
-def _conflict(reason: str, message: str, other: Holder) -> Allocation:
-    return Allocation(None, reason, message, other.ref)
+def claim_conflict(me: Holder, others: Iterable[Holder]) -> Allocation | None:
+    """A route or IKE identity pair another tunnel on the node wins, or None."""
+    for o in others:
+        if not beats(o, me, o.placed, me.placed):
+            continue
+        if shared := me.routes & o.routes:
+            table, dst, metric = min(shared)
+            what = f"route {dst} table {table} metric {metric}"
+            return _conflict(Reason.ROUTE_IN_USE, what, o, me)
+        if me.identity is not None and me.identity == o.identity:
+            what = f"IKE identity pair {me.identity[0]} - {me.identity[1]}"
+            return _conflict(Reason.IDENTITY_IN_USE, what, o, me)
+    return None
+
+
+def whom(other: Holder, me: Holder) -> str:
+    """The winner as the loser may see it: named in the same namespace, else anonymous."""
+    if other.ref.split("/", 1)[0] == me.ref.split("/", 1)[0]:
+        return other.ref
+    return "a tunnel of another namespace"
+
+
+def _conflict(reason: str, what: str, other: Holder, me: Holder) -> Allocation:
+    return Allocation(None, reason, f"{what} is used by {whom(other, me)} on this node", other.ref)

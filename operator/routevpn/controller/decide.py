@@ -29,7 +29,8 @@ from typing import Any
 from routevpn.api import naming
 from routevpn.api.conditions import ConditionType, Reason, Status
 from routevpn.api.fields import Mode
-from routevpn.controller import allocation, bundle, placement
+from routevpn.api.spec import VpnTunnelSpec
+from routevpn.controller import allocation, bundle, placement, policy
 from routevpn.controller.model import DeliveredRecord, NodeRecord, TunnelRecord
 from routevpn.controller.status import Scheduled, changed, desired_status
 
@@ -48,6 +49,10 @@ class OperatorSettings:
     not_ready_grace_seconds: float = 60.0
     alloc_min: int = naming.ALLOC_MIN
     alloc_max: int = naming.ALLOC_MAX
+    #: A namespace no VpnTunnelPolicy selects: "deny" its tunnels, or "allow" them.
+    without_policy: str = "deny"
+    #: (what, CIDR) of the networks the command line protects (pod, service, node, API).
+    protected: tuple[tuple[str, str], ...] = ()
     #: Namespaces whose tunnels this operator serves; None: every namespace.
     namespaces: frozenset[str] | None = None
 
@@ -70,6 +75,8 @@ class World:
     #: monotonic seconds since the operator started waiting on the agent, if it is waiting.
     waiting_for: float | None
     settings: OperatorSettings
+    #: Protected networks and the cluster admin's VpnTunnelPolicies.
+    policy: policy.PolicyView
 
 
 @dataclass
@@ -169,27 +176,35 @@ def _target(
     spec = rec.spec
     if spec is None:
         return Scheduled(Status.FALSE, Reason.INVALID_SPEC, rec.spec_error or ""), None, None, None
+    verdict = policy.evaluate(spec, rec.namespace, w.policy)
+    refused = _refused(spec, verdict, w)
+    if refused is not None:
+        return Scheduled(Status.FALSE, Reason.POLICY_VIOLATION, refused), None, None, None
     cur_node = current.get("node")
+    eligible = {n: r for n, r in w.nodes.items() if verdict.node_allowed(r.labels)}
     where = placement.place(
         rec.ref,
         spec,
         str(cur_node) if cur_node else None,
-        w.nodes,
+        eligible,
         w.now,
         w.settings.not_ready_grace_seconds,
     )
     if where.node is None:
         return Scheduled(Status.FALSE, where.reason, where.message), None, None, None
+    local = placement.local_address(spec, w.nodes.get(where.node))
+    held = current.get("interface") if cur_node == where.node else None
+    me = allocation.holder_for(rec.ref, rec.order, spec, held, local)
+    others = list(w.holders_on(where.node))
     iface: dict[str, object] | None = None
     if spec.effective_mode is Mode.ROUTE:
-        held = current.get("interface") if cur_node == where.node else None
-        me = allocation.holder_for(rec.ref, rec.order, spec, held)
         s = w.settings
-        got = allocation.allocate(me, spec, w.holders_on(where.node), s.alloc_min, s.alloc_max)
+        got = allocation.allocate(me, spec, others, s.alloc_min, s.alloc_max)
         if got.interface is None:
             return Scheduled(Status.FALSE, got.reason, got.message), None, None, None
         iface = got.interface
-    local = placement.local_address(spec, w.nodes.get(where.node))
+    if (lost := allocation.claim_conflict(me, others)) is not None:
+        return Scheduled(Status.FALSE, lost.reason, lost.message), None, None, None
     made = bundle.build(spec, rec.namespace, w.user_secrets)
     if isinstance(made, bundle.SecretProblem):
         if rec.label_node is not None and rec.label_node == where.node == cur_node:
@@ -202,6 +217,19 @@ def _target(
             return Scheduled(Status.FALSE, made.reason, msg), where.node, iface, local
         return Scheduled(Status.FALSE, made.reason, made.message), None, None, None
     return Scheduled(Status.TRUE, Reason.PLACED, where.message), where.node, iface, local
+
+
+def _refused(spec: VpnTunnelSpec, verdict: policy.Verdict, w: World) -> str | None:
+    """The policy's refusal, or a named node that is not a gateway node for the tunnel."""
+    if not verdict.admitted:
+        return verdict.message
+    node = w.nodes.get(spec.node_name) if spec.node_name else None
+    if node is not None and not verdict.node_allowed(node.labels):
+        return (
+            f"spec.nodeName {node.name} is not a gateway node for this namespace: no "
+            "VpnTunnelPolicy that admits the tunnel selects it (nodeSelector)"
+        )
+    return None
 
 
 def _events(current: Mapping[str, Any], sched: Scheduled, d: Decision) -> None:

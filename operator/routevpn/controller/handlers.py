@@ -24,6 +24,7 @@ from typing import Any
 import kopf
 
 from routevpn.api import naming
+from routevpn.api.policy import POLICY_PLURAL
 from routevpn.controller.decide import OperatorSettings
 from routevpn.controller.leader import Leader
 from routevpn.controller.metrics import API_WRITES, REGISTRY
@@ -203,6 +204,18 @@ async def nodes(body: kopf.Body, **_: Any) -> None:
     _rt().store.nodes[rec.name] = rec
 
 
+@kopf.index(naming.GROUP, naming.VERSION, POLICY_PLURAL)
+async def policies(body: kopf.Body, **_: Any) -> None:
+    """Keep the VpnTunnelPolicies current (deletions: see `policy_event`)."""
+    _rt().store.put_policy(body)
+
+
+@kopf.index("", "v1", "namespaces")
+async def namespaces(body: kopf.Body, **_: Any) -> None:
+    """Keep namespace labels current (policies select namespaces by them)."""
+    _rt().store.put_namespace(body)
+
+
 # --- what to look at --------------------------------------------------------------------
 
 
@@ -220,6 +233,25 @@ async def tunnel_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         return
     rt.store.put_tunnel(rec)
     r.enqueue(rec.key)
+
+
+@kopf.on.event(naming.GROUP, naming.VERSION, POLICY_PLURAL)
+async def policy_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """A grant changed: look at every tunnel again (it may be admitted or refused now)."""
+    rt, r = _rt(), _reconciler()
+    rt.store.put_policy(body, deleted=event.get("type") == "DELETED")
+    for key in list(rt.store.tunnels):
+        r.enqueue(key)
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """A namespace's labels changed: look at its tunnels again."""
+    rt, r = _rt(), _reconciler()
+    if rt.store.put_namespace(body, deleted=event.get("type") == "DELETED"):
+        name = str((body.get("metadata") or {}).get("name", ""))
+        for rec in list(rt.store.tunnels_in(name)):
+            r.enqueue(rec.key)
 
 
 @kopf.on.event("", "v1", "nodes")

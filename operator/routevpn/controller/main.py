@@ -13,6 +13,7 @@ import kopf
 
 from routevpn.controller import handlers
 from routevpn.controller.decide import OperatorSettings
+from routevpn.controller.options import protected_from
 
 
 def namespaces(text: str) -> frozenset[str] | None:
@@ -37,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
             orphan_wait_seconds=args.orphan_wait,
             not_ready_grace_seconds=args.not_ready_grace,
             namespaces=namespaces(args.watch_namespaces),
+            without_policy=args.without_policy,
+            protected=protected_from(args),
         ),
         peering=args.peering,
         priority=priority,

@@ -7,7 +7,30 @@ agent process must not load the operator's framework or register its handlers.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+
+#: Flags naming networks no tunnel may route into or use inside: (flag, what it is).
+PROTECTED_FLAGS = (
+    ("pod_cidr", "the pod network"),
+    ("service_cidr", "the service network"),
+    ("node_cidr", "the node network"),
+    ("api_server_address", "the API server's address"),
+)
+
+
+def _cidr(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address or CIDR: {text!r}") from None
+
+
+def protected_from(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """(what, CIDR) for every protected network given on the command line."""
+    return tuple(
+        (what, cidr) for dest, what in PROTECTED_FLAGS for cidr in getattr(args, dest) or ()
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,3 +99,21 @@ def _timing(parser: argparse.ArgumentParser) -> None:
         default=32,
         help="tunnels reconciled at once (each mostly waits on the API server)",
     )
+    parser.add_argument(
+        "--without-policy",
+        choices=("deny", "allow"),
+        default="deny",
+        help=(
+            "a tunnel in a namespace no VpnTunnelPolicy selects is refused (deny, the default) "
+            "or admitted within the protected networks (allow: single-tenant clusters)"
+        ),
+    )
+    for dest, what in PROTECTED_FLAGS:
+        parser.add_argument(
+            "--" + dest.replace("_", "-"),
+            dest=dest,
+            action="append",
+            type=_cidr,
+            metavar="CIDR",
+            help=f"{what}: never routed into a tunnel nor used inside one (repeatable)",
+        )

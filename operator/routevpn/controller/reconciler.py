@@ -127,6 +127,7 @@ class OperatorReconciler:
                 f"app.kubernetes.io/managed-by={bundle.MANAGED_BY}",
             )
         ]
+        await self._resync_tenancy()
         served = (tunnel_from_body(body) for body in items)
         self.store.resync(rec for rec in served if self.settings.serves(rec.namespace))
         self.store.nodes = {rec.name: rec for rec in (node_from_body(b) for b in nodes)}
@@ -137,6 +138,22 @@ class OperatorReconciler:
         self._waiting_since.clear()
         for key in list(self.store.tunnels):
             self.enqueue(key)
+
+    async def _resync_tenancy(self) -> None:
+        """The admin's policies, namespace labels and the API server's own addresses."""
+        policies = await self.kube.list_policies()
+        namespaces = await self.kube.list_namespaces()
+        try:
+            self.store.api_servers = tuple(await self.kube.api_server_addresses())
+        except Exception as e:
+            # Only a loss of protection beyond the flags' (--api-server-address): say so.
+            log.warning("the API server's addresses could not be read: %s", type(e).__name__)
+        self.store.policies.clear()
+        for body in policies:
+            self.store.put_policy(body)
+        self.store.namespaces.clear()
+        for body in namespaces:
+            self.store.put_namespace(body)
 
     @property
     def active(self) -> bool:
@@ -233,6 +250,7 @@ class OperatorReconciler:
             now=datetime.now(UTC),
             waiting_for=since,
             settings=self.settings,
+            policy=self.store.policy_view(self.settings.protected, self.settings.without_policy),
         )
         d = decide(rec, self.store.effective(key), world, now - since if since else 0.0)
         if d.waiting:

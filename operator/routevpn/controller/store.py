@@ -9,13 +9,18 @@ never get the same number, and write lag never causes a second write.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from routevpn.api.conditions import ConditionType, Reason
+from routevpn.api.policy import VpnTunnelPolicySpec
 from routevpn.controller import allocation, bundle
 from routevpn.controller.model import DeliveredRecord, NodeRecord, TunnelKey, TunnelRecord
+from routevpn.controller.policy import PolicyView, protected_networks
 from routevpn.controller.status import OWNED_FIELDS
 
 _OPERATOR_CONDITIONS = {str(ConditionType.SCHEDULED), str(ConditionType.READY)}
@@ -27,6 +32,8 @@ WAITING_ON_OTHERS = frozenset(
         Reason.INTERFACE_NAME_IN_USE,
         Reason.ADDRESS_IN_USE,
         Reason.ALLOCATION_EXHAUSTED,
+        Reason.ROUTE_IN_USE,
+        Reason.IDENTITY_IN_USE,
     }
 )
 
@@ -54,6 +61,12 @@ class Store:
         self.nodes: dict[str, NodeRecord] = {}
         self.delivered: dict[TunnelKey, DeliveredRecord] = {}
         self.user_secrets: dict[tuple[str, str], bundle.UserSecret] = {}
+        #: VpnTunnelPolicies by name (one that does not parse grants nothing).
+        self.policies: dict[str, VpnTunnelPolicySpec] = {}
+        #: Namespace labels by name (VpnTunnelPolicy namespaceSelectors match them).
+        self.namespaces: dict[str, dict[str, str]] = {}
+        #: The API server's addresses as last read (protected like the flags' networks).
+        self.api_servers: tuple[str, ...] = ()
         self._applied: dict[TunnelKey, dict[str, Any]] = {}
         self._released: set[TunnelKey] = set()
         self._by_node: dict[str, dict[TunnelKey, allocation.Holder]] = {}
@@ -132,11 +145,50 @@ class Store:
         if not node:
             return
         iface = status.get("interface")
+        local = status.get("localAddress")
         holder = allocation.holder_for(
-            rec.ref, rec.order, rec.spec, dict(iface) if isinstance(iface, Mapping) else None
+            rec.ref,
+            rec.order,
+            rec.spec,
+            dict(iface) if isinstance(iface, Mapping) else None,
+            str(local) if local else None,
         )
         self._by_node.setdefault(str(node), {})[key] = holder
         self._node_of[key] = str(node)
+
+    # --- policy ---------------------------------------------------------------------
+
+    def put_policy(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        """Record (or forget) a VpnTunnelPolicy; one that does not parse grants nothing."""
+        name = str((body.get("metadata") or {}).get("name", ""))
+        self.policies.pop(name, None)
+        if deleted:
+            return
+        # The CRD refuses a spec that does not parse; one from an older CRD is not trusted.
+        with contextlib.suppress(ValidationError):
+            self.policies[name] = VpnTunnelPolicySpec.model_validate(body.get("spec") or {})
+
+    def put_namespace(self, body: Mapping[str, Any], deleted: bool = False) -> bool:
+        """Record (or forget) a Namespace's labels; True when they changed."""
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        before = self.namespaces.get(name)
+        if deleted:
+            self.namespaces.pop(name, None)
+        else:
+            self.namespaces[name] = dict(meta.get("labels") or {})
+        return self.namespaces.get(name) != before
+
+    def policy_view(self, protected: Iterable[tuple[str, str]], without_policy: str) -> PolicyView:
+        """What the policy check looks at: configured, API server and node addresses."""
+        configured = [*protected, *(("the API server's address", ip) for ip in self.api_servers)]
+        node_ips = [ip for node in self.nodes.values() for ip in node.internal_ips]
+        return PolicyView(
+            protected=protected_networks(configured, node_ips),
+            policies=tuple(self.policies.items()),
+            without_policy=without_policy,
+            namespace_labels=self.namespaces,
+        )
 
     # --- secrets --------------------------------------------------------------------
 

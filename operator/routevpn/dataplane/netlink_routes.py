@@ -162,14 +162,20 @@ class RouteOps:
         (`RouteNotOwnedError`), without this adapter ever reading that table.
         """
         view = await self._current()
-        # every route of ours, on any link: one moving here from another link is replaced
+        # routevpn's routes of every tunnel: a key another tunnel holds is not ours either
         ours = {(r.dst, r.table, r.metric): r for r in view.routes}
-        owned = [r for r in view.routes if r.oif == index]
+        owned = [r for r in view.routes if owned_by(r, index)]
         want = list(wanted)
         changes: list[Change] = []
         for route in want:
             have = ours.get((route.dst, route.table, nf.effective_metric(route)))
-            if have is not None and have.oif == index and have.via == route.via:
+            if have is not None and not owned_by(have, index):
+                raise RouteNotOwnedError(
+                    ref,
+                    f"route {route.dst} table {route.table} metric "
+                    f"{nf.effective_metric(route)} is another tunnel's; not replacing it",
+                )
+            if have is not None and have.via == route.via:
                 continue
             await self._write_route(ref, route, index, replace=have is not None)
             name = view.links[index].name if index in view.links else None
@@ -204,6 +210,12 @@ class RouteOps:
                 f"route {route.dst} table {route.table} metric "
                 f"{nf.effective_metric(route)} exists and is not routevpn's; not replacing it",
             )
+
+
+def owned_by(route: RouteFacts, index: int) -> bool:
+    """Is `route` the tunnel's whose link is `index`? routevpn's protocol number AND that
+    link: another tunnel's route (same protocol, another link) is never ours to replace."""
+    return route.proto == naming.ROUTE_PROTOCOL and route.oif == index
 
 
 def _written(route: RoutePlan, index: int, ifname: str | None) -> RouteFacts:

@@ -19,7 +19,7 @@ def _host_facts(
     own = plan.link.name if plan.link is not None else None
     addrs = [safety.HostAddress(a.ifname, a.address) for a in facts.addresses]
     routes = [
-        safety.HostRoute(r.dst, r.ifname or "", r.metric, r.table)
+        safety.HostRoute(r.dst, r.ifname or "", r.metric, r.table, r.proto)
         for r in facts.routes
         if r.ifname is not None and r.ifname != own
     ]

@@ -3,7 +3,14 @@
 - RouteLoop: a route (or a connected inside prefix) on the tunnel interface that would
   carry the IKE/ESP packets for the peer into the tunnel itself, with no more specific
   route to the peer outside it. Applying it would cut the tunnel off from its own peer.
-- AddressConflict: an inside address already configured on another interface.
+- AddressConflict: an inside address already configured on another interface, or an
+  inside network holding an address of another interface.
+- ProtectedRoute: defence in depth behind the operator's policy (a compromised or older
+  operator, a hand-edited status): a route into the kernel's own tables (0, 253, 255), to
+  loopback, multicast or link-local destinations, over an address of another interface
+  of the node, or one that would outrank a route the node already has (not routevpn's)
+  for the same destination and table — the "0.0.0.0/0 at metric 0 beats the node's
+  default route" attack.
 """
 
 from __future__ import annotations
@@ -11,17 +18,30 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
+from routevpn.api.naming import RESERVED_TABLES, ROUTE_PROTOCOL
 from routevpn.dataplane.plan import (
     MAIN_TABLE,
     IPAddress,
     IPInterface,
     IPNetwork,
+    RoutePlan,
     TunnelPlan,
 )
 
-FindingReason = Literal["RouteLoop", "AddressConflict"]
+FindingReason = Literal["RouteLoop", "AddressConflict", "ProtectedRoute"]
+
+#: Destinations no tunnel route may cover, whatever the operator said.
+_NEVER: Final = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "127.0.0.0/8", "::1/128", "224.0.0.0/4", "ff00::/8", "169.254.0.0/16", "fe80::/10",
+        "0.0.0.0/8",
+    )
+)  # fmt: skip
+#: The metric the kernel records for an IPv6 route added without one.
+_IPV6_DEFAULT_METRIC: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +60,8 @@ class HostRoute:
     dev: str
     metric: int = 0
     table: int = MAIN_TABLE
+    #: rtm_protocol: routevpn's own routes (another tunnel's) carry naming.ROUTE_PROTOCOL.
+    proto: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +162,74 @@ def check_address_conflicts(
     return findings
 
 
+def _node_addresses(plan: TunnelPlan, host_addresses: Iterable[HostAddress]) -> list[IPInterface]:
+    """Addresses of the node's other interfaces (link-local ones are every link's)."""
+    own = plan.link.name if plan.link is not None else None
+    return [a.address for a in host_addresses if a.ifname != own and not a.address.ip.is_link_local]
+
+
+def _route_problem(
+    route: RoutePlan, node: list[IPInterface], host_routes: Iterable[HostRoute]
+) -> str | None:
+    if route.table in RESERVED_TABLES:
+        return f"table {route.table} is the kernel's own"
+    if route.dst.prefixlen > 0:
+        for net in _NEVER:
+            if net.version == route.dst.version and net.overlaps(route.dst):
+                return f"it overlaps {net}, which is never routed into a tunnel"
+        for addr in node:
+            if addr.version == route.dst.version and addr.ip in route.dst:
+                return f"it covers the node's own address {addr.ip}"
+    metric = route.metric or (_IPV6_DEFAULT_METRIC if route.dst.version == 6 else 0)
+    for have in host_routes:
+        same = (have.dst, have.table) == (route.dst, route.table)
+        if same and have.proto != ROUTE_PROTOCOL and have.metric > metric:
+            return (
+                f"it would outrank the node's own route via {have.dev} (metric "
+                f"{have.metric}); use a metric above it"
+            )
+    return None
+
+
+def check_protected(
+    plan: TunnelPlan, host_addresses: Iterable[HostAddress], host_routes: Iterable[HostRoute]
+) -> list[Finding]:
+    """ProtectedRoute / AddressConflict findings for what must never reach a tunnel."""
+    node = _node_addresses(plan, host_addresses)
+    routes = list(host_routes)
+    findings: list[Finding] = []
+    for route in plan.routes:
+        why = _route_problem(route, node, routes)
+        if why is not None:
+            findings.append(
+                Finding(
+                    "ProtectedRoute",
+                    f"tunnel {plan.ref}: route {route.dst} table {route.table} refused: {why}.",
+                )
+            )
+    mine = {a.ip for a in plan.addresses}  # the same address twice: check_address_conflicts
+    for want in plan.addresses:
+        for addr in node:
+            if addr.version == want.version and addr.ip not in mine and addr.ip in want.network:
+                findings.append(
+                    Finding(
+                        "AddressConflict",
+                        f"tunnel {plan.ref}: inside network {want.network} holds the node's "
+                        f"address {addr.ip}; pick another inside network.",
+                    )
+                )
+    return findings
+
+
 def check(
     plan: TunnelPlan,
     host_addresses: Iterable[HostAddress] = (),
     host_routes: Iterable[HostRoute] = (),
 ) -> list[Finding]:
     """Every finding for `plan` against what the node has; empty means safe to apply."""
-    return check_route_loops(plan, list(host_routes)) + check_address_conflicts(
-        plan, list(host_addresses)
+    addrs, routes = list(host_addresses), list(host_routes)
+    return (
+        check_protected(plan, addrs, routes)
+        + check_route_loops(plan, routes)
+        + check_address_conflicts(plan, addrs)
     )

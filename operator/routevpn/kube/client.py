@@ -28,6 +28,7 @@ from kubernetes import client, config, watch
 from kubernetes.client import ApiException
 
 from routevpn.api import naming
+from routevpn.api.policy import POLICY_PLURAL
 
 Obj = dict[str, Any]
 
@@ -318,6 +319,31 @@ class KubeClient:
         """Every Node."""
         got = await self._call(self._core.list_node)
         return list((got or {}).get("items") or [])
+
+    async def list_policies(self) -> list[Obj]:
+        """Every VpnTunnelPolicy (cluster-scoped)."""
+        got = await self._call(
+            self._custom.list_cluster_custom_object,
+            naming.GROUP, naming.VERSION, POLICY_PLURAL,
+        )  # fmt: skip
+        return list((got or {}).get("items") or [])
+
+    async def list_namespaces(self) -> list[Obj]:
+        """Every Namespace (their labels select VpnTunnelPolicies)."""
+        got = await self._call(self._core.list_namespace)
+        return list((got or {}).get("items") or [])
+
+    async def api_server_addresses(self) -> list[str]:
+        """The API server's addresses: the `kubernetes` Service's cluster IPs and its
+        Endpoints in `default` (where every cluster publishes them)."""
+        out: list[str] = []
+        svc = await self._call(self._core.read_namespaced_service, "kubernetes", "default")
+        spec = (svc or {}).get("spec") or {}
+        out += [str(ip) for ip in spec.get("clusterIPs") or [spec.get("clusterIP")] if ip]
+        eps = await self._call(self._core.read_namespaced_endpoints, "kubernetes", "default")
+        for subset in (eps or {}).get("subsets") or []:
+            out += [str(a["ip"]) for a in subset.get("addresses") or [] if a.get("ip")]
+        return [ip for ip in out if ip != "None"]
 
     async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
         """Create one core/v1 Event (built by `kube.events`)."""

@@ -13,12 +13,14 @@ Rule = tuple[str, str, frozenset[str]]
 
 
 def rules(role: Manifest) -> set[Rule]:
-    """(apiGroup, resource, verbs) triples of a Role/ClusterRole; no wildcards allowed."""
+    """(apiGroup, resource, verbs) triples of a Role/ClusterRole; no wildcards allowed.
+    A rule narrowed to some objects by name shows as `resource:name,name`."""
     out: set[Rule] = set()
     for rule in role["rules"]:
-        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        assert "nonResourceURLs" not in rule
+        names = ",".join(rule.get("resourceNames") or [])
         for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
+            for resource in (f"{r}:{names}" if names else r for r in rule["resources"]):
                 verbs = frozenset(rule["verbs"])
                 assert "*" not in verbs and resource != "*" and group != "*", rule
                 out.add((group, resource, verbs))
@@ -46,6 +48,12 @@ def test_operator_cluster_role(docs: list[Manifest]) -> None:
         ("", "secrets", v("get")),
         ("", "events", v("create")),
         ("kopf.dev", "clusterkopfpeerings", v("get", "list", "watch", "patch")),
+        # tenancy (docs/policy.md): the policies, the labels they select by, and the API
+        # server's addresses (the rule is narrowed to the `kubernetes` objects by name)
+        ("routevpn.io", "vpntunnelpolicies", READ),
+        ("", "namespaces", READ),
+        ("", "services:kubernetes", v("get")),
+        ("", "endpoints:kubernetes", v("get")),
     }
 
 

@@ -10,6 +10,7 @@ from routevpn.api.conditions import Reason, Status
 from routevpn.controller import bundle
 from routevpn.controller.decide import OperatorSettings, World, decide
 from routevpn.controller.model import DeliveredRecord, NodeRecord, TunnelRecord, tunnel_from_body
+from routevpn.controller.policy import PolicyView
 from routevpn.controller.status import changed, desired_status
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -47,6 +48,10 @@ def tunnel(
     )
 
 
+#: No policies, and tunnels of namespaces without one admitted: placement alone.
+OPEN = PolicyView(without_policy="allow")
+
+
 def world(nodes: list[str], secrets: dict[str, bundle.UserSecret] | None = None) -> World:
     recs = {
         n: NodeRecord(n, {"gw": "true"}, True, "2026-01-01T00:00:00Z", ("192.0.2.1",))
@@ -60,6 +65,7 @@ def world(nodes: list[str], secrets: dict[str, bundle.UserSecret] | None = None)
         now=NOW,
         waiting_for=None,
         settings=OperatorSettings("routevpn", orphan_wait_seconds=10, not_ready_grace_seconds=60),
+        policy=OPEN,
     )
 
 
@@ -110,7 +116,7 @@ def test_move_waits_for_agent_then_relabels() -> None:
 
 
 def _with(w: World, nodes: dict[str, NodeRecord]) -> World:
-    return World(nodes, w.holders_on, w.user_secrets, w.delivered, w.now, None, w.settings)
+    return World(nodes, w.holders_on, w.user_secrets, w.delivered, w.now, None, w.settings, OPEN)
 
 
 def test_missing_and_invalid_secret() -> None:
@@ -170,7 +176,9 @@ def test_placed_tunnel_keeps_running_when_its_secret_goes_missing_or_invalid() -
     ]
     for secrets, reason in cases:
         w = world(["a"], secrets=secrets)
-        w = World(w.nodes, w.holders_on, w.user_secrets, _delivered("a"), w.now, None, w.settings)
+        w = World(
+            w.nodes, w.holders_on, w.user_secrets, _delivered("a"), w.now, None, w.settings, OPEN
+        )
         d = decide(rec, placed, w, 0)
         # Label, allocation, node and the delivered Secret all stay.
         assert not d.label_changed and d.label == "a"
@@ -203,7 +211,7 @@ def test_fixed_secret_is_delivered_and_scheduled_again() -> None:
     broken = decide(rec, placed, w, 0).status
     assert broken is not None
     w = world(["a"])
-    w = World(w.nodes, w.holders_on, w.user_secrets, _delivered("a"), w.now, None, w.settings)
+    w = World(w.nodes, w.holders_on, w.user_secrets, _delivered("a"), w.now, None, w.settings, OPEN)
     d = decide(tunnel(label="a", status=broken), broken, w, 0)
     assert d.status is not None and d.status["conditions"][0]["status"] == "True"
     assert d.secret is not None and d.status["interface"] == placed["interface"]

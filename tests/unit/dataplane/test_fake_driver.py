@@ -76,7 +76,9 @@ def test_findings_stop_the_apply_and_nothing_is_recorded() -> None:
             PLAN, routes=(RoutePlan(ipaddress.ip_network("0.0.0.0/0"), "vti4096", metric=1),)
         )
         result = await d.apply(looping)
-        assert not result.applied and [f.reason for f in result.findings] == ["RouteLoop"]
+        # It loops to the peer, and it outranks the node's own default route (metric 100).
+        reasons = [f.reason for f in result.findings]
+        assert not result.applied and reasons == ["ProtectedRoute", "RouteLoop"]
         assert d.plans == {}
 
     asyncio.run(body())
