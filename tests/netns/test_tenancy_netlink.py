@@ -75,7 +75,7 @@ async def _check_and_apply(plan: TunnelPlan) -> list[str]:
     """What RealDriver.apply does before charon: check, then (only if clean) addresses and
     routes on the tunnel's link (a bridge stands in for it: this kernel has no VTI)."""
     async with NetlinkAdapter() as nl:
-        addrs, host_routes = _host_facts(plan, await nl.observe())
+        addrs, host_routes = _host_facts(plan, await nl.observe_for(plan))
         findings = safety.check(plan, addrs, host_routes)
         if not findings:
             index = (await nl._link_by_name("rv0")).index  # type: ignore[union-attr]

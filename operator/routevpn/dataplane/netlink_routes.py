@@ -57,13 +57,17 @@ class RouteOps:
         raise NotImplementedError
 
     async def observe_for(self, plan: TunnelPlan) -> NetlinkFacts:
-        """`observe()` plus the route the kernel uses now to reach each of `plan`'s peers.
+        """`observe()` plus the few foreign routes `plan`'s safety checks weigh.
 
-        That route is what the route loop check (`safety.check_route_loops`) weighs
-        against the plan's own routes. It is looked up only for a peer that a route or
-        an inside prefix of the plan covers: for any other peer the check has nothing
-        to weigh. A peer with no unicast route (none, or a blackhole, unreachable or
-        prohibit route) adds nothing, as such a route never carried IKE before either.
+        - The route the kernel uses now to reach each peer that a route or an inside
+          prefix of the plan covers (`safety.check_route_loops`); for any other peer the
+          check has nothing to weigh. A peer with no unicast route (none, or a
+          blackhole, unreachable or prohibit route) adds nothing, as such a route never
+          carried IKE before either.
+        - The node's own route at each of the plan's destinations, when the kernel's
+          best match for the destination's first address is exactly that prefix
+          (`safety.check_protected`: a tunnel route must not outrank it, the "0/0 at
+          metric 0 beats the node's default route" attack).
         """
         view = await self._current()
         facts = view.facts()
@@ -73,10 +77,12 @@ class RouteOps:
             covered = any(
                 r.dst.version == peer.version and peer in r.dst for r in plan.routes
             ) or any(a.version == peer.version and peer in a.network for a in plan.addresses)
-            if not covered:
-                continue
-            route = await self.route_to(peer, names)
+            route = await self.route_to(peer, names) if covered else None
             if route is not None:
+                found.append(route)
+        for want in plan.routes:
+            route = await self.route_to(want.dst.network_address, names)
+            if route is not None and route.dst == want.dst and route.proto != naming.ROUTE_PROTOCOL:
                 found.append(route)
         return NetlinkFacts(facts.links, facts.addresses, facts.routes + tuple(found))
 
@@ -169,7 +175,7 @@ class RouteOps:
         changes: list[Change] = []
         for route in want:
             have = ours.get((route.dst, route.table, nf.effective_metric(route)))
-            if have is not None and not owned_by(have, index):
+            if have is not None and not owned_by(have, index) and _tunnel_link(view, have.oif):
                 raise RouteNotOwnedError(
                     ref,
                     f"route {route.dst} table {route.table} metric "
@@ -210,6 +216,13 @@ class RouteOps:
                 f"route {route.dst} table {route.table} metric "
                 f"{nf.effective_metric(route)} exists and is not routevpn's; not replacing it",
             )
+
+
+def _tunnel_link(view: nf.View, index: int | None) -> bool:
+    """Is link `index` some routevpn tunnel's? (A route of ours found on any other link,
+    moved there by hand, belongs to no tunnel: the tunnel that wants it repairs it.)"""
+    link = view.links.get(index) if index is not None else None
+    return link is not None and naming.parse_link_alias(link.alias) is not None
 
 
 def owned_by(route: RouteFacts, index: int) -> bool:
