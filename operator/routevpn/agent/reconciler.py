@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from routevpn.agent import conditions as cond
+from routevpn.agent import failover as fo
 from routevpn.agent import status as st
 from routevpn.agent.decide import Action, decide, delivered
 from routevpn.agent.desired import Blocked, DeliveredMaterial, build_plan, local_address
@@ -69,6 +70,7 @@ class _Work:
     plan: TunnelPlan | None = None
     problem: cond.Problem | None = None
     problem_status: Status = Status.FALSE
+    routes: tuple[fo.RouteDecision, ...] = ()
 
 
 @dataclass
@@ -115,6 +117,8 @@ class AgentReconciler:
         self.traffic = cond.TrafficTracker(settings.quiet_seconds)
         self.charon_ok = False
         self.gc_done = False
+        #: The node's tunnels as failover saw them last (routes, which carry traffic).
+        self.node_routes = fo.NodeRoutes({}, frozenset())
         self._api_slots = asyncio.Semaphore(API_CONCURRENCY)
         self._slots_loop: asyncio.AbstractEventLoop | None = None
 
@@ -130,7 +134,7 @@ class AgentReconciler:
 
     async def run_pass(self, keys: Iterable[Key]) -> None:
         """Reconcile `keys` (tunnels that changed, or all of them on a resync)."""
-        keys = sorted(set(keys))
+        keys = set(keys)
         if not keys and self.gc_done:
             return  # nothing to look at: no dump of the node, no VICI listing
         work: list[_Work] = []
@@ -141,7 +145,7 @@ class AgentReconciler:
         async with self.driver.batch():
             facts = await self._observe()
             clock.lap("observe")
-            for key in keys:
+            for key in self._with_siblings(keys, facts):
                 obj = self.state.tunnels.get(key)
                 if obj is None:
                     await self._gone(key)
@@ -175,6 +179,14 @@ class AgentReconciler:
         clock.lap("report")
         self.metrics.tunnels.set(len(self.state.configured))
         log.debug("pass over %d tunnel(s): %s", len(keys), clock)
+
+    def _with_siblings(self, keys: set[Key], facts: Facts | None) -> list[Key]:
+        """`keys` and every tunnel sharing a route destination with one of them: whether
+        a tunnel's routes are demoted depends on the others being up (`failover`)."""
+        before = self.node_routes
+        ipsec = facts.ipsec if facts is not None else None
+        self.node_routes = before.refresh(self.state.tunnels, self.settings.node, ipsec)
+        return sorted(keys | self.node_routes.siblings(keys) | before.siblings(keys))
 
     async def _observe(self) -> Facts | None:
         try:
@@ -224,7 +236,8 @@ class AgentReconciler:
         if isinstance(made, Blocked):
             w.problem, w.problem_status = cond.Problem(made.reason, made.message), made.status
         else:
-            w.plan = made
+            w.routes = fo.decide_routes(key, made, self.node_routes)
+            w.plan = fo.apply_decisions(made, w.routes)
         return w
 
     def _secret(self, key: Key) -> DeliveredMaterial | None:
@@ -304,14 +317,13 @@ class AgentReconciler:
         previous = current.get("conditions") or []
         computed = cond.keep_known_failures(cond.compute(obs, conn), previous)
         conds = st.merge_conditions(computed, previous, generation, now)
-        configured = problem is None
-        ike_wire = st.ike_status(ike, current.get("ike"), now) if configured else None
-        child_wire = (
-            st.child_status(child, current.get("child"), now, self.settings.counters_period)
-            if configured
-            else None
-        )
-        desired = st.desired_status(conds, ike_wire, child_wire)
+        # SA facts and route states only for a configured tunnel
+        desired = st.desired_status(conds) if problem is not None else st.desired_status(
+            conds,
+            st.ike_status(ike, current.get("ike"), now),
+            st.child_status(child, current.get("child"), now, self.settings.counters_period),
+            [d.to_wire() for d in w.routes],
+        )  # fmt: skip
         self.metrics.tunnel(ns, name, ike, child, now_ts)
         if not st.needs_write(desired, current):
             return
