@@ -144,10 +144,11 @@ class NodeRoutes:
 
 def decide_routes(key: Key, plan: TunnelPlan, node: NodeRoutes) -> tuple[RouteDecision, ...]:
     """Each route of `plan` (tunnel `key`) as it is to be installed, and why."""
-    return tuple(_decide(key, route, node) for route in plan.routes)
+    return tuple(decide_route(key, route, node) for route in plan.routes)
 
 
-def _decide(key: Key, route: RoutePlan, node: NodeRoutes) -> RouteDecision:
+def decide_route(key: Key, route: RoutePlan, node: NodeRoutes) -> RouteDecision:
+    """One route of tunnel `key` as it is to be installed, and why."""
     metric = effective_metric(route)
     where = f"{route.dst} (table {route.table})"
     active = route  # unchanged: the plan as built is the active route
