@@ -10,7 +10,6 @@ differ from what the server already holds.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -23,8 +22,15 @@ from pydantic import ValidationError
 from routevpn.agent import conditions as cond
 from routevpn.agent import failover as fo
 from routevpn.agent import status as st
+from routevpn.agent.budget import DEFAULT_STATUS_BURST, DEFAULT_STATUS_QPS, WriteBudget
 from routevpn.agent.decide import Action, decide, delivered
-from routevpn.agent.desired import Blocked, DeliveredMaterial, build_plan, local_address
+from routevpn.agent.desired import (
+    Blocked,
+    DeliveredMaterial,
+    build_plan,
+    local_address,
+    underlay_of,
+)
 from routevpn.agent.finalizer import has_finalizer, set_finalizer
 from routevpn.agent.metrics import Metrics
 from routevpn.agent.passclock import PassClock, every
@@ -58,6 +64,8 @@ class AgentSettings:
     resync_seconds: float = 30.0
     counters_period: float = st.DEFAULT_COUNTERS_PERIOD
     quiet_seconds: float = cond.DEFAULT_QUIET_SECONDS
+    status_qps: float = DEFAULT_STATUS_QPS
+    status_burst: int = DEFAULT_STATUS_BURST
 
 
 @dataclass
@@ -80,17 +88,6 @@ class State:
     tunnels: dict[Key, Obj] = field(default_factory=dict)
     secrets: dict[Key, Obj] = field(default_factory=dict)
     configured: set[Key] = field(default_factory=set)
-
-
-def underlay_of(facts: Facts | None, local: str | None) -> str | None:
-    """The interface holding the local address (what an XFRM interface binds to)."""
-    if facts is None or local is None:
-        return None
-    want = ipaddress.ip_address(local)
-    for addr in facts.netlink.addresses:
-        if addr.address.ip == want:
-            return addr.ifname
-    return None
 
 
 class AgentReconciler:
@@ -119,6 +116,8 @@ class AgentReconciler:
         self.gc_done = False
         #: The node's tunnels as failover saw them last (routes, which carry traffic).
         self.node_routes = fo.NodeRoutes({}, frozenset())
+        self.budget = WriteBudget(settings.status_qps, settings.status_burst)
+        self.deferred: set[Key] = set()  # status writes over budget: for a later pass
         self._api_slots = asyncio.Semaphore(API_CONCURRENCY)
         self._slots_loop: asyncio.AbstractEventLoop | None = None
 
@@ -327,8 +326,15 @@ class AgentReconciler:
         self.metrics.tunnel(ns, name, ike, child, now_ts)
         if not st.needs_write(desired, current):
             return
+        await self._write(w, conds, desired, current)
+
+    async def _write(self, w: _Work, conds: list[st.Wire], desired: st.Wire, current: Obj) -> None:
+        """Apply the agent's status (within the write budget) and an Event per transition."""
+        if not self.budget.take():
+            self.deferred.add(w.key)
+            return
         moved = st.transitions(conds, current)
-        updated = await self._call(self.kube.apply_tunnel_status(ns, name, desired))
+        updated = await self._call(self.kube.apply_tunnel_status(*w.key, desired))
         if updated is None:
             return  # gone meanwhile
         self._remember(w.key, updated)

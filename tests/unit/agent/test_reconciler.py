@@ -15,6 +15,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
+from routevpn.agent.budget import WriteBudget
 from routevpn.agent.desired import DeliveredMaterial, build_plan
 from routevpn.agent.metrics import Metrics
 from routevpn.agent.reconciler import AgentReconciler, AgentSettings
@@ -366,3 +367,14 @@ def test_a_down_tunnel_is_demoted_and_an_event_for_its_sibling_moves_it_back() -
     asyncio.run(rec.run_pass([KEY]))
     assert _route_states(api, KEY) == [("Active", "SaInstalled", 100)]
     assert _route_states(api, BACKUP_KEY) == [("Demoted", "SaDown", 200 + 2**31)]
+
+
+def test_status_writes_over_budget_are_deferred_but_routes_are_not() -> None:
+    rec, api, drv = _pair(up=[BACKUP_KEY])
+    rec.budget = WriteBudget(rate=1.0, burst=1, clock=lambda: 0.0)
+    asyncio.run(rec.run_pass([KEY, BACKUP_KEY]))
+    assert api.writes.count("status") == 1
+    assert len(rec.deferred) == 1
+    # both tunnels' routes are in place already: only the API hears later
+    assert _metrics(drv, KEY) == [100 + 2**31]
+    assert _metrics(drv, BACKUP_KEY) == [200]
