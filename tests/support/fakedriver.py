@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 
 from routevpn.dataplane import builders, safety
 from routevpn.dataplane.driver import ApplyResult
-from routevpn.dataplane.facts import Change, Facts, IpsecFacts, LinkFacts, NetlinkFacts
+from routevpn.dataplane.facts import (
+    Change,
+    Facts,
+    IkeSaFacts,
+    IpsecFacts,
+    LinkFacts,
+    NetlinkFacts,
+)
 from routevpn.dataplane.plan import TunnelPlan
 
 
@@ -22,7 +29,8 @@ class FakeDriver:
 
     Applying a plan records it; applying an equal plan again reports no change.
     `host_addresses`/`host_routes` feed the same safety checks the real driver runs;
-    `fail` maps a tunnel ref to an exception `apply` raises for it.
+    `fail` maps a tunnel ref to an exception `apply` raises for it; `sas` is what
+    `observe` reports charon to hold.
     """
 
     host_addresses: list[safety.HostAddress] = field(default_factory=list)
@@ -30,6 +38,7 @@ class FakeDriver:
     fail: dict[str, Exception] = field(default_factory=dict)
     plans: dict[str, TunnelPlan] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    sas: list[IkeSaFacts] = field(default_factory=list)
     batches: int = 0
     in_batch: bool = False
 
@@ -92,7 +101,7 @@ class FakeDriver:
             if p.link is not None
         )
         conns = tuple(p.conn.name for p in self.plans.values())
-        return Facts(NetlinkFacts(links=links), IpsecFacts(conns=conns))
+        return Facts(NetlinkFacts(links=links), IpsecFacts(conns=conns, sas=tuple(self.sas)))
 
     async def garbage_collect(
         self, desired: Sequence[TunnelPlan], keep: Collection[str] = ()

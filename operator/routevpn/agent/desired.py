@@ -26,6 +26,7 @@ from routevpn.api.sa import (
 from routevpn.api.status import InterfaceStatus
 from routevpn.api.tunnel import VpnTunnel
 from routevpn.dataplane import plan as p
+from routevpn.dataplane.facts import Facts
 
 #: Documented defaults that live in no other constant (api/sa.py, api/link.py descriptions).
 DEFAULT_IKE_VERSION = 2
@@ -312,3 +313,14 @@ def _routes(tunnel: VpnTunnel, link: p.LinkPlan | None) -> tuple[p.RoutePlan, ..
         )
         for r in tunnel.spec.routes or []
     )
+
+
+def underlay_of(facts: Facts | None, local: str | None) -> str | None:
+    """The interface holding the local address (what an XFRM interface binds to)."""
+    if facts is None or local is None:
+        return None
+    want = ipaddress.ip_address(local)
+    for addr in facts.netlink.addresses:
+        if addr.address.ip == want:
+            return addr.ifname
+    return None

@@ -91,6 +91,8 @@ def options(args: argparse.Namespace) -> Options:
         resync_seconds=args.resync_seconds,
         counters_period=args.counters_period,
         quiet_seconds=args.quiet_seconds,
+        status_qps=args.status_qps,
+        status_burst=args.status_burst,
     )
     return Options(
         settings=settings,

@@ -37,6 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="re-check every tunnel this often, repairing drift (default: %(default)s)",
     )
+    _add_status_arguments(parser)
+    parser.add_argument(
+        "--log-level",
+        default=env.get("ROUTEVPN_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING (default: $ROUTEVPN_LOG_LEVEL or INFO)",
+    )
+
+
+def _add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    """What reaches status, and how fast."""
     parser.add_argument(
         "--counters-period",
         type=float,
@@ -50,7 +60,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="TrafficFlowing turns False after this long without received bytes",
     )
     parser.add_argument(
-        "--log-level",
-        default=env.get("ROUTEVPN_LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING (default: $ROUTEVPN_LOG_LEVEL or INFO)",
+        "--status-qps",
+        type=float,
+        default=20.0,
+        help="status writes per second, sustained, when many tunnels change at once "
+        "(routes never wait for this; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--status-burst",
+        type=int,
+        default=40,
+        help="status writes at once before --status-qps applies (default: %(default)s)",
     )

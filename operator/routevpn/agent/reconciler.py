@@ -10,7 +10,6 @@ differ from what the server already holds.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -21,9 +20,17 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from routevpn.agent import conditions as cond
+from routevpn.agent import failover as fo
 from routevpn.agent import status as st
+from routevpn.agent.budget import DEFAULT_STATUS_BURST, DEFAULT_STATUS_QPS, WriteBudget
 from routevpn.agent.decide import Action, decide, delivered
-from routevpn.agent.desired import Blocked, DeliveredMaterial, build_plan, local_address
+from routevpn.agent.desired import (
+    Blocked,
+    DeliveredMaterial,
+    build_plan,
+    local_address,
+    underlay_of,
+)
 from routevpn.agent.finalizer import has_finalizer, set_finalizer
 from routevpn.agent.metrics import Metrics
 from routevpn.agent.passclock import PassClock, every
@@ -57,6 +64,8 @@ class AgentSettings:
     resync_seconds: float = 30.0
     counters_period: float = st.DEFAULT_COUNTERS_PERIOD
     quiet_seconds: float = cond.DEFAULT_QUIET_SECONDS
+    status_qps: float = DEFAULT_STATUS_QPS
+    status_burst: int = DEFAULT_STATUS_BURST
 
 
 @dataclass
@@ -69,6 +78,7 @@ class _Work:
     plan: TunnelPlan | None = None
     problem: cond.Problem | None = None
     problem_status: Status = Status.FALSE
+    routes: tuple[fo.RouteDecision, ...] = ()
 
 
 @dataclass
@@ -78,17 +88,6 @@ class State:
     tunnels: dict[Key, Obj] = field(default_factory=dict)
     secrets: dict[Key, Obj] = field(default_factory=dict)
     configured: set[Key] = field(default_factory=set)
-
-
-def underlay_of(facts: Facts | None, local: str | None) -> str | None:
-    """The interface holding the local address (what an XFRM interface binds to)."""
-    if facts is None or local is None:
-        return None
-    want = ipaddress.ip_address(local)
-    for addr in facts.netlink.addresses:
-        if addr.address.ip == want:
-            return addr.ifname
-    return None
 
 
 class AgentReconciler:
@@ -115,6 +114,10 @@ class AgentReconciler:
         self.traffic = cond.TrafficTracker(settings.quiet_seconds)
         self.charon_ok = False
         self.gc_done = False
+        #: The node's tunnels as failover saw them last (routes, which carry traffic).
+        self.node_routes = fo.NodeRoutes({}, frozenset())
+        self.budget = WriteBudget(settings.status_qps, settings.status_burst)
+        self.deferred: set[Key] = set()  # status writes over budget: for a later pass
         self._api_slots = asyncio.Semaphore(API_CONCURRENCY)
         self._slots_loop: asyncio.AbstractEventLoop | None = None
 
@@ -130,7 +133,7 @@ class AgentReconciler:
 
     async def run_pass(self, keys: Iterable[Key]) -> None:
         """Reconcile `keys` (tunnels that changed, or all of them on a resync)."""
-        keys = sorted(set(keys))
+        keys = set(keys)
         if not keys and self.gc_done:
             return  # nothing to look at: no dump of the node, no VICI listing
         work: list[_Work] = []
@@ -141,7 +144,7 @@ class AgentReconciler:
         async with self.driver.batch():
             facts = await self._observe()
             clock.lap("observe")
-            for key in keys:
+            for key in self._with_siblings(keys, facts):
                 obj = self.state.tunnels.get(key)
                 if obj is None:
                     await self._gone(key)
@@ -175,6 +178,14 @@ class AgentReconciler:
         clock.lap("report")
         self.metrics.tunnels.set(len(self.state.configured))
         log.debug("pass over %d tunnel(s): %s", len(keys), clock)
+
+    def _with_siblings(self, keys: set[Key], facts: Facts | None) -> list[Key]:
+        """`keys` and every tunnel sharing a route destination with one of them: whether
+        a tunnel's routes are demoted depends on the others being up (`failover`)."""
+        before = self.node_routes
+        ipsec = facts.ipsec if facts is not None else None
+        self.node_routes = before.refresh(self.state.tunnels, self.settings.node, ipsec)
+        return sorted(keys | self.node_routes.siblings(keys) | before.siblings(keys))
 
     async def _observe(self) -> Facts | None:
         try:
@@ -224,7 +235,8 @@ class AgentReconciler:
         if isinstance(made, Blocked):
             w.problem, w.problem_status = cond.Problem(made.reason, made.message), made.status
         else:
-            w.plan = made
+            w.routes = fo.decide_routes(key, made, self.node_routes)
+            w.plan = fo.apply_decisions(made, w.routes)
         return w
 
     def _secret(self, key: Key) -> DeliveredMaterial | None:
@@ -304,19 +316,25 @@ class AgentReconciler:
         previous = current.get("conditions") or []
         computed = cond.keep_known_failures(cond.compute(obs, conn), previous)
         conds = st.merge_conditions(computed, previous, generation, now)
-        configured = problem is None
-        ike_wire = st.ike_status(ike, current.get("ike"), now) if configured else None
-        child_wire = (
-            st.child_status(child, current.get("child"), now, self.settings.counters_period)
-            if configured
-            else None
-        )
-        desired = st.desired_status(conds, ike_wire, child_wire)
+        # SA facts and route states only for a configured tunnel
+        desired = st.desired_status(conds) if problem is not None else st.desired_status(
+            conds,
+            st.ike_status(ike, current.get("ike"), now),
+            st.child_status(child, current.get("child"), now, self.settings.counters_period),
+            [d.to_wire() for d in w.routes],
+        )  # fmt: skip
         self.metrics.tunnel(ns, name, ike, child, now_ts)
         if not st.needs_write(desired, current):
             return
+        await self._write(w, conds, desired, current)
+
+    async def _write(self, w: _Work, conds: list[st.Wire], desired: st.Wire, current: Obj) -> None:
+        """Apply the agent's status (within the write budget) and an Event per transition."""
+        if not self.budget.take():
+            self.deferred.add(w.key)
+            return
         moved = st.transitions(conds, current)
-        updated = await self._call(self.kube.apply_tunnel_status(ns, name, desired))
+        updated = await self._call(self.kube.apply_tunnel_status(*w.key, desired))
         if updated is None:
             return  # gone meanwhile
         self._remember(w.key, updated)

@@ -195,8 +195,16 @@ class Agent:
             elapsed = time.monotonic() - started
             for _ in keys or [None]:
                 self.metrics.reconcile_duration.observe(elapsed / max(len(keys), 1))
+            self._write_deferred_later()
             self.passes += 1
             self.last_pass = time.monotonic()
+
+    def _write_deferred_later(self) -> None:
+        """Tunnels whose status write was over budget: again once the budget allows."""
+        deferred, self.reconciler.deferred = self.reconciler.deferred, set()
+        if deferred:
+            delay = self.reconciler.budget.wait()
+            asyncio.get_running_loop().call_later(delay, self.mark, *deferred)
 
     def _retry_later(self, keys: set[Key]) -> None:
         """A failed pass: each of its tunnels again after its own growing delay."""

@@ -152,10 +152,15 @@ def child_status(
 
 
 def desired_status(
-    conds: list[Wire], ike: Wire | None, child: Wire | None
-) -> Wire:  # fmt: skip
-    """The status body the agent applies: its conditions and SA facts, nothing else."""
+    conds: list[Wire],
+    ike: Wire | None = None,
+    child: Wire | None = None,
+    routes: list[Wire] | None = None,
+) -> Wire:
+    """The status body the agent applies: its conditions, SA facts and route states."""
     out: Wire = {"conditions": conds}
+    if routes:
+        out["routes"] = routes
     if ike is not None:
         out["ike"] = ike
     if child is not None:
@@ -169,7 +174,7 @@ def current_agent_status(status: Mapping[str, Any] | None) -> Wire:
     mine = {t.value for t in AGENT_CONDITIONS}
     conds = [dict(c) for c in status.get("conditions") or [] if c.get("type") in mine]
     out: Wire = {"conditions": sorted(conds, key=lambda c: str(c.get("type")))}
-    for key in ("ike", "child"):
+    for key in ("routes", "ike", "child"):
         if status.get(key) is not None:
             out[key] = status[key]
     return out

@@ -183,9 +183,22 @@ class Route(ApiModel):
         ),
         json_schema_extra=rules(cel("isIP(self)", "spec.routes[].via: must be an IP address")),
     )
-    metric: Id32 | None = Field(
+    metric: int | None = Field(
         default=None,
-        description="Route metric (lower wins); use it to prefer one of two tunnels. Default: 0.",
+        ge=0,
+        le=naming.ROUTE_METRIC_MAX,
+        description=(
+            "Route metric (lower wins); use it to prefer one of two tunnels to the same "
+            f"networks. 0..{naming.ROUTE_METRIC_MAX} (2^31-1). Default: 0 (IPv6: the kernel "
+            "records 1024). While the tunnel's CHILD SA is down and another tunnel on the "
+            "node routes the same destination in the same table and is up, the route is "
+            f"demoted: kept in the kernel with {naming.DEMOTION_PENALTY} (2^31) added to its "
+            "metric, so the healthy tunnel carries the traffic; it takes over again once the "
+            "SA is installed (the new route is added before the demoted one is removed). "
+            "When no tunnel for the destination is up, the route stays at its metric: "
+            "traffic is dropped into the tunnel, never sent in clear by another route. "
+            "status.routes shows each route's state and why."
+        ),
     )
     table: int | None = Field(
         default=None,

@@ -55,6 +55,12 @@ ALLOC_MAX: Final = 65535
 ID_MAX: Final = 2**32 - 1
 IFNAME_MAX: Final = 15
 
+#: Route metrics split the kernel's 32-bit range in two halves: a route as the user asked
+#: for it (active) has a metric below 2**31, the same route demoted while its tunnel's
+#: CHILD SA is down has that metric plus 2**31 (see `demoted_metric`).
+ROUTE_METRIC_MAX: Final = 2**31 - 1
+DEMOTION_PENALTY: Final = 2**31
+
 
 def conn_name(namespace: str, name: str) -> str:
     """The swanctl connection (and CHILD) name of tunnel `namespace/name`.
@@ -160,3 +166,17 @@ def current_delivered(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
 def tunnel_ref(namespace: str, name: str) -> str:
     """How logs and messages name a tunnel."""
     return f"{namespace}/{name}"
+
+
+def demoted_metric(metric: int) -> int:
+    """The metric a route of `metric` (as the kernel records it) has while demoted.
+
+    The one rule, so the operator's route claims hold for demoted routes too: a claim is
+    (table, destination, metric) with metric <= ROUTE_METRIC_MAX, and adding 2**31 maps
+    that half of the range one to one onto the upper half. Two tunnels with distinct
+    claims therefore never demote onto the same key, and a demoted route never takes
+    the key of any active one. The result still fits the kernel's 32-bit RTA_PRIORITY.
+    """
+    if not 0 <= metric <= ROUTE_METRIC_MAX:
+        raise ValueError(f"route metric {metric} outside [0, {ROUTE_METRIC_MAX}]")
+    return metric + DEMOTION_PENALTY

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import Field
@@ -80,6 +81,40 @@ class ChildSaStatus(ApiModel):
     expires_at: datetime | None = Field(default=None, description="When the SA expires.")
 
 
+class RouteState(StrEnum):
+    """Whether a route draws traffic as asked, or is demoted while its tunnel is down."""
+
+    ACTIVE = "Active"
+    DEMOTED = "Demoted"
+
+
+class RouteStatus(ApiModel):
+    """One route of spec.routes as the node holds it now."""
+
+    to: str = Field(max_length=43, description="Destination CIDR (spec.routes[].to).")
+    table: int = Field(ge=0, description="Routing table id.")
+    metric: int = Field(
+        ge=0,
+        description=(
+            "The metric in the kernel: spec.routes[].metric when Active, plus 2^31 when "
+            "Demoted (IPv6 metric 0 is recorded by the kernel as 1024)."
+        ),
+    )
+    state: RouteState = Field(
+        description=(
+            "Active: at the metric asked for. Demoted: the tunnel's CHILD SA is down and "
+            "another tunnel that is up routes the same destination; kept with a 2^31 "
+            "penalty so that tunnel carries the traffic."
+        )
+    )
+    reason: str = Field(
+        max_length=64,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_]*[A-Za-z0-9])?$",
+        description="One CamelCase word: SaInstalled, FailClosed or SaDown.",
+    )
+    message: str = Field(max_length=1024, description="Why, for people.")
+
+
 class InterfaceStatus(ApiModel):
     """The interface actually used on the node (allocated by the operator)."""
 
@@ -110,6 +145,11 @@ class VpnTunnelStatus(ApiModel):
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],
         },
+    )
+    routes: list[RouteStatus] | None = Field(
+        default=None,
+        max_length=64,
+        description="Each route of spec.routes: Active or Demoted, and why (route mode).",
     )
     ike: IkeSaStatus | None = Field(default=None, description="The IKE SA.")
     child: ChildSaStatus | None = Field(default=None, description="The CHILD SA.")

@@ -269,6 +269,7 @@ def test_every_example_has_a_golden_test() -> None:
         "xfrm-interface.yaml",
         "policy-based.yaml",
         "x509-cert-manager.yaml",
+        "ha-pair.yaml",
     }
     assert {f.name for f in (ROOT / "examples").glob("*.yaml")} == covered
 
@@ -361,3 +362,23 @@ def test_secret_never_shows_in_repr() -> None:
     assert PSK not in repr(psk_secret())
     plan = build_plan(example("policy-based.yaml", {}), psk_secret())
     assert PSK not in repr(plan)
+
+
+def test_ha_pair_example_gives_two_tunnels_to_the_same_networks_at_two_metrics() -> None:
+    docs = [d for d in yaml.safe_load_all((ROOT / "examples/ha-pair.yaml").read_text()) if d]
+    tunnels = [d for d in docs if d["kind"] == "VpnTunnel"]
+    plans = []
+    for i, obj in enumerate(tunnels):
+        obj["metadata"]["namespace"] = "prod"
+        iface = {"name": f"vti{i + 1}", "type": "vti", "key": 4096 + i}
+        obj["status"] = {"node": "node-a", "interface": iface}
+        plan = build_plan(VpnTunnel.from_wire(obj), psk_secret())
+        assert isinstance(plan, p.TunnelPlan)
+        plans.append(plan)
+    primary, backup = plans
+    assert {r.dst for r in primary.routes} == {r.dst for r in backup.routes}
+    assert {r.metric for r in primary.routes} == {100}
+    assert {r.metric for r in backup.routes} == {200}
+    assert primary.conn.remote_addrs != backup.conn.remote_addrs
+    assert primary.conn.dpd_delay == backup.conn.dpd_delay == 2
+    assert primary.conn.child.dpd_action == "restart"

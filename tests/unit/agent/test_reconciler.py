@@ -15,6 +15,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
+from routevpn.agent.budget import WriteBudget
 from routevpn.agent.desired import DeliveredMaterial, build_plan
 from routevpn.agent.metrics import Metrics
 from routevpn.agent.reconciler import AgentReconciler, AgentSettings
@@ -23,6 +24,7 @@ from routevpn.api.tunnel import VpnTunnel
 from routevpn.dataplane import safety
 from routevpn.dataplane.driver import ApplyResult
 from routevpn.dataplane.errors import CharonUnavailableError
+from routevpn.dataplane.facts import ChildSaFacts, IkeSaFacts
 from routevpn.dataplane.plan import TunnelPlan
 from routevpn.kube.client import ConflictError, Obj, metadata_patch
 from support.fakedriver import FakeDriver
@@ -86,7 +88,7 @@ class MemoryApi:
                 "TrafficFlowing"}  # fmt: skip
         kept = [c for c in current.get("conditions", []) if c["type"] not in mine]
         current["conditions"] = kept + copy.deepcopy(status["conditions"])
-        for key in ("ike", "child"):
+        for key in ("routes", "ike", "child"):
             current.pop(key, None)
             if key in status:
                 current[key] = copy.deepcopy(status[key])
@@ -311,3 +313,68 @@ def test_a_pass_applies_inside_one_driver_batch_and_reports_after_it() -> None:
     assert drv.batches == 1 and not drv.in_batch
     run(rec, api)
     assert drv.batches == 2 and inside == [True, True]
+
+
+# --- failover: routes follow the SA --------------------------------------------------
+
+BACKUP_KEY = ("prod", "site-b-backup")
+
+
+def _pair(up: list[tuple[str, str]]) -> tuple[AgentReconciler, MemoryApi, FakeDriver]:
+    """site-b (metric 100) and its backup (metric 200) to the same network; `up` have a
+    CHILD SA installed."""
+    primary = tunnel()
+    primary["spec"]["routes"] = [{"to": "2001:db8:200::/48", "metric": 100}]
+    backup = copy.deepcopy(primary)
+    backup["metadata"]["name"] = BACKUP_KEY[1]
+    backup["spec"]["routes"] = [{"to": "2001:db8:200::/48", "metric": 200}]
+    backup["spec"]["interface"]["name"] = "vti2"
+    backup["status"]["interface"] = {"name": "vti2", "type": "vti", "key": 4097}
+    rec, api, drv = setup(primary)
+    api.objects[BACKUP_KEY] = backup
+    rec.state.tunnels[BACKUP_KEY] = copy.deepcopy(backup)
+    rec.state.secrets[BACKUP_KEY] = secret()
+    drv.sas = [_sa(key) for key in up]
+    return rec, api, drv
+
+
+def _sa(key: tuple[str, str]) -> IkeSaFacts:
+    conn = naming.conn_name(*key)
+    return IkeSaFacts(conn, "1", "ESTABLISHED", children=(ChildSaFacts(conn, "1", "INSTALLED"),))
+
+
+def _metrics(drv: FakeDriver, key: tuple[str, str]) -> list[int]:
+    return [r.metric for r in drv.plans[naming.tunnel_ref(*key)].routes]
+
+
+def _route_states(api: MemoryApi, key: tuple[str, str]) -> list[tuple[str, str, int]]:
+    routes = api.objects[key]["status"].get("routes") or []
+    return [(r["state"], r["reason"], r["metric"]) for r in routes]
+
+
+def test_a_down_tunnel_is_demoted_and_an_event_for_its_sibling_moves_it_back() -> None:
+    rec, api, drv = _pair(up=[BACKUP_KEY])
+    asyncio.run(rec.run_pass([KEY]))  # one tunnel changed: its sibling is passed too
+    assert _metrics(drv, KEY) == [100 + 2**31]
+    assert _metrics(drv, BACKUP_KEY) == [200]
+    assert _route_states(api, KEY) == [("Demoted", "SaDown", 100 + 2**31)]
+    assert _route_states(api, BACKUP_KEY) == [("Active", "SaInstalled", 200)]
+    drv.sas = []  # the backup goes down too: nothing is up, both fail closed
+    asyncio.run(rec.run_pass([BACKUP_KEY]))
+    assert _metrics(drv, KEY) == [100]
+    assert _route_states(api, KEY) == [("Active", "FailClosed", 100)]
+    drv.sas = [_sa(KEY)]  # the primary is back: active, and the backup stays active
+    asyncio.run(rec.run_pass([KEY]))
+    assert _route_states(api, KEY) == [("Active", "SaInstalled", 100)]
+    assert _route_states(api, BACKUP_KEY) == [("Demoted", "SaDown", 200 + 2**31)]
+
+
+def test_status_writes_over_budget_are_deferred_but_routes_are_not() -> None:
+    rec, api, drv = _pair(up=[BACKUP_KEY])
+    rec.budget = WriteBudget(rate=1.0, burst=1, clock=lambda: 0.0)
+    asyncio.run(rec.run_pass([KEY, BACKUP_KEY]))
+    assert api.writes.count("status") == 1
+    assert len(rec.deferred) == 1
+    # both tunnels' routes are in place already: only the API hears later
+    assert _metrics(drv, KEY) == [100 + 2**31]
+    assert _metrics(drv, BACKUP_KEY) == [200]

@@ -1,0 +1,179 @@
+"""Routes follow the SA, and fail closed: which routes of a tunnel are demoted, and why.
+
+Pure, no I/O. A route of tunnel T to (destination, table) is
+
+- Active at its own metric while T's CHILD SA is installed (reason SaInstalled);
+- Demoted (metric + 2**31, `naming.demoted_metric`) while T's CHILD SA is not
+  installed AND another tunnel of this node that routes the same destination in the
+  same table has its CHILD SA installed (reason SaDown): that tunnel carries the
+  traffic, whatever the two metrics are;
+- Active at its own metric while T's CHILD SA is down and no such tunnel is up
+  (reason FailClosed): the traffic is dropped into T's interface (a VTI or XFRM
+  interface without an SA sends nothing), never sent in clear by some other route of
+  the node, e.g. its default route, whatever that route's metric.
+
+Why demote rather than withdraw: a withdrawn route hands the destination to whatever
+route is next, which may leave the node in clear; a demoted one stays the last resort,
+so the node fails closed. Why demote only when another tunnel is up: a metric penalty
+alone would hand a route to 0.0.0.0/0 to the node's own default route (same prefix,
+lower metric) as soon as the tunnel is down. Demotion is by metric, so it only moves
+traffic between routes of the same destination and table: a longer prefix wins in the
+kernel regardless of metrics.
+
+A route moves between its two metrics in the data plane's `ensure_routes`, which adds
+the wanted key before it deletes the stale one (make before break): on fail-back the
+promoted route is in place, with its SA installed, before the demoted one goes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from routevpn.agent.decide import Action, decide
+from routevpn.api import naming
+from routevpn.api.status import RouteState
+from routevpn.dataplane.facts import IpsecFacts
+from routevpn.dataplane.netlink_facts import effective_metric
+from routevpn.dataplane.plan import MAIN_TABLE, IPNetwork, RoutePlan, TunnelPlan
+
+Key = tuple[str, str]
+#: A route's place in the kernel apart from its metric: (destination, table).
+Dest = tuple[IPNetwork, int]
+
+#: CHILD SA states that carry traffic. REKEYING/REKEYED: the old SA of a rekey still
+#: works until the new one is INSTALLED, so a rekey never moves a route.
+CARRYING_STATES = frozenset({"INSTALLED", "REKEYING", "REKEYED"})
+
+SA_INSTALLED = "SaInstalled"
+SA_DOWN = "SaDown"
+FAIL_CLOSED = "FailClosed"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """One route as it is to be installed (`route.metric` is the kernel's) and why."""
+
+    route: RoutePlan
+    state: RouteState
+    reason: str
+    message: str
+
+    def to_wire(self) -> dict[str, Any]:
+        """The entry of `status.routes`."""
+        return {
+            "to": str(self.route.dst),
+            "table": self.route.table,
+            "metric": effective_metric(self.route),
+            "state": self.state.value,
+            "reason": self.reason,
+            "message": self.message,
+        }
+
+
+def carrying_conns(ipsec: IpsecFacts) -> frozenset[str]:
+    """Connections with a CHILD SA (of their own name) that carries traffic."""
+    return frozenset(
+        child.name
+        for sa in ipsec.sas
+        for child in sa.children
+        if child.name == sa.conn and child.state in CARRYING_STATES
+    )
+
+
+def destinations(obj: Mapping[str, Any]) -> frozenset[Dest]:
+    """(destination, table) of each route in a tunnel object's spec (unparsable ones skipped)."""
+    out: set[Dest] = set()
+    for route in (obj.get("spec") or {}).get("routes") or []:
+        try:
+            dst = ipaddress.ip_network(str(route.get("to")), strict=False)
+        except ValueError:
+            continue
+        out.add((dst, int(route.get("table") or MAIN_TABLE)))
+    return frozenset(out)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRoutes:
+    """This node's tunnels as failover sees them in one pass.
+
+    `dests`: each tunnel's (destination, table) pairs, of tunnels the agent configures;
+    `up`: the tunnels whose CHILD SA carries traffic.
+    """
+
+    dests: Mapping[Key, frozenset[Dest]]
+    up: frozenset[Key]
+
+    @classmethod
+    def of(
+        cls, tunnels: Mapping[Key, Mapping[str, Any]], node: str, carrying: frozenset[str]
+    ) -> NodeRoutes:
+        """From the watched objects and the connections that carry traffic."""
+        mine = {k: o for k, o in tunnels.items() if decide(o, node) is Action.CONFIGURE}
+        return cls(
+            dests={k: destinations(o) for k, o in mine.items()},
+            up=frozenset(k for k in mine if naming.conn_name(*k) in carrying),
+        )
+
+    def refresh(
+        self, tunnels: Mapping[Key, Mapping[str, Any]], node: str, ipsec: IpsecFacts | None
+    ) -> NodeRoutes:
+        """The view of a new pass; without a listing of charon's SAs (None) the tunnels
+        that were up stay up: a charon that does not answer is no reason to move routes."""
+        if ipsec is not None:
+            carrying = carrying_conns(ipsec)
+        else:
+            carrying = frozenset(naming.conn_name(*k) for k in self.up)
+        return NodeRoutes.of(tunnels, node, carrying)
+
+    def siblings(self, keys: Iterable[Key]) -> set[Key]:
+        """Tunnels that share a (destination, table) with any of `keys` (not `keys`)."""
+        keys = set(keys)
+        wanted: set[Dest] = set()
+        for key in keys:
+            wanted |= self.dests.get(key, frozenset())
+        return {k for k, d in self.dests.items() if k not in keys and d & wanted}
+
+    def carriers(self, key: Key, dest: Dest) -> list[Key]:
+        """The other tunnels that are up and route `dest`, sorted."""
+        return sorted(k for k in self.up if k != key and dest in self.dests.get(k, ()))
+
+
+def decide_routes(key: Key, plan: TunnelPlan, node: NodeRoutes) -> tuple[RouteDecision, ...]:
+    """Each route of `plan` (tunnel `key`) as it is to be installed, and why."""
+    return tuple(decide_route(key, route, node) for route in plan.routes)
+
+
+def decide_route(key: Key, route: RoutePlan, node: NodeRoutes) -> RouteDecision:
+    """One route of tunnel `key` as it is to be installed, and why."""
+    metric = effective_metric(route)
+    where = f"{route.dst} (table {route.table})"
+    active = route  # unchanged: the plan as built is the active route
+    if key in node.up:
+        return RouteDecision(
+            active, RouteState.ACTIVE, SA_INSTALLED,
+            f"CHILD SA installed: {where} via {route.dev} at metric {metric}",
+        )  # fmt: skip
+    carriers = node.carriers(key, (route.dst, route.table))
+    if not carriers:
+        return RouteDecision(
+            active, RouteState.ACTIVE, FAIL_CLOSED,
+            f"CHILD SA not installed and no other tunnel of this node routing {where} is up: "
+            f"kept at metric {metric}, so its traffic is dropped into {route.dev}, never sent "
+            "in clear by another route",
+        )  # fmt: skip
+    demoted = dataclasses.replace(route, metric=naming.demoted_metric(metric))
+    names = ", ".join(naming.tunnel_ref(*k) for k in carriers)
+    return RouteDecision(
+        demoted, RouteState.DEMOTED, SA_DOWN,
+        f"CHILD SA not installed: {where} demoted to metric {demoted.metric} while {names} "
+        "(up) carries it",
+    )  # fmt: skip
+
+
+def apply_decisions(plan: TunnelPlan, decisions: tuple[RouteDecision, ...]) -> TunnelPlan:
+    """`plan` with its routes at the metrics decided."""
+    return dataclasses.replace(plan, routes=tuple(d.route for d in decisions))
