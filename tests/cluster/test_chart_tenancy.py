@@ -10,6 +10,7 @@ requests.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Callable, Generator, Iterator
@@ -21,7 +22,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from routevpn.agent.liveness import LivenessLease
 from routevpn.api import naming
+from routevpn.kube.client import KubeClient
 from support.cluster import Kubectl
 from support.helm import Helm, Release, helm_binary, install
 from support.kube import create_namespace, create_node, delete_namespace, delete_node, wait_until
@@ -179,6 +182,35 @@ def test_agent_writes_only_tunnels_of_its_own_node(agent_world: AgentWorld) -> N
         lambda: custom(w.agent_a).patch_namespaced_custom_object(G, V, w.ns, P, "on-b", relabel)
     )
     assert got == 403
+
+
+def lease_write(api: client.ApiClient, ns: str, name: str, holder: str) -> int:
+    """Create a Lease `name` held by `holder` as `api`; the HTTP status."""
+    body = {"metadata": {"name": name}, "spec": {"holderIdentity": holder}}
+    coord: Any = client.CoordinationV1Api(api)
+    return _status(lambda: coord.create_namespaced_lease(ns, body))
+
+
+def test_agent_writes_only_its_own_nodes_liveness_lease(
+    agent_world: AgentWorld, release: Release
+) -> None:
+    w, rns = agent_world, release.namespace
+    # The API server learns policies through an informer: wait until B's Lease is refused.
+    wait_until(
+        lambda: lease_write(w.agent_a, rns, naming.agent_lease_name(w.node_b), w.node_b) == 403,
+        timeout=30,
+        what="the node guard refusing node A's agent on node B's Lease",
+    )
+    # Its own Lease's name but another holder; any other Lease (the operator's, say).
+    assert lease_write(w.agent_a, rns, naming.agent_lease_name(w.node_a), w.node_b) == 403
+    assert lease_write(w.agent_a, rns, f"{release.name}-routevpn-operator", w.node_a) == 403
+    # The agent's own renewals, through the agent's own code: created, then replaced.
+    lease = LivenessLease(KubeClient(w.agent_a, "routevpn-agent"), w.node_a, rns)
+    asyncio.run(lease.renew())
+    asyncio.run(lease.renew())
+    assert lease.renewals == 2
+    got: Any = client.CoordinationV1Api(w.agent_a).read_namespaced_lease(lease.name, rns)
+    assert got.spec.holder_identity == w.node_a and got.spec.lease_duration_seconds == 40
 
 
 def test_agent_token_without_a_node_may_write_nothing(

@@ -14,6 +14,7 @@ from support.kube import NodeFactory, wait_until
 from support.operator import (  # fixtures are imported to be used
     agent_apply,
     agent_finalizer,
+    agent_lease,
     condition,
     create_tunnel,
     events_for,
@@ -50,6 +51,10 @@ def test_place_move_ready_and_delete(
     a, b = f"{namespace}-a", f"{namespace}-b"
     make_node(a, {**GW, "zone": namespace}, addresses=["192.0.2.10"])
     make_node(b, {**GW, "zone": namespace}, addresses=["192.0.2.11"])
+    # Both nodes' agents are live (an hour's Lease): the operator waits for them to tear
+    # down, never releasing on its own (test_operator_liveness.py covers agents that aren't).
+    for node in (a, b):
+        agent_lease(kube, routevpn_ns, node)
     psk_secret(kube, namespace)
     op = start_operator()
     create_tunnel(

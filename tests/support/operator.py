@@ -16,7 +16,7 @@ finalizer added and removed under a resourceVersion guard).
 ``list_tunnels`` ``delete_tunnel`` ``release_tunnels(api, ns)``
 ``condition(obj, type)`` ``label(obj)`` ``is_placed(obj)``
 ``agent_apply(api, ns, name, status)`` ``agent_finalizer(api, ns, name, present)``
-``events_for(api, ns, name)``
+``events_for(api, ns, name)`` ``agent_lease(api, rns, node, duration)`` (one renewal)
 
 pytest fixtures (import them into a test module, they are its parameters):
 ``peering_crds`` (module), ``routevpn_ns``, ``start_operator`` -> ``StartOperator``
@@ -31,6 +31,7 @@ import sys
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client import ApiException
 
+from routevpn.api import naming
 from support.cluster import REPO, Kubectl, free_port
 from support.kube import apply_crd, create_namespace, delete_namespace, wait_until
 
@@ -342,6 +344,28 @@ def events_for(api: client.ApiClient, ns: str, name: str) -> list[tuple[str, str
     return [
         (str(e.type), str(e.reason), str(e.message)) for e in evs if e.involved_object.name == name
     ]
+
+
+def agent_lease(api: client.ApiClient, rns: str, node: str, duration: int = 3600) -> None:
+    """Renew (create the first time) node `node`'s agent liveness Lease in `rns`, as the
+    agent does: the operator then counts that node's agent as live for `duration` seconds
+    from when it sees this renewal."""
+    coord: Any = client.CoordinationV1Api(api)
+    name = naming.agent_lease_name(node)
+    spec = {
+        "holderIdentity": node,
+        "leaseDurationSeconds": duration,
+        "renewTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    }
+    labels = {naming.AGENT_LEASE_LABEL: naming.AGENT_LEASE_VALUE}
+    try:
+        coord.create_namespaced_lease(
+            rns, {"metadata": {"name": name, "labels": labels}, "spec": spec}
+        )
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        coord.patch_namespaced_lease(name, rns, {"spec": spec})
 
 
 # --- pytest fixtures ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from routevpn.agent.liveness import LivenessLease
 from routevpn.agent.metrics import Metrics
 from routevpn.agent.reconciler import AgentSettings
 from routevpn.agent.runner import Agent, http_app
@@ -54,13 +55,14 @@ async def serve(opts: Options) -> None:
     ipsec = IpsecAdapter(opts.vici_socket)
     async with NetlinkAdapter(proc_sys()) as netlink:
         driver = RealDriver(netlink, ipsec)
-        agent = Agent(opts.settings, kube, events, driver, metrics, ipsec.follow)
+        s = opts.settings
+        liveness = LivenessLease(kube, s.node, s.namespace)
+        agent = Agent(opts.settings, kube, events, driver, metrics, ipsec.follow, liveness)
         runner = await http.serve(http_app(agent), opts.bind_address, opts.http_port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        s = opts.settings
         log.info(
             "agent for node %s (namespace %s, VICI %s) serving on %s:%d",
             s.node,
@@ -73,7 +75,8 @@ async def serve(opts: Options) -> None:
         try:
             await stop.wait()
         finally:
-            # Leave the node as it is: stopping the agent must not disturb any tunnel.
+            # Leave the node as it is: stopping the agent must not disturb any tunnel. The
+            # liveness Lease is left to run out: an agent restarting soon keeps its tunnels.
             log.info("agent stopping; tunnels stay up")
             await agent.stop()
             await runner.cleanup()

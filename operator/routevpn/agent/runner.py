@@ -7,6 +7,7 @@ events costs one pass, and passes never overlap (the node is changed by one writ
 - watch items (VpnTunnels for this node, delivered Secrets in our namespace);
 - charon's events (IKE/CHILD up/down, rekeys, failure log lines, reconnects);
 - the resync timer (every tunnel, every `resync_seconds`: repairs drift).
+Beside them, the liveness Lease is renewed (`agent.liveness`), apart from any pass.
 The first pass waits for the first full list of both watches, so the startup
 garbage collection sees every tunnel that still wants its configuration.
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from routevpn.agent.liveness import LivenessLease
 from routevpn.agent.metrics import Metrics
 from routevpn.agent.reconciler import AgentReconciler, AgentSettings, Key
 from routevpn.api import naming
@@ -49,12 +51,14 @@ class Agent:
         driver: Driver,
         metrics: Metrics,
         ipsec_events: EventSource | None = None,
+        liveness: LivenessLease | None = None,
     ) -> None:
         self.settings = settings
         self.kube = kube
         self.metrics = metrics
         self.reconciler = AgentReconciler(settings, kube, events, driver, metrics)
         self.ipsec_events = ipsec_events
+        self.liveness = liveness
         #: Per-tunnel retry delays after a failed pass (reset when the tunnel's pass works).
         self.backoff: KeyedBackoff[Key] = KeyedBackoff(base=0.5, cap=120.0)
         self.dirty: set[Key] = set()
@@ -233,6 +237,8 @@ class Agent:
         coros: list[Any] = [self._watch_loop(queue), self._resync_loop(), self._worker()]
         if self.ipsec_events is not None:
             coros.append(self._events_loop())
+        if self.liveness is not None:
+            coros.append(self.liveness.run())
         self._tasks = [asyncio.create_task(c) for c in coros]
 
     async def stop(self) -> None:

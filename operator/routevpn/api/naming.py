@@ -163,6 +163,31 @@ def current_delivered(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
     return tunnel
 
 
+#: Agent liveness Leases (coordination.k8s.io) in routevpn's namespace: one per node, named
+#: by `agent_lease_name`, labelled so the operator watches these and no other Lease there.
+AGENT_LEASE_PREFIX: Final = "routevpn-agent-"
+AGENT_LEASE_HASHED_PREFIX: Final = "routevpn-agent."
+AGENT_LEASE_LABEL: Final = f"{GROUP}/lease"
+AGENT_LEASE_VALUE: Final = "agent"
+
+
+def agent_lease_name(node: str) -> str:
+    """Name of the Lease node `node`'s agent renews to say it is live.
+
+    `routevpn-agent-<node>`; a node name too long for that (over 238 characters) gives
+    `routevpn-agent.<sha256 of node>.<head of node>`: a dot where the plain form has its
+    last dash, so the two forms never meet. The agent node guard
+    (charts/routevpn) checks the plain form exactly and only the prefix of the hashed one
+    (CEL has no sha256); the operator checks both (`controller.liveness`)."""
+    plain = f"{AGENT_LEASE_PREFIX}{node}"
+    if len(plain) <= OBJECT_NAME_MAX:
+        return plain
+    digest = hashlib.sha256(node.encode()).hexdigest()
+    hashed = f"{AGENT_LEASE_HASHED_PREFIX}{digest}"
+    head = node[: OBJECT_NAME_MAX - len(hashed) - 1].rstrip("-.")
+    return f"{hashed}.{head}" if head else hashed
+
+
 def tunnel_ref(namespace: str, name: str) -> str:
     """How logs and messages name a tunnel."""
     return f"{namespace}/{name}"

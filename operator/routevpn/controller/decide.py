@@ -8,8 +8,10 @@ write; the worker only sends it. The move protocol with the node agent:
   when only the label does (or the tunnel is being deleted), then drops its finalizer;
 * to move from A to B: status.node := B (Scheduled=False, Scheduling), wait for the
   agent finalizer to go (A tore down), then label := B. A node that is gone (deleted, or
-  NotReady for good) cannot tear down: after a bounded wait the operator drops the
-  agent's finalizer itself and says so in a Warning Event;
+  NotReady for good) cannot tear down, nor can a Ready node whose agent is not live (no
+  renewed liveness Lease: the chart was uninstalled, the node left the agent's
+  nodeSelector; `controller.liveness`): after a bounded wait the operator drops the
+  agent's finalizer itself and says in a Warning Event what may be left on the node;
 * a tunnel that can't be placed (no node, a conflict) loses its label the same way, so
   nothing half-applied is left on a node;
 * a bad Secret (missing, invalid) keeps a tunnel that never ran unplaced. One already
@@ -31,6 +33,7 @@ from routevpn.api.conditions import ConditionType, Reason, Status
 from routevpn.api.fields import Mode
 from routevpn.api.spec import VpnTunnelSpec
 from routevpn.controller import allocation, bundle, placement, policy
+from routevpn.controller.liveness import AgentView
 from routevpn.controller.model import DeliveredRecord, NodeRecord, TunnelRecord
 from routevpn.controller.status import Scheduled, changed, desired_status
 
@@ -38,6 +41,11 @@ NORMAL = "Normal"
 WARNING = "Warning"
 #: Event reason when the operator drops the agent's finalizer for a node that is gone.
 NODE_GONE = "NodeGone"
+#: Event reason when it drops it for a node that is there but has no live agent.
+AGENT_GONE = "AgentGone"
+#: Seconds past a computed deadline to look again (a timer firing a hair early must not
+#: find the wait not quite over and set another).
+_LATE = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +85,8 @@ class World:
     settings: OperatorSettings
     #: Protected networks and the cluster admin's VpnTunnelPolicies.
     policy: policy.PolicyView
+    #: Which nodes have a live agent (nothing known by default: every agent is live).
+    agents: AgentView = field(default_factory=AgentView)
 
 
 @dataclass
@@ -109,27 +119,53 @@ def node_gone(nodes: Mapping[str, NodeRecord], name: str, now: datetime, grace: 
 
 
 def _agent_wait(rec: TunnelRecord, old: str, w: World, d: Decision, elapsed: float) -> bool:
-    """Wait for the agent of `old` to drop its finalizer; True when it is (or is made) gone."""
+    """Wait for the agent of `old` to drop its finalizer; True when it is (or is made) gone.
+
+    Bounded only when nothing on `old` can tear down: the node is gone, or its agent has
+    not been live for `orphan_wait_seconds` of this wait."""
     if not rec.has_agent_finalizer:
         return True
     s = w.settings
-    if not node_gone(w.nodes, old, w.now, s.not_ready_grace_seconds):
+    if node_gone(w.nodes, old, w.now, s.not_ready_grace_seconds):
+        message = (
+            f"node {old} is gone: its state for this tunnel could not be cleaned; "
+            f"removed the agent finalizer after {s.orphan_wait_seconds:g}s"
+        )
+        return _bounded(d, elapsed, s.orphan_wait_seconds, NODE_GONE, message)
+    down = w.agents.not_live_for(old, elapsed)
+    if down is None:
         d.waiting = True
+        # A Lease running out comes as no event: look again when this one would be over.
+        if (runs_out := w.agents.runs_out_in(old)) is not None:
+            d.requeue_after = runs_out + s.orphan_wait_seconds + _LATE
         return False
-    if elapsed < s.orphan_wait_seconds:
+    return _bounded(d, down, s.orphan_wait_seconds, AGENT_GONE, _agent_gone(rec, old, s))
+
+
+def _bounded(d: Decision, waited: float, limit: float, reason: str, message: str) -> bool:
+    """Wait until `waited` reaches `limit`; then drop the agent's finalizer and say why."""
+    if waited < limit:
         d.waiting = True
-        d.requeue_after = s.orphan_wait_seconds - elapsed + 0.05
+        d.requeue_after = limit - waited + _LATE
         return False
     d.remove_agent_finalizer = True
-    d.events.append(
-        (
-            WARNING,
-            NODE_GONE,
-            f"node {old} is gone: its state for this tunnel could not be cleaned; "
-            f"removed the agent finalizer after {s.orphan_wait_seconds:g}s",
-        )
-    )
+    d.events.append((WARNING, reason, message))
     return True
+
+
+def _agent_gone(rec: TunnelRecord, node: str, s: OperatorSettings) -> str:
+    """What may be left on `node` when its agent's finalizer goes without a teardown."""
+    iface = rec.status.get("interface") if rec.status_node == node else None
+    name = iface.get("name") if isinstance(iface, Mapping) else None
+    link = f"interface {name} " if name else "the interface "
+    return (
+        f"the agent of node {node} has not been live for {s.orphan_wait_seconds:g}s (no "
+        f"renewed Lease {naming.agent_lease_name(node)}): removed its finalizer without a "
+        f"teardown. May remain on node {node}: {link}(alias "
+        f"{naming.link_alias(rec.namespace, rec.name)}) with its addresses and routes, "
+        f"and charon's connection {naming.conn_name(rec.namespace, rec.name)} with its "
+        "SAs and key; docs/install.md says how to remove them"
+    )
 
 
 def decide(rec: TunnelRecord, current: Mapping[str, Any], w: World, elapsed: float) -> Decision:

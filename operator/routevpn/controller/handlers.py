@@ -25,6 +25,7 @@ import kopf
 
 from routevpn.api import naming
 from routevpn.api.policy import POLICY_PLURAL
+from routevpn.controller import agents
 from routevpn.controller.decide import OperatorSettings
 from routevpn.controller.leader import Leader
 from routevpn.controller.metrics import API_WRITES, REGISTRY
@@ -131,6 +132,10 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     )
     rt.tasks.append(asyncio.create_task(_gauge(reconciler)))
     _follow_secrets(rt, kube, reconciler)
+    # Agent liveness: a watch of their Leases in our namespace (kopf's would be cluster-wide).
+    lease_watcher, lease_task = agents.follow(reconciler, kube, rt.settings.routevpn_namespace)
+    rt.watchers.append(lease_watcher)
+    rt.tasks.append(lease_task)
     rt.http_runner = await http.serve(http.app(REGISTRY), rt.http_host, rt.http_port)
     logger.info(
         "routevpn operator: namespace %s, peering %s (priority %d), http %s:%d",

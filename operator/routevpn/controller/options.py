@@ -78,7 +78,9 @@ def _timing(parser: argparse.ArgumentParser) -> None:
         "--orphan-wait",
         type=float,
         default=60.0,
-        help="seconds to wait for the agent of a node that is gone before dropping its finalizer",
+        help="seconds to wait for the agent of a node that is gone, or whose agent has not "
+        "renewed its liveness Lease, before dropping its finalizer (a Warning Event says "
+        "what may remain on the node)",
     )
     parser.add_argument(
         "--not-ready-grace",

@@ -251,6 +251,7 @@ class OperatorReconciler:
             waiting_for=since,
             settings=self.settings,
             policy=self.store.policy_view(self.settings.protected, self.settings.without_policy),
+            agents=self.store.agents.view(now),
         )
         d = decide(rec, self.store.effective(key), world, now - since if since else 0.0)
         if d.waiting:

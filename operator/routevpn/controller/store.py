@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from routevpn.api.conditions import ConditionType, Reason
 from routevpn.api.policy import VpnTunnelPolicySpec
 from routevpn.controller import allocation, bundle
+from routevpn.controller.liveness import AgentLeases
 from routevpn.controller.model import DeliveredRecord, NodeRecord, TunnelKey, TunnelRecord
 from routevpn.controller.policy import PolicyView, protected_networks
 from routevpn.controller.status import OWNED_FIELDS
@@ -67,6 +68,8 @@ class Store:
         self.namespaces: dict[str, dict[str, str]] = {}
         #: The API server's addresses as last read (protected like the flags' networks).
         self.api_servers: tuple[str, ...] = ()
+        #: The agents' liveness Leases (`controller.agents` follows them).
+        self.agents = AgentLeases()
         self._applied: dict[TunnelKey, dict[str, Any]] = {}
         self._released: set[TunnelKey] = set()
         self._by_node: dict[str, dict[TunnelKey, allocation.Holder]] = {}

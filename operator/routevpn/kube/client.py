@@ -13,7 +13,9 @@ Writes:
 - metadata (finalizers, labels): one JSON patch guarded by `test` operations on the
   values it replaces, so a writer whose view is stale fails with `ConflictError`
   instead of dropping another writer's finalizer or label;
-- Secrets: server-side apply.
+- Secrets: server-side apply;
+- Leases (agent liveness): create, then replace guarded by resourceVersion (a 409 is a
+  `ConflictError`: the writer reads again).
 """
 
 from __future__ import annotations
@@ -188,6 +190,7 @@ class KubeClient:
         self._on_write = on_write or (lambda kind: None)
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
+        self._coordination = client.CoordinationV1Api(api)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -348,3 +351,26 @@ class KubeClient:
     async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
         """Create one core/v1 Event (built by `kube.events`)."""
         await self._write("event", self._core.create_namespaced_event, namespace, dict(body))
+
+    # -- Leases (agent liveness) --------------------------------------------------------
+
+    def leases(self, namespace: str, label_selector: str) -> Lister:
+        """Leases of `namespace` matching `label_selector`."""
+        call = self._coordination.list_namespaced_lease
+        return Lister("leases", call, (namespace,), label_selector)
+
+    async def get_lease(self, namespace: str, name: str) -> Obj | None:
+        """One Lease, or None when it does not exist."""
+        got = await self._call(self._coordination.read_namespaced_lease, name, namespace)
+        return cast(Obj | None, got)
+
+    async def create_lease(self, namespace: str, body: Mapping[str, Any]) -> Obj:
+        """Create a Lease; ConflictError when it exists already."""
+        call = self._coordination.create_namespaced_lease
+        return cast(Obj, await self._write("lease", call, namespace, dict(body)))
+
+    async def replace_lease(self, namespace: str, name: str, body: Mapping[str, Any]) -> Obj | None:
+        """Replace a Lease (`body` carries the resourceVersion it was read at: ConflictError
+        when it changed since); None when it is gone."""
+        call = self._coordination.replace_namespaced_lease
+        return cast(Obj | None, await self._write("lease", call, name, namespace, dict(body)))

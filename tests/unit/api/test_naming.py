@@ -76,3 +76,27 @@ def test_current_delivered_accepts_only_the_current_name() -> None:
     other = {"name": naming.secret_name("a", "b-c"), "annotations": ann}
     assert naming.current_delivered(other) is None
     assert naming.current_delivered({"name": naming.secret_name("a-b", "c")}) is None
+
+
+def test_agent_lease_name_is_plain_for_every_usual_node_name() -> None:
+    assert naming.agent_lease_name("node-a") == "routevpn-agent-node-a"
+    assert naming.agent_lease_name("gw-1.example.com") == "routevpn-agent-gw-1.example.com"
+
+
+@pytest.mark.parametrize("length", [237, 238, 239, 240, 253])
+def test_agent_lease_name_is_valid_and_unique_at_every_node_name_length(length: int) -> None:
+    node = ("n" * (length - 1)) + "x"
+    other = ("n" * (length - 1)) + "y"
+    got = naming.agent_lease_name(node)
+    assert _valid(got), got
+    assert got != naming.agent_lease_name(other)
+    hashed = len(naming.AGENT_LEASE_PREFIX) + length > 253
+    assert got.startswith(naming.AGENT_LEASE_HASHED_PREFIX if hashed else naming.AGENT_LEASE_PREFIX)
+
+
+def test_agent_lease_hashed_name_never_equals_a_plain_one() -> None:
+    long_node = "n" * 250
+    hashed = naming.agent_lease_name(long_node)
+    # A node named after the hashed form's tail gets a plain name with a dash there.
+    crafted = hashed[len(naming.AGENT_LEASE_HASHED_PREFIX) :]
+    assert naming.agent_lease_name(crafted) != hashed

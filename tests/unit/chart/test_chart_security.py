@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from routevpn.api import naming
 from support.chart import VALUE_SETS, Manifest, containers, find, render
 
 Rule = tuple[str, str, frozenset[str]]
@@ -64,6 +65,8 @@ def test_operator_role_is_in_the_release_namespace_only(docs: list[Manifest]) ->
         ("", "secrets", v("list", "watch", "create", "update", "patch", "delete")),
         ("kopf.dev", "kopfpeerings", v("get", "list", "watch", "patch")),
         ("coordination.k8s.io", "leases", v("get", "list", "watch", "create", "update", "patch")),
+        # the agents' liveness Leases: read, never written
+        ("coordination.k8s.io", "leases", READ),
     }
 
 
@@ -78,8 +81,13 @@ def test_agent_cluster_role(docs: list[Manifest]) -> None:
 def test_agent_reads_secrets_only_where_the_operator_delivers_them(docs: list[Manifest]) -> None:
     role = find(docs, "Role", "agent")
     assert role["metadata"]["namespace"] == "routevpn-system"
-    # list and watch (its informer); it never GETs a Secret.
-    assert rules(role) == {("", "secrets", v("list", "watch"))}
+    # list and watch (its informer); it never GETs a Secret. Its liveness Lease: no
+    # resourceNames (one Role for every node; `create` can't have them), the node guard
+    # keeps it to its own.
+    assert rules(role) == {
+        ("", "secrets", v("list", "watch")),
+        ("coordination.k8s.io", "leases", v("get", "create", "update")),
+    }
     binding = find(docs, "RoleBinding", "agent")
     assert binding["metadata"]["namespace"] == "routevpn-system"
     assert binding["subjects"] == [
@@ -259,12 +267,19 @@ def test_node_guard_keys_agent_writes_on_the_bound_node_name(docs: list[Manifest
     assert by_group == {
         "routevpn.io": ({"vpntunnels", "vpntunnels/status"}, {"UPDATE"}),
         "": ({"events"}, {"CREATE", "UPDATE"}),
+        "coordination.k8s.io": ({"leases"}, {"CREATE", "UPDATE"}),
     }
     (node,) = [x for x in policy["spec"]["variables"] if x["name"] == "node"]
     assert "authentication.kubernetes.io/node-name" in node["expression"]
     text = " ".join(x["expression"] for x in policy["spec"]["validations"])
     for field in ("oldObject.metadata.labels", "object.metadata.labels", "reportingInstance"):
         assert field in text
+    # The Lease rule is naming.agent_lease_name's: the same prefixes, the same length limit.
+    assert f"'{naming.AGENT_LEASE_PREFIX}' + variables.node" in text
+    assert f"startsWith('{naming.AGENT_LEASE_HASHED_PREFIX}')" in text
+    plain_max = naming.OBJECT_NAME_MAX - len(naming.AGENT_LEASE_PREFIX)
+    assert f"size(variables.node) > {plain_max}" in text
+    assert "object.spec.holderIdentity == variables.node" in text
     binding = find(docs, "ValidatingAdmissionPolicyBinding", "node-guard")
     assert binding["spec"] == {
         "policyName": policy["metadata"]["name"],
