@@ -1,4 +1,4 @@
-"""The `routevpn` command: `routevpn crd`, `routevpn operator`, `routevpn agent`."""
+"""The `routevpn` command: `crd`, `operator`, `agent` and `release-all` (uninstall hook)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ def _agent(args: argparse.Namespace) -> int:
     from routevpn.agent.main import main as agent_main
 
     return agent_main(args)
+
+
+def _release_all(args: argparse.Namespace) -> int:
+    from routevpn.controller.release import main as release_main
+
+    return release_main(args.namespace, args.kubeconfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_agent_arguments(agent)
     agent.set_defaults(func=_agent)
+
+    release = sub.add_parser(
+        "release-all",
+        help="drop routevpn's finalizers from every tunnel and remove the operator's objects "
+        "(the chart runs this when it is uninstalled)",
+    )
+    release.add_argument("--namespace", required=True, help="routevpn's own namespace")
+    release.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster)")
+    release.set_defaults(func=_release_all)
     return parser
 
 

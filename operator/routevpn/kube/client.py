@@ -374,3 +374,8 @@ class KubeClient:
         when it changed since); None when it is gone."""
         call = self._coordination.replace_namespaced_lease
         return cast(Obj | None, await self._write("lease", call, name, namespace, dict(body)))
+
+    async def delete_lease(self, namespace: str, name: str) -> None:
+        """Delete a Lease if it exists."""
+        call = self._coordination.delete_namespaced_lease
+        await self._write("lease_delete", call, name, namespace)
