@@ -1,0 +1,1 @@
+"""routevpn.kube: how routevpn talks to the Kubernetes API server."""
