@@ -56,6 +56,19 @@ def microtime(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class _MicroTime(datetime):
+    """A datetime the client sends as a MicroTime. The client turns every body into its
+    typed model and sends datetimes with `isoformat()`, which leaves the fraction out
+    when it is zero: the API server refuses that for acquireTime and renewTime."""
+
+    def isoformat(self, sep: str = "T", timespec: str = "auto") -> str:
+        return microtime(self)
+
+
+def _wire(t: datetime) -> datetime:
+    return _MicroTime.combine(t.date(), t.timetz())
+
+
 class LeaseConflictError(Exception):
     """409: the Lease was created, or changed, by someone else since it was read."""
 
@@ -381,7 +394,9 @@ class KubeLeaseStore:
         """Create the Lease; LeaseConflictError when it exists."""
         try:
             got = await self._call(
-                self._api.create_namespaced_lease, self._namespace, self._body(record)
+                self._api.create_namespaced_lease,
+                self._namespace,
+                lease_body(self._namespace, self._name, record),
             )
         except ApiException as e:
             if e.status == 409:
@@ -393,7 +408,10 @@ class KubeLeaseStore:
         """Replace the Lease, guarded by `record.resource_version`."""
         try:
             got = await self._call(
-                self._api.replace_namespaced_lease, self._name, self._namespace, self._body(record)
+                self._api.replace_namespaced_lease,
+                self._name,
+                self._namespace,
+                lease_body(self._namespace, self._name, record),
             )
         except ApiException as e:
             if e.status == 409:
@@ -405,28 +423,23 @@ class KubeLeaseStore:
         call = functools.partial(fn, *args, _request_timeout=self._timeout)
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
-    def _body(self, record: LeaseRecord) -> Any:
-        # A plain body, not a V1Lease: the client would send datetimes in isoformat, which
-        # drops the fraction when it is zero, and MicroTime wants all six digits.
-        meta: dict[str, Any] = {"name": self._name, "namespace": self._namespace}
-        if record.resource_version is not None:
-            meta["resourceVersion"] = record.resource_version
-        spec: dict[str, Any] = {
-            "leaseDurationSeconds": record.duration_seconds,
-            "leaseTransitions": record.transitions,
-        }
-        if record.holder:
-            spec["holderIdentity"] = record.holder
-        if record.acquire_time is not None:
-            spec["acquireTime"] = microtime(record.acquire_time)
-        if record.renew_time is not None:
-            spec["renewTime"] = microtime(record.renew_time)
-        return {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": meta,
-            "spec": spec,
-        }
+
+def lease_body(namespace: str, name: str, record: LeaseRecord) -> dict[str, Any]:
+    """The Lease to create or replace: `record` as the API server takes it."""
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if record.resource_version is not None:
+        meta["resourceVersion"] = record.resource_version
+    spec: dict[str, Any] = {
+        "leaseDurationSeconds": record.duration_seconds,
+        "leaseTransitions": record.transitions,
+    }
+    if record.holder:
+        spec["holderIdentity"] = record.holder
+    if record.acquire_time is not None:
+        spec["acquireTime"] = _wire(record.acquire_time)
+    if record.renew_time is not None:
+        spec["renewTime"] = _wire(record.renew_time)
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}
 
 
 def _record(lease: client.V1Lease) -> LeaseRecord:

@@ -15,12 +15,15 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import TypeVar
 
 import pytest
+from kubernetes import client
+from pydantic import TypeAdapter
 
 from routevpn.kube.lease import (
     LeaderElector,
     LeaseConflictError,
     LeaseRecord,
     Timings,
+    lease_body,
     microtime,
 )
 
@@ -347,3 +350,26 @@ def test_microtime_has_six_fraction_digits_and_z() -> None:
     assert microtime(EPOCH) == "2026-01-01T12:00:00.000000Z"
     plus2 = datetime(2026, 1, 1, 16, 0, 0, 1234, tzinfo=timezone(timedelta(hours=2)))
     assert microtime(plus2) == "2026-01-01T14:00:00.001234Z"
+
+
+def test_the_lease_goes_on_the_wire_as_micro_times_through_the_typed_client() -> None:
+    # The client validates every body into its model and sends datetimes with isoformat(),
+    # which would drop a zero fraction (the API server refuses MicroTimes without one).
+    record = LeaseRecord("a", 15, EPOCH, EPOCH + timedelta(microseconds=5), 3, "42")
+    body = lease_body("routevpn", "routevpn-operator", record)
+    model = TypeAdapter(client.V1Lease).validate_python(body)
+    sent = client.ApiClient().sanitize_for_serialization(model)  # type: ignore[no-untyped-call]
+    assert sent == {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "routevpn-operator", "namespace": "routevpn", "resourceVersion": "42"},
+        "spec": {
+            "holderIdentity": "a",
+            "leaseDurationSeconds": 15,
+            "acquireTime": "2026-01-01T12:00:00.000000Z",
+            "renewTime": "2026-01-01T12:00:00.000005Z",
+            "leaseTransitions": 3,
+        },
+    }
+    released = lease_body("routevpn", "routevpn-operator", replace(record, holder=""))
+    assert "holderIdentity" not in released["spec"]
