@@ -21,9 +21,8 @@ from typing import Any
 import kopf
 
 from routevpn.api import naming
-from routevpn.controller import http
+from routevpn.controller import http, leader
 from routevpn.controller.kubeio import KubeIO
-from routevpn.controller.leader import Leader
 from routevpn.controller.model import (
     CONTENT_HASH_ANNOTATION,
     delivered_from_body,
@@ -33,6 +32,7 @@ from routevpn.controller.model import (
 from routevpn.controller.reconcile import Settings
 from routevpn.controller.store import Store
 from routevpn.controller.worker import Worker
+from routevpn.kube.lease import KubeLeaseStore, LeaderElector, Timings
 
 
 @dataclass
@@ -40,15 +40,21 @@ class Runtime:
     """What the command line decided, and the running parts (one per process)."""
 
     settings: Settings
-    peering: str
-    priority: int
-    #: Our identity in the peering object (also given to kopf), to find ourselves there.
-    identity: str
+    #: The Lease (in routevpn's namespace) whose holder is the replica that acts.
+    lease_name: str
+    lease_timings: Timings
     http_host: str
     http_port: int
     concurrency: int = 32
     store: Store = field(default_factory=Store)
     worker: Worker | None = None
+    elector: LeaderElector | None = None
+    #: Where every API call of the worker runs (a graceful stop waits for it to drain).
+    pool: ThreadPoolExecutor | None = None
+    #: kopf's stop flag: set when another replica took the Lease over from this one.
+    stop_flag: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Another replica took the Lease over: the process exits non-zero, to start afresh.
+    lease_lost: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     http_runner: Any = None
     #: Node facts as node_event last acted on them (the index has already updated the view).
@@ -75,16 +81,6 @@ def _worker() -> Worker:
 async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     """Every kopf setting in one place, then the worker and the HTTP endpoints."""
     rt = _rt()
-    # Replicas coordinate cluster-wide (tunnels live in every namespace); a replica that
-    # can't find the peering object must not run unpeered next to another one.
-    settings.peering.name = rt.peering
-    settings.peering.clusterwide = True
-    settings.peering.mandatory = True
-    # Equal priorities make kopf pause every replica: each draws its own at start.
-    settings.peering.priority = rt.priority
-    # A replica that dies without saying goodbye blocks the other this long: short enough
-    # for a quick fail-over, long enough that a busy event loop does not lose its lease.
-    settings.peering.lifetime = 30
     # Distinct from the agent's (two kopf processes on one object). The operator manages
     # routevpn.io/operator itself; kopf's own finalizer is never needed (no deletion handlers).
     settings.persistence.finalizer = f"{naming.GROUP}/operator-kopf"
@@ -106,26 +102,34 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     settings.batching.worker_limit = None
     # Every API call runs in a thread (the kubernetes client blocks): the default pool
     # (cpu + 4 threads) would cap the reconcilers' writes in flight far below --concurrency.
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=rt.concurrency + 4, thread_name_prefix="kube")
-    )
+    rt.pool = ThreadPoolExecutor(max_workers=rt.concurrency + 4, thread_name_prefix="kube")
+    asyncio.get_running_loop().set_default_executor(rt.pool)
     io = KubeIO.from_environment(pool=rt.concurrency + 4)
-    leader = Leader(rt.identity, rt.priority)
-    rt.worker = worker = Worker(rt.store, io, rt.settings, leader)
-    rt.tasks.append(asyncio.create_task(worker.run(rt.concurrency)))
-    rt.tasks.append(
-        asyncio.create_task(leader.run(lambda: io.read_peering(rt.peering), worker.resync))
+    # Every replica watches (kopf's peering is off); only the Lease holder acts. The Lease
+    # client copies the configuration KubeIO has just loaded.
+    lease = KubeLeaseStore.from_default_config(
+        rt.settings.routevpn_namespace, rt.lease_name, timeout=rt.lease_timings.renew_deadline
     )
+    rt.elector = elector = LeaderElector(lease, leader.identity(), rt.lease_timings)
+    rt.worker = worker = Worker(rt.store, io, rt.settings, elector)
+    rt.tasks.append(asyncio.create_task(worker.run(rt.concurrency)))
+    rt.tasks.append(asyncio.create_task(leader.lead(elector, _lease_lost)))
     rt.tasks.append(asyncio.create_task(_gauge(rt.worker)))
     rt.http_runner = await http.start(rt.http_host, rt.http_port)
     logger.info(
-        "routevpn operator: namespace %s, peering %s (priority %d), http %s:%d",
+        "routevpn operator: namespace %s, lease %s as %s, http %s:%d",
         rt.settings.routevpn_namespace,
-        rt.peering,
-        rt.priority,
+        rt.lease_name,
+        elector.identity,
         rt.http_host,
         rt.http_port,
     )
+
+
+def _lease_lost() -> None:
+    rt = _rt()
+    rt.lease_lost = True
+    rt.stop_flag.set()
 
 
 async def _gauge(worker: Worker) -> None:
@@ -136,12 +140,18 @@ async def _gauge(worker: Worker) -> None:
 
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
-    """Stop the worker and the HTTP server."""
+    """Stop the worker, hand the Lease over, stop the HTTP server."""
     rt = _rt()
     for task in rt.tasks:
         task.cancel()
+    await asyncio.gather(*rt.tasks, return_exceptions=True)
+    if rt.elector is not None and rt.pool is not None:
+        await leader.hand_over(rt.elector, rt.pool, drain=rt.lease_timings.renew_deadline)
     if rt.http_runner is not None:
         await rt.http_runner.cleanup()
+    # kopf's waiter for the flag is a task of its own that a signal does not end: kopf
+    # would wait 5 s for it before exiting.
+    rt.stop_flag.set()
 
 
 # --- the view ---------------------------------------------------------------------------

@@ -1,18 +1,16 @@
-"""`routevpn operator`: run the kopf operator (one active replica through peering)."""
+"""`routevpn operator`: run the kopf operator (one active replica: the Lease holder)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import secrets
-import socket
-from typing import Any, cast
 
 import kopf
 
 from routevpn.controller import handlers
 from routevpn.controller.reconcile import Settings
+from routevpn.kube.lease import Timings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,9 +29,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bind address of --http-port",
     )
     parser.add_argument(
-        "--peering",
-        default=os.environ.get("ROUTEVPN_PEERING", "routevpn"),
-        help="name of the ClusterKopfPeering the replicas coordinate through",
+        "--lease-name",
+        default="routevpn-operator",
+        help="the coordination.k8s.io Lease (in --namespace) whose holder is the active replica",
+    )
+    # client-go's three durations, with its defaults (routevpn.kube.lease explains them).
+    parser.add_argument(
+        "--lease-duration",
+        type=int,
+        default=Timings.lease_duration,
+        help="seconds a standby waits for a silent leader before taking the Lease over",
+    )
+    parser.add_argument(
+        "--lease-renew-deadline",
+        type=float,
+        default=Timings.renew_deadline,
+        help="seconds the leader acts after its last renewal was sent (< --lease-duration)",
+    )
+    parser.add_argument(
+        "--lease-retry-period",
+        type=float,
+        default=Timings.retry_period,
+        help="seconds between attempts to take or renew the Lease",
     )
     parser.add_argument(
         "--orphan-wait",
@@ -61,29 +78,25 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, level, logging.INFO), format="%(message)s")
     # kopf logs every handler call at INFO: 1000 tunnels would bury the operator's own lines.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    # Peering pauses every replica of equal priority: draw one, distinct with near certainty.
-    priority = secrets.randbelow(2**31 - 1) + 1
-    # Our own identity (kopf's layout) so the worker can find this replica in the peering.
-    identity = f"{socket.gethostname()}/{secrets.token_hex(4)}"
-    handlers.RUNTIME = handlers.Runtime(
+    try:
+        timings = Timings(args.lease_duration, args.lease_renew_deadline, args.lease_retry_period)
+    except ValueError as e:
+        logging.getLogger("routevpn.operator").error("%s", e)
+        return 2
+    rt = handlers.RUNTIME = handlers.Runtime(
         settings=Settings(
             routevpn_namespace=args.namespace,
             orphan_wait_seconds=args.orphan_wait,
             not_ready_grace_seconds=args.not_ready_grace,
         ),
-        peering=args.peering,
-        priority=priority,
-        identity=identity,
+        lease_name=args.lease_name,
+        lease_timings=timings,
         http_host=args.http_host,
         http_port=args.http_port,
         concurrency=args.concurrency,
     )
-    kopf.run(
-        clusterwide=True,
-        peering_name=args.peering,
-        priority=priority,
-        standalone=False,
-        # kopf's Identity is a NewType of str, not exported from its public package.
-        identity=cast(Any, identity),
-    )
-    return 0
+    # standalone: no kopf peering. Every replica watches and keeps its view current; the
+    # Lease decides which one acts (routevpn.controller.leader).
+    kopf.run(clusterwide=True, standalone=True, stop_flag=rt.stop_flag)
+    # Another replica took the Lease over: exit non-zero, to be started again from scratch.
+    return 1 if rt.lease_lost else 0

@@ -241,15 +241,27 @@ class LeaderElector:
         self._wake()
         if mine is None:
             return
-        freed = replace(mine, holder="", duration_seconds=1, renew_time=self._clock.wall())
         try:
-            await self._store.replace(freed)
-        except LeaseConflictError:
-            return  # taken over already: nothing of ours to give up
+            try:
+                await self._store.replace(self._freed(mine))
+            except LeaseConflictError:
+                # A renewal cut short by the stop may have landed after all: still ours
+                # when it names us with the same transitions.
+                current = await self._store.get()
+                if current is None or not self._ours(current, mine):
+                    return  # taken over already: nothing of ours to give up
+                await self._store.replace(self._freed(current))
         except Exception as e:
             log.warning("lease %s: not released (%s)", self._store.ref, _why(e))
             return
         log.info("lease %s: released by %s", self._store.ref, self.identity)
+
+    def _freed(self, mine: LeaseRecord) -> LeaseRecord:
+        return replace(mine, holder="", duration_seconds=1, renew_time=self._clock.wall())
+
+    def _ours(self, current: LeaseRecord, mine: LeaseRecord) -> bool:
+        """Is `current` still of the term `mine` is of (nobody took over since)?"""
+        return current.holder == self.identity and current.transitions == mine.transitions
 
     # --- the two halves of an attempt ------------------------------------------------
 
@@ -263,11 +275,7 @@ class LeaderElector:
             self._mine = await self._store.replace(renewed)
         except LeaseConflictError:
             current = await self._store.get()
-            if (
-                current is not None
-                and current.holder == self.identity
-                and current.transitions == mine.transitions
-            ):
+            if current is not None and self._ours(current, mine):
                 # One of our own renewals landed though its answer never came back: still
                 # our term. The next attempt renews from this version.
                 self._mine = current

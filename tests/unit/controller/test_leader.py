@@ -1,4 +1,4 @@
-"""Which replica acts: the Lease election (routevpn.kube.lease).
+"""Which replica acts: the Lease election (routevpn.kube.lease) and the operator's use of it.
 
 Every candidate gets a fake clock and a view of one in-memory Lease (resourceVersions,
 409s, an API server that can be cut off per candidate): time moves only when a test
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TypeVar
@@ -18,6 +20,8 @@ import pytest
 from kubernetes import client
 from pydantic import TypeAdapter
 
+from routevpn.controller import leader
+from routevpn.controller.metrics import REGISTRY
 from routevpn.kube.lease import (
     LeaderElector,
     LeaseConflictError,
@@ -340,6 +344,52 @@ def test_run_returns_once_another_replica_took_over() -> None:
     assert a.over and not a.active
 
 
+def test_lead_reports_a_lost_lease_and_the_gauge_follows_the_clock() -> None:
+    w = World()
+    a = w.candidate("a")
+    lost: list[bool] = []
+
+    async def body() -> None:
+        task = asyncio.create_task(leader.lead(a, lambda: lost.append(True)))
+        await a.wait()
+        assert REGISTRY.get_sample_value("routevpn_operator_leader") == 1.0
+        w.clocks["a"].t += TIMINGS.renew_deadline  # stalled: no attempt, the clock decides
+        assert REGISTRY.get_sample_value("routevpn_operator_leader") == 0.0
+        lease = w.server.lease
+        assert lease is not None
+        w.server.write(replace(lease, holder="b", transitions=1))
+        await asyncio.wait_for(task, 5)
+
+    run(body)
+    assert lost == [True]
+
+
+def test_hand_over_releases_once_writes_in_flight_are_done() -> None:
+    w = World()
+    a = w.candidate("a")
+    w.step("a")
+    pool = ThreadPoolExecutor(2)
+    pool.submit(lambda: None).result()
+    run(lambda: leader.hand_over(a, pool, drain=30))
+    lease = w.server.lease
+    assert lease is not None and lease.holder == ""
+
+
+def test_hand_over_keeps_the_lease_while_a_write_hangs() -> None:
+    w = World()
+    a = w.candidate("a")
+    w.step("a")
+    pool = ThreadPoolExecutor(2)
+    hung = threading.Event()
+    pool.submit(hung.wait)
+    try:
+        run(lambda: leader.hand_over(a, pool, drain=0.01))
+    finally:
+        hung.set()
+    lease = w.server.lease
+    assert lease is not None and lease.holder == "a"
+
+
 def test_timings_keep_the_deadline_inside_the_lease() -> None:
     for bad in ((15, 15.0, 2.0), (15, 10.0, 10.0), (15, 20.0, 2.0), (15, 10.0, 0.0)):
         with pytest.raises(ValueError, match="renew deadline"):
@@ -373,3 +423,31 @@ def test_the_lease_goes_on_the_wire_as_micro_times_through_the_typed_client() ->
     }
     released = lease_body("routevpn", "routevpn-operator", replace(record, holder=""))
     assert "holderIdentity" not in released["spec"]
+
+
+def test_release_after_a_renewal_cut_short_still_frees_the_lease() -> None:
+    w = World()
+    a = w.candidate("a")
+    w.candidate("b")
+    w.step("a")
+    w.step("b")
+    w.advance(TIMINGS.retry_period)
+    w.stores["a"].lose_answer = True  # the stop cut the renewal short: it landed unseen
+    w.step("a")
+    run(a.release)
+    lease = w.server.lease
+    assert lease is not None and lease.holder == ""
+    w.step("b")
+    assert w.active() == {"b"}
+
+
+def test_release_leaves_a_lease_taken_over_meanwhile_alone() -> None:
+    w = World()
+    a = w.candidate("a")
+    w.step("a")
+    lease = w.server.lease
+    assert lease is not None
+    w.server.write(replace(lease, holder="b", transitions=1))
+    run(a.release)
+    lease = w.server.lease
+    assert lease is not None and (lease.holder, lease.transitions) == ("b", 1)
