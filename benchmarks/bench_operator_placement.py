@@ -17,7 +17,7 @@ and one plain list of them. Targets: <= 30 s to place, < 200 MiB.
 
 The control plane: ROUTEVPN_KUBECONFIG if set, else a developer's running
 `hack/local-cluster.sh up`, else one of its own (stopped by PID at the end). Everything
-it creates (namespaces, Nodes, the peering object, the operator) is removed at the end.
+it creates (namespaces, Nodes, the operator and its Lease) is removed at the end.
 """
 
 from __future__ import annotations
@@ -52,11 +52,9 @@ from support.kube import (  # noqa: E402
 )
 from support.operator import (  # noqa: E402
     Operator,
-    apply_peering_crds,
     create_tunnel,
     is_placed,
     list_tunnels,
-    peering,
     tunnel_body,
 )
 
@@ -151,7 +149,6 @@ def run(n: int, n_nodes: int, quiet: float, workers: int, log_level: str = "warn
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-op-")))
         kubeconfig, kubectl = stack.enter_context(control_plane(workdir))
         apply_crd(kubectl, _crd_yaml())
-        apply_peering_crds(kubectl)
         api = api_client(kubeconfig)
         stack.callback(api.close)
         # The client annotates bodies as its model classes; plain dicts are what it sends.
@@ -167,8 +164,7 @@ def run(n: int, n_nodes: int, quiet: float, workers: int, log_level: str = "warn
             create_node(
                 api, node, {"zone": ns, "half": str(i % 2)}, addresses=[f"192.0.2.{10 + i}"]
             )
-        name = stack.enter_context(peering(api, rns))
-        op = Operator(kubeconfig, rns, name, workdir / "operator.log", log_level=log_level)
+        op = Operator(kubeconfig, rns, workdir / "operator.log", log_level=log_level)
         stack.callback(op.stop)
         wait_until(op.healthy, timeout=60, what="operator /healthz")
         wait_until(op.active, timeout=60, what="operator active")

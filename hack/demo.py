@@ -36,14 +36,13 @@ from support import swanctl as sw  # noqa: E402
 from support.cluster import ControlPlane, Kubectl, bin_dir, free_port  # noqa: E402
 from support.kube import api_client, apply_crd, create_node  # noqa: E402
 from support.nsrelay import forward_into, http_get_in  # noqa: E402
-from support.operator import Operator, apply_peering_crds  # noqa: E402
+from support.operator import Operator  # noqa: E402
 from support.sites import LEFT, RIGHT, Site, two_sites  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "seed-ipv6-vti.yaml"
 NODE = "node-a"
 SYSTEM_NS = "routevpn-system"
 TUNNEL = "site-b"
-PEERING = "routevpn-demo"
 AGENT_PORT = 19478
 FAR_END_KEY = 42  # the far end's own VTI key: marks are local to each end
 LOG = "demo.log"
@@ -229,19 +228,11 @@ def host(timeout: float) -> int:
             [sys.executable, "-m", "routevpn", "crd"], capture_output=True, text=True, check=True
         ).stdout
         apply_crd(kubectl, crd)
-        apply_peering_crds(kubectl)
         kubectl("create", "namespace", SYSTEM_NS)
-        kubectl(
-            "create", "-f", "-",
-            input=json.dumps({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
-                              "metadata": {"name": PEERING}}),
-        )  # fmt: skip
         api = api_client(kubeconfig)
         create_node(api, NODE, addresses=(LEFT.outer6,))
         say(f"control plane up; CRD applied; Node {NODE} registered")
-        operator = Operator(
-            kubeconfig, SYSTEM_NS, PEERING, state / "operator.log", not_ready_grace=600
-        )
+        operator = Operator(kubeconfig, SYSTEM_NS, state / "operator.log", not_ready_grace=600)
         wait_for("the operator", operator.healthy, timeout=120)
         say(f"routevpn operator running (pid {operator.pid})")
 

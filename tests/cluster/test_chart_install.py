@@ -134,9 +134,11 @@ def test_agent_in_a_restricted_namespace_is_refused(
 
 
 def _can_i(kubectl: Kubectl, user: str, verb: str, resource: str, namespace: str | None) -> bool:
-    # "a/b" would mean resource a, object name b: a subresource needs its own flag.
+    # "a@n": object n of resource a (kubectl's "a/n"); "a/b" here means subresource b,
+    # which needs its own flag.
+    resource, _, name = resource.partition("@")
     resource, _, sub = resource.partition("/")
-    args = ["auth", "can-i", verb, resource, f"--as={user}"]
+    args = ["auth", "can-i", verb, f"{resource}/{name}" if name else resource, f"--as={user}"]
     args += [f"--subresource={sub}"] if sub else []
     args += ["--namespace", namespace] if namespace else ["--all-namespaces"]
     res = kubectl(*args, check=False)
@@ -146,6 +148,7 @@ def _can_i(kubectl: Kubectl, user: str, verb: str, resource: str, namespace: str
 
 VT = "vpntunnels.routevpn.io"
 OTHER = "tenant-a"  # any namespace that is not routevpn's own
+LEASES = "leases.coordination.k8s.io"
 
 # (verb, resource, namespace: "release" | "agent" | OTHER | None for all, allowed)
 OPERATOR_MATRIX = [
@@ -172,12 +175,15 @@ OPERATOR_MATRIX = [
     ("patch", "secrets", OTHER, False),
     ("create", "events", OTHER, True),
     ("delete", "events", OTHER, False),
-    ("patch", "events", OTHER, False),
-    ("patch", "clusterkopfpeerings.kopf.dev", None, True),
-    ("patch", "kopfpeerings.kopf.dev", "release", True),
-    ("patch", "kopfpeerings.kopf.dev", OTHER, False),
-    ("update", "leases.coordination.k8s.io", "release", True),
-    ("update", "leases.coordination.k8s.io", OTHER, False),
+    # Its own Lease (LEASE: the release's operator name) and no other.
+    ("get", f"{LEASES}@LEASE", "release", True),
+    ("update", f"{LEASES}@LEASE", "release", True),
+    ("create", LEASES, "release", True),
+    ("update", f"{LEASES}@another", "release", False),
+    ("delete", f"{LEASES}@LEASE", "release", False),
+    # listed and watched: the agents' liveness Leases
+    ("list", LEASES, "release", True),
+    ("update", f"{LEASES}@LEASE", OTHER, False),
     ("get", "configmaps", "release", False),
     ("create", "pods", "release", False),
 ]
@@ -200,7 +206,7 @@ AGENT_MATRIX = [
     ("patch", "events", OTHER, False),
     ("get", "nodes", None, False),
     ("list", "pods", "agent", False),
-    ("patch", "clusterkopfpeerings.kopf.dev", None, False),
+    ("update", f"{LEASES}@LEASE", "release", False),
     ("get", "configmaps", "agent", False),
 ]
 
@@ -209,18 +215,25 @@ def _where(release: Release, ns: str | None) -> str | None:
     return {"release": release.namespace, "agent": release.agent_namespace}.get(ns or "", ns)
 
 
+def _named(release: Release, resource: str) -> str:
+    # The operator's Lease is named like its Deployment (--lease-name).
+    return resource.replace("@LEASE", f"@{release.name}-routevpn-operator")
+
+
 @pytest.mark.parametrize(("verb", "resource", "ns", "allowed"), OPERATOR_MATRIX)
 def test_operator_can_i(
     release: Release, kubectl: Kubectl, verb: str, resource: str, ns: str | None, allowed: bool
 ) -> None:
-    assert _can_i(kubectl, release.operator_sa, verb, resource, _where(release, ns)) is allowed
+    got = _can_i(kubectl, release.operator_sa, verb, _named(release, resource), _where(release, ns))
+    assert got is allowed
 
 
 @pytest.mark.parametrize(("verb", "resource", "ns", "allowed"), AGENT_MATRIX)
 def test_agent_can_i(
     release: Release, kubectl: Kubectl, verb: str, resource: str, ns: str | None, allowed: bool
 ) -> None:
-    assert _can_i(kubectl, release.agent_sa, verb, resource, _where(release, ns)) is allowed
+    got = _can_i(kubectl, release.agent_sa, verb, _named(release, resource), _where(release, ns))
+    assert got is allowed
 
 
 def _tunnel_manifest() -> str:
@@ -302,7 +315,7 @@ def test_upgrade_with_changed_values_then_uninstall(
         vfile.write_text(
             yaml.safe_dump(
                 {
-                    "operator": {"replicas": 3, "peering": {"name": rel.name}},
+                    "operator": {"replicas": 3},
                     "metrics": {"service": {"enabled": False}},
                     "agent": {
                         "namespace": rel.agent_namespace,

@@ -16,7 +16,6 @@ from support.operator import (  # fixtures are imported to be used
     create_tunnel,
     get_tunnel,
     list_tunnels,
-    peering_crds,  # noqa: F401
     psk_secret,
     routevpn_ns,  # noqa: F401
     start_operator,  # noqa: F401
@@ -32,8 +31,8 @@ def test_200_concurrent_creates_two_operators_unique(
     make_node(f"{namespace}-n", sel)
     psk_secret(kube, namespace)
     first, second = start_operator(), start_operator()
-    # Counted from here: until the peering settled the first replica led, alone at first,
-    # and rightly wrote (for tunnels earlier tests left behind in the cluster, say).
+    # Counted from here: the first replica led alone until the second started, and rightly
+    # wrote (for tunnels earlier tests left behind in the cluster, say).
     before = [_writes(op) for op in (first, second)]
     with ThreadPoolExecutor(8) as pool:
         list(
@@ -51,7 +50,7 @@ def test_200_concurrent_creates_two_operators_unique(
     keys = [o["status"]["interface"]["key"] for o in items]
     names = [o["status"]["interface"]["name"] for o in items]
     assert len(set(keys)) == 200 and len(set(names)) == 200 and min(keys) >= 4096
-    # Only one of the two processes acted (peering): the standby wrote nothing at all.
+    # Only one of the two processes acted (the Lease holder): the standby wrote nothing.
     ops = (first, second)
     after = [_writes(op) for op in ops]
     made = [
@@ -61,9 +60,9 @@ def test_200_concurrent_creates_two_operators_unique(
     detail = "\n".join(
         f"--- operator {i}: writes {made[i]}\n{op.log_tail(30)}" for i, op in enumerate(ops)
     )
-    low, top = sorted(range(2), key=lambda i: ops[i].metric("routevpn_operator_priority"))
-    assert made[low] == {}, f"the standby wrote: {made}\n{detail}"
-    assert sum(made[top].values()) >= 200, f"one status write a tunnel at least: {made}"
+    assert first.active() and not second.active(), f"the lead changed hands\n{detail}"
+    assert made[1] == {}, f"the standby wrote: {made}\n{detail}"
+    assert sum(made[0].values()) >= 200, f"one status write a tunnel at least: {made}"
 
 
 def _writes(op: Operator) -> dict[str, float]:

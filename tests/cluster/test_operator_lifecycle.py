@@ -20,7 +20,6 @@ from support.operator import (  # fixtures are imported to be used
     events_for,
     get_tunnel,
     label,
-    peering_crds,  # noqa: F401
     psk_secret,
     routevpn_ns,  # noqa: F401
     start_operator,  # noqa: F401

@@ -29,7 +29,6 @@ from support.operator import (  # fixtures are imported to be used
     get_tunnel,
     is_placed,
     label,
-    peering_crds,  # noqa: F401
     psk_secret,
     release_tunnels,
     routevpn_ns,  # noqa: F401

@@ -22,7 +22,6 @@ from support.operator import (  # fixtures are imported to be used
     get_tunnel,
     is_placed,
     label,
-    peering_crds,  # noqa: F401
     psk_secret,
     routevpn_ns,  # noqa: F401
     start_operator,  # noqa: F401

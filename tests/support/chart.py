@@ -35,7 +35,6 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "operator": {
             "replicas": 1,
             "podDisruptionBudget": {"enabled": False},
-            "peering": {"create": False},
         },
         "agent": {
             "kernelModules": {"load": False},

@@ -105,8 +105,6 @@ def install(
     agent_ns = f"{namespace}-agent"
     vals: dict[str, Any] = {
         "agent": {"namespace": agent_ns},
-        # Cluster-scoped: unique per release so test releases never collide.
-        "operator": {"peering": {"name": name}},
     }
     for key, sub in values.items():
         vals.setdefault(key, {}).update(sub)

@@ -6,11 +6,10 @@ this interpreter against a real apiserver, and "the agent" is played through the
 way the real one writes (server-side apply with fieldManager routevpn-agent, its
 finalizer added and removed under a resourceVersion guard).
 
-``Operator(kubeconfig, namespace, peering, log, not_ready_grace=…, orphan_wait=…)``
+``Operator(kubeconfig, namespace, log, not_ready_grace=…, orphan_wait=…)``
     ``.pid .port .healthy() .metric(name) .metric_by_label(name, label) .metrics() .active()``
     ``.peak_rss_mib() .stop() .log_tail()``
-``peering(api, name)``           context manager: a ClusterKopfPeering, deleted afterwards
-``apply_peering_crds(kubectl)``  kopf's peering CRDs as the chart ships them
+``read_lease(api, namespace)``  the operator's Lease (who leads), or None
 ``psk_secret(api, ns, name, value)``  ``tunnel_body(name, selector, **spec)``
 ``create_tunnel`` ``get_tunnel`` ``tunnel_when(api, ns, name, pred)``
 ``list_tunnels`` ``delete_tunnel`` ``release_tunnels(api, ns)``
@@ -19,7 +18,7 @@ finalizer added and removed under a resourceVersion guard).
 ``events_for(api, ns, name)`` ``agent_lease(api, rns, node, duration)`` (one renewal)
 
 pytest fixtures (import them into a test module, they are its parameters):
-``peering_crds`` (module), ``routevpn_ns``, ``start_operator`` -> ``StartOperator``
+``routevpn_ns``, ``start_operator`` -> ``StartOperator``
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,12 +38,13 @@ from kubernetes import client
 from kubernetes.client import ApiException
 
 from routevpn.api import naming
-from support.cluster import REPO, Kubectl, free_port
-from support.kube import apply_crd, create_namespace, delete_namespace, wait_until
+from support.cluster import free_port
+from support.kube import create_namespace, delete_namespace, wait_until
 
 GROUP, VERSION, PLURAL = "routevpn.io", "v1alpha1", "vpntunnels"
 NODE_LABEL = "routevpn.io/node"
-PEERING_CRDS = REPO / "charts" / "routevpn" / "crds" / "kopf-peering.yaml"
+#: The operator's Lease (its --lease-name default), in the operator's own namespace.
+LEASE_NAME = "routevpn-operator"
 #: The PSK every helper-made Secret carries unless told otherwise (base64 of "secret-1").
 DEFAULT_PSK = "c2VjcmV0LTE="
 
@@ -66,7 +65,6 @@ class Operator:
         self,
         kubeconfig: Path,
         namespace: str,
-        peering: str,
         log: Path,
         *,
         not_ready_grace: float = 1.0,
@@ -75,10 +73,18 @@ class Operator:
         extra_args: Sequence[str] = (),
         log_level: str = "info",
         without_policy: str = "allow",
+        pod_name: str = "operator",
     ) -> None:
         self.port = free_port()
         self.log = log
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "ROUTEVPN_LOG_LEVEL": log_level}
+        #: The Lease names its holder "<pod_name>_<random>", as in a pod.
+        self.pod_name = pod_name
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "ROUTEVPN_LOG_LEVEL": log_level,
+            "POD_NAME": pod_name,
+        }
         argv = [
             sys.executable,
             "-m",
@@ -90,8 +96,6 @@ class Operator:
             str(self.port),
             "--http-host",
             "127.0.0.1",
-            "--peering",
-            peering,
             "--orphan-wait",
             str(orphan_wait),
             "--not-ready-grace",
@@ -146,10 +150,15 @@ class Operator:
                     out[quoted.strip('"')] = out.get(quoted.strip('"'), 0.0) + float(value)
         return out
 
+    def holds(self, lease: client.V1Lease | None) -> bool:
+        """Does `lease` name this process (by its pod name) as its holder?"""
+        holder = (lease.spec.holder_identity if lease and lease.spec else None) or ""
+        return holder.startswith(f"{self.pod_name}_")
+
     def active(self) -> bool:
-        """Is this replica the one that acts (peering)? False when it does not answer."""
+        """Does this replica hold the Lease and act? False when it does not answer."""
         try:
-            return self.metric("routevpn_operator_active") == 1
+            return self.metric("routevpn_operator_leader") == 1
         except OSError:
             return False
 
@@ -184,29 +193,14 @@ class Operator:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def apply_peering_crds(kubectl: Kubectl) -> None:
-    """kopf's peering CRDs (as the chart ships them)."""
-    apply_crd(kubectl, PEERING_CRDS.read_text())
-
-
-@contextmanager
-def peering(api: client.ApiClient, name: str) -> Iterator[str]:
-    """A ClusterKopfPeering named `name` for the operators started inside; deleted after."""
-    custom = _custom(api)
-    custom.create_cluster_custom_object(
-        "kopf.dev",
-        "v1",
-        "clusterkopfpeerings",
-        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}},
-    )
+def read_lease(api: client.ApiClient, namespace: str) -> client.V1Lease | None:
+    """The operator's Lease in `namespace` (holder, transitions), or None."""
     try:
-        yield name
-    finally:
-        try:
-            custom.delete_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        return client.CoordinationV1Api(api).read_namespaced_lease(LEASE_NAME, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
 
 
 def psk_secret(api: client.ApiClient, ns: str, name: str = "psk", value: str = DEFAULT_PSK) -> None:
@@ -374,12 +368,6 @@ def agent_lease(api: client.ApiClient, rns: str, node: str, duration: int = 3600
 StartOperator = Callable[..., Operator]
 
 
-@pytest.fixture(scope="module")
-def peering_crds(kubectl: Kubectl) -> None:
-    """kopf's peering CRDs (as the chart ships them)."""
-    apply_peering_crds(kubectl)
-
-
 @pytest.fixture
 def routevpn_ns(kube: client.ApiClient) -> Iterator[str]:
     """The operator's own namespace (delivered Secrets go here)."""
@@ -412,45 +400,37 @@ def start_operator(
     kubeconfig: Path,
     routevpn_ns: str,
     crd: list[str],
-    peering_crds: None,
     tmp_path: Path,
 ) -> Iterator[StartOperator]:
-    """`start_operator(**kw)` -> a running Operator, in this test's own peering.
+    """`start_operator(**kw)` -> a running Operator; they elect their leader through the
+    Lease in this test's own routevpn namespace.
 
-    Returns once the peering has settled: every operator started so far sees all of
-    them, and exactly one, the one of highest priority, is active (so a test never races
-    a replica's first moments or a hand-over). Every operator is stopped by PID at
-    teardown, whatever the test did; then the test's tunnels (in `namespace`) are deleted
-    without waiting for anyone.
+    Returns once the election has settled: exactly one operator started so far leads (the
+    first one: a later one finds the Lease held), so a test never races a replica's first
+    moments. Every operator is stopped by PID at teardown, whatever the test did; then the
+    test's tunnels (in `namespace`) are deleted without waiting for anyone.
     """
     started: list[Operator] = []
 
     def settled() -> bool:
-        seen = [op.metric("routevpn_operator_peers") for op in started]
-        active = [op.active() for op in started]
-        # The highest priority must be the active one: a replica started with a higher
-        # priority than the leader takes over a moment later (a hand-over), and until then
-        # "exactly one active" names the old leader, which then still acts.
-        top = max(started, key=lambda op: op.metric("routevpn_operator_priority"))
-        return all(n == len(started) for n in seen) and sum(active) == 1 and top.active()
+        return sum(op.active() for op in started) == 1
 
-    with peering(kube, routevpn_ns) as name:  # the namespace's name is unique per test
-
-        def start(**kw: Any) -> Operator:
-            op = Operator(
-                kubeconfig, routevpn_ns, name, tmp_path / f"operator-{len(started)}.log", **kw
-            )
-            started.append(op)
-            try:
-                wait_until(op.healthy, timeout=60, what="operator /healthz")
-                wait_until(settled, timeout=60, what="operator peering settled")
-            except TimeoutError as e:
-                raise TimeoutError(f"{e}\n--- operator log:\n{op.log_tail()}") from None
-            return op
-
+    def start(**kw: Any) -> Operator:
+        n = len(started)
+        op = Operator(
+            kubeconfig, routevpn_ns, tmp_path / f"operator-{n}.log", pod_name=f"operator-{n}", **kw
+        )
+        started.append(op)
         try:
-            yield start
-        finally:
-            for op in started:
-                op.stop()
-            release_tunnels(kube, namespace)
+            wait_until(op.healthy, timeout=60, what="operator /healthz")
+            wait_until(settled, timeout=60, what="one operator leads")
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n--- operator log:\n{op.log_tail()}") from None
+        return op
+
+    try:
+        yield start
+    finally:
+        for op in started:
+            op.stop()
+        release_tunnels(kube, namespace)

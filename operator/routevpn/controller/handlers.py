@@ -25,9 +25,8 @@ import kopf
 
 from routevpn.api import naming
 from routevpn.api.policy import POLICY_PLURAL
-from routevpn.controller import agents
+from routevpn.controller import agents, leader
 from routevpn.controller.decide import OperatorSettings
-from routevpn.controller.leader import Leader
 from routevpn.controller.metrics import API_WRITES, REGISTRY
 from routevpn.controller.model import node_from_body, tunnel_from_body
 from routevpn.controller.reconciler import OperatorReconciler
@@ -36,7 +35,13 @@ from routevpn.controller.store import Store
 from routevpn.kube import http
 from routevpn.kube.client import KubeClient, connect
 from routevpn.kube.events import EventPoster
+from routevpn.kube.lease import LeaderElector, Timings
+from routevpn.kube.lease_store import KubeLeaseStore
 from routevpn.kube.watch import Watcher, WatchItem
+
+log = logging.getLogger("routevpn.operator")
+#: Seconds between reads of the API server's own addresses (never routed into a tunnel).
+API_SERVERS_PERIOD = 300.0
 
 
 @dataclass
@@ -44,10 +49,9 @@ class Runtime:
     """What the command line decided, and the running parts (one per process)."""
 
     settings: OperatorSettings
-    peering: str
-    priority: int
-    #: Our identity in the peering object (also given to kopf), to find ourselves there.
-    identity: str
+    #: The Lease (in routevpn's namespace) whose holder is the replica that acts.
+    lease_name: str
+    lease_timings: Timings
     http_host: str
     http_port: int
     concurrency: int = 32
@@ -55,6 +59,13 @@ class Runtime:
     secret_reread_seconds: float = 60.0
     store: Store = field(default_factory=Store)
     reconciler: OperatorReconciler | None = None
+    elector: LeaderElector | None = None
+    #: Where every API call of the reconciler runs (a graceful stop waits for it to drain).
+    pool: ThreadPoolExecutor | None = None
+    #: kopf's stop flag: set when another replica took the Lease over from this one.
+    stop_flag: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Another replica took the Lease over: the process exits non-zero, to start afresh.
+    lease_lost: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     watchers: list[Watcher] = field(default_factory=list)
     http_runner: Any = None
@@ -84,53 +95,31 @@ def _reconciler() -> OperatorReconciler:
 async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     """Every kopf setting in one place, then the reconciler and the HTTP endpoints."""
     rt = _rt()
-    # Replicas coordinate cluster-wide (tunnels live in every namespace); a replica that
-    # can't find the peering object must not run unpeered next to another one.
-    settings.peering.name = rt.peering
-    settings.peering.clusterwide = True
-    settings.peering.mandatory = True
-    # Equal priorities make kopf pause every replica: each draws its own at start.
-    settings.peering.priority = rt.priority
-    # A replica that dies without saying goodbye blocks the other this long: short enough
-    # for a quick fail-over, long enough that a busy event loop does not lose its lease.
-    settings.peering.lifetime = 30
-    # Distinct from the agent's (two kopf processes on one object). The operator manages
-    # routevpn.io/operator itself; kopf's own finalizer is never needed (no deletion handlers).
-    settings.persistence.finalizer = f"{naming.GROUP}/operator-kopf"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=f"operator.{naming.GROUP}"
-    )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=f"operator.{naming.GROUP}", key="last-handled-configuration"
-    )
-    # Events for every decision (Normal ones included), posted by kopf in the background.
-    settings.posting.level = logging.INFO
-    # Watches end server-side after this long and are re-established: a silently broken
-    # connection can't leave the operator blind for longer.
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    # A stuck API call must fail (and be retried) rather than hang a worker forever.
-    settings.networking.request_timeout = 60
-    # 1000 tunnels created at once: don't let kopf's per-object workers be the limit.
-    settings.batching.worker_limit = None
+    _kopf_settings(settings)
     # Every API call runs in a thread (the kubernetes client blocks): the default pool
     # (cpu + 4 threads) would cap the reconcilers' writes in flight far below --concurrency.
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=rt.concurrency + 4, thread_name_prefix="kube")
-    )
+    rt.pool = ThreadPoolExecutor(max_workers=rt.concurrency + 4, thread_name_prefix="kube")
+    asyncio.get_running_loop().set_default_executor(rt.pool)
     kube = KubeClient(
         connect(pool=rt.concurrency + 4),
         FIELD_MANAGER,
         on_write=lambda kind: API_WRITES.labels(kind).inc(),
     )
-    events = EventPoster(kube.create_event, FIELD_MANAGER, rt.identity)
-    leader = Leader(rt.identity, rt.priority)
-    rt.reconciler = reconciler = OperatorReconciler(rt.store, kube, events, rt.settings, leader)
-    rt.tasks.append(asyncio.create_task(reconciler.run(rt.concurrency)))
-    rt.tasks.append(
-        asyncio.create_task(leader.run(lambda: _read_peering(kube, rt.peering), reconciler.resync))
+    # The Lease has a client and a thread of its own: renewals stay on time however many
+    # writes of the reconcilers are queued.
+    lease = KubeLeaseStore(
+        connect(pool=2),
+        rt.settings.routevpn_namespace,
+        rt.lease_name,
+        timeout=rt.lease_timings.renew_deadline,
     )
+    rt.elector = elector = LeaderElector(lease, leader.identity(), rt.lease_timings)
+    events = EventPoster(kube.create_event, FIELD_MANAGER, elector.identity)
+    rt.reconciler = reconciler = OperatorReconciler(rt.store, kube, events, rt.settings, elector)
+    rt.tasks.append(asyncio.create_task(reconciler.run(rt.concurrency)))
+    rt.tasks.append(asyncio.create_task(leader.lead(elector, _lease_lost)))
     rt.tasks.append(asyncio.create_task(_gauge(reconciler)))
+    rt.tasks.append(asyncio.create_task(_api_servers(reconciler)))
     _follow_secrets(rt, kube, reconciler)
     # Agent liveness: a watch of their Leases in our namespace (kopf's would be cluster-wide).
     lease_watcher, lease_task = agents.follow(reconciler, kube, rt.settings.routevpn_namespace)
@@ -138,13 +127,41 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     rt.tasks.append(lease_task)
     rt.http_runner = await http.serve(http.app(REGISTRY), rt.http_host, rt.http_port)
     logger.info(
-        "routevpn operator: namespace %s, peering %s (priority %d), http %s:%d",
+        "routevpn operator: namespace %s, lease %s as %s, http %s:%d",
         rt.settings.routevpn_namespace,
-        rt.peering,
-        rt.priority,
+        rt.lease_name,
+        elector.identity,
         rt.http_host,
         rt.http_port,
     )
+
+
+def _kopf_settings(settings: kopf.OperatorSettings) -> None:
+    # kopf's peering is off (every replica watches; the Lease decides who acts), it runs
+    # no change-detection or deletion handlers (no progress, diff-base or finalizer of its
+    # own to store) and posts no Events (routevpn.kube.events does): nothing to set there.
+    settings.posting.enabled = False
+    # Watches end server-side after this long and are re-established: a silently broken
+    # connection can't leave the operator blind for longer.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # A stuck API call must fail (and be retried) rather than hang a watch forever.
+    settings.networking.request_timeout = 60
+    # 1000 tunnels created at once: don't let kopf's per-object workers be the limit.
+    settings.batching.worker_limit = None
+
+
+def _lease_lost() -> None:
+    rt = _rt()
+    rt.lease_lost = True
+    rt.stop_flag.set()
+
+
+async def _api_servers(reconciler: OperatorReconciler) -> None:
+    """Keep the API server's own addresses current (the `kubernetes` Service, Endpoints)."""
+    while True:
+        await reconciler.refresh_api_servers()
+        await asyncio.sleep(API_SERVERS_PERIOD)  # a polling period, not a wait for an outcome
 
 
 def _follow_secrets(rt: Runtime, kube: KubeClient, reconciler: OperatorReconciler) -> None:
@@ -164,15 +181,6 @@ def _follow_secrets(rt: Runtime, kube: KubeClient, reconciler: OperatorReconcile
     rt.tasks.append(asyncio.create_task(follower.reread_loop()))
 
 
-async def _read_peering(kube: KubeClient, name: str) -> dict[str, Any] | None:
-    """The status (peers) of ClusterKopfPeering `name`, or None when it does not exist."""
-    got: Any = await asyncio.to_thread(
-        kube._custom.get_cluster_custom_object,
-        "kopf.dev", "v1", "clusterkopfpeerings", name,
-    )  # fmt: skip
-    return dict(got.get("status") or {})
-
-
 async def _gauge(reconciler: OperatorReconciler) -> None:
     while True:
         reconciler.count_ready()
@@ -181,14 +189,20 @@ async def _gauge(reconciler: OperatorReconciler) -> None:
 
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
-    """Stop the reconciler and the HTTP server."""
+    """Stop the reconciler, hand the Lease over, stop the HTTP server."""
     rt = _rt()
     for watcher in rt.watchers:
         watcher.stop()
     for task in rt.tasks:
         task.cancel()
+    await asyncio.gather(*rt.tasks, return_exceptions=True)
+    if rt.elector is not None and rt.pool is not None:
+        await leader.hand_over(rt.elector, rt.pool, drain=rt.lease_timings.renew_deadline)
     if rt.http_runner is not None:
         await rt.http_runner.cleanup()
+    # kopf's waiter for the flag is a task of its own that a signal does not end: kopf
+    # would wait 5 s for it before exiting.
+    rt.stop_flag.set()
 
 
 # --- the view ---------------------------------------------------------------------------

@@ -1,19 +1,17 @@
-"""`routevpn operator`: run the kopf operator (one active replica through peering)."""
+"""`routevpn operator`: run the kopf operator (every replica watches; the Lease holder acts)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import secrets
-import socket
-from typing import Any, cast
 
 import kopf
 
 from routevpn.controller import handlers
 from routevpn.controller.decide import OperatorSettings
 from routevpn.controller.options import protected_from
+from routevpn.kube.lease import Timings
 
 
 def namespaces(text: str) -> frozenset[str] | None:
@@ -28,11 +26,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, level, logging.INFO), format="%(message)s")
     # kopf logs every handler call at INFO: 1000 tunnels would bury the operator's own lines.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    # Peering pauses every replica of equal priority: draw one, distinct with near certainty.
-    priority = secrets.randbelow(2**31 - 1) + 1
-    # Our own identity (kopf's layout) so the worker can find this replica in the peering.
-    identity = f"{socket.gethostname()}/{secrets.token_hex(4)}"
-    handlers.RUNTIME = handlers.Runtime(
+    try:
+        timings = Timings(args.lease_duration, args.lease_renew_deadline, args.lease_retry_period)
+    except ValueError as e:
+        logging.getLogger("routevpn.operator").error("%s", e)
+        return 2
+    rt = handlers.RUNTIME = handlers.Runtime(
         settings=OperatorSettings(
             routevpn_namespace=args.namespace,
             orphan_wait_seconds=args.orphan_wait,
@@ -41,20 +40,15 @@ def run(args: argparse.Namespace) -> int:
             without_policy=args.without_policy,
             protected=protected_from(args),
         ),
-        peering=args.peering,
-        priority=priority,
-        identity=identity,
+        lease_name=args.lease_name,
+        lease_timings=timings,
         http_host=args.http_host,
         http_port=args.http_port,
         concurrency=args.concurrency,
         secret_reread_seconds=args.secret_reread,
     )
-    kopf.run(
-        clusterwide=True,
-        peering_name=args.peering,
-        priority=priority,
-        standalone=False,
-        # kopf's Identity is a NewType of str, not exported from its public package.
-        identity=cast(Any, identity),
-    )
-    return 0
+    # standalone: no kopf peering. Every replica watches and keeps its view current; the
+    # Lease decides which one acts (routevpn.controller.leader).
+    kopf.run(clusterwide=True, standalone=True, stop_flag=rt.stop_flag)
+    # Another replica took the Lease over: exit non-zero, to be started again from scratch.
+    return 1 if rt.lease_lost else 0

@@ -28,18 +28,8 @@ API_WRITES = Counter(
 TUNNELS = Gauge(
     "routevpn_tunnels", "VpnTunnels by their Ready condition.", ["ready"], registry=REGISTRY
 )
-ACTIVE = Gauge(
-    "routevpn_operator_active",
-    "1 while this replica is the one that places and allocates (peering), else 0.",
-    registry=REGISTRY,
-)
-PEERS = Gauge(
-    "routevpn_operator_peers",
-    "Live operator replicas in the peering object, this one included.",
-    registry=REGISTRY,
-)
-PRIORITY = Gauge(
-    "routevpn_operator_priority",
-    "This replica's peering priority (drawn at start): the highest live one is active.",
+LEADER = Gauge(
+    "routevpn_operator_leader",
+    "1 while this replica holds the operator's Lease and may act (place, allocate), else 0.",
     registry=REGISTRY,
 )

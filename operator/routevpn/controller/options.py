@@ -1,4 +1,4 @@
-"""Command-line flags of `routevpn operator` (argparse only, cheap to import).
+"""Command-line flags of `routevpn operator` (argparse, and nothing that loads kopf).
 
 `routevpn agent` builds the whole command line too, so nothing here may import kopf: the
 agent process must not load the operator's framework or register its handlers.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+
+from routevpn.kube.lease import Timings
 
 #: Flags naming networks no tunnel may route into or use inside: (flag, what it is).
 PROTECTED_FLAGS = (
@@ -66,9 +68,28 @@ def _scope(parser: argparse.ArgumentParser) -> None:
 def _leadership(parser: argparse.ArgumentParser) -> None:
     """How replicas agree on the one that acts."""
     parser.add_argument(
-        "--peering",
-        default=os.environ.get("ROUTEVPN_PEERING", "routevpn"),
-        help="name of the ClusterKopfPeering the replicas coordinate through",
+        "--lease-name",
+        default="routevpn-operator",
+        help="the coordination.k8s.io Lease (in --namespace) whose holder is the active replica",
+    )
+    # client-go's three durations, with its defaults (routevpn.kube.lease explains them).
+    parser.add_argument(
+        "--lease-duration",
+        type=int,
+        default=Timings.lease_duration,
+        help="seconds a standby waits for a silent leader before taking the Lease over",
+    )
+    parser.add_argument(
+        "--lease-renew-deadline",
+        type=float,
+        default=Timings.renew_deadline,
+        help="seconds the leader acts after its last renewal was sent (< --lease-duration)",
+    )
+    parser.add_argument(
+        "--lease-retry-period",
+        type=float,
+        default=Timings.retry_period,
+        help="seconds between attempts to take or renew the Lease",
     )
 
 

@@ -28,8 +28,6 @@ from routevpn.controller.metrics import (
 from routevpn.controller.model import (
     TunnelKey,
     TunnelRecord,
-    delivered_from_body,
-    node_from_body,
     tunnel_from_body,
 )
 from routevpn.controller.store import Store
@@ -114,46 +112,16 @@ class OperatorReconciler:
         """Run `concurrency` workers until cancelled."""
         await asyncio.gather(*(self._loop() for _ in range(concurrency)))
 
-    async def resync(self) -> None:
-        """Re-read every tunnel, node and delivered Secret, forget our own decisions, and
-        look at every tunnel (what was deleted while we did not watch never comes as an
-        event)."""
-        items = await self.kube.list_tunnels()
-        nodes = await self.kube.list_nodes()
-        delivered = [
-            delivered_from_body(b)
-            for b in await self.kube.list_secrets(
-                self.settings.routevpn_namespace,
-                f"app.kubernetes.io/managed-by={bundle.MANAGED_BY}",
-            )
-        ]
-        await self._resync_tenancy()
-        served = (tunnel_from_body(body) for body in items)
-        self.store.resync(rec for rec in served if self.settings.serves(rec.namespace))
-        self.store.nodes = {rec.name: rec for rec in (node_from_body(b) for b in nodes)}
-        self.store.delivered = {got.tunnel: got for got in delivered if got.tunnel is not None}
-        for got in delivered:
-            if got.tunnel is None:
-                self.delete_stale_secret(got.name)
-        self._waiting_since.clear()
-        for key in list(self.store.tunnels):
-            self.enqueue(key)
+    async def refresh_api_servers(self) -> None:
+        """Read the API server's own addresses (never routed into a tunnel) into the view.
 
-    async def _resync_tenancy(self) -> None:
-        """The admin's policies, namespace labels and the API server's own addresses."""
-        policies = await self.kube.list_policies()
-        namespaces = await self.kube.list_namespaces()
+        Policies and namespace labels come through kopf's indexes; these come from the
+        `kubernetes` Service and Endpoints in `default`, read now and then."""
         try:
             self.store.api_servers = tuple(await self.kube.api_server_addresses())
         except Exception as e:
             # Only a loss of protection beyond the flags' (--api-server-address): say so.
             log.warning("the API server's addresses could not be read: %s", type(e).__name__)
-        self.store.policies.clear()
-        for body in policies:
-            self.store.put_policy(body)
-        self.store.namespaces.clear()
-        for body in namespaces:
-            self.store.put_namespace(body)
 
     @property
     def active(self) -> bool:

@@ -27,7 +27,6 @@ def test_operator_cluster_role(docs: list[Manifest]) -> None:
         # Users' Secrets by name only: never list or watch (no cluster-wide Secret watch).
         ("", "secrets", v("get")),
         ("", "events", v("create")),
-        ("kopf.dev", "clusterkopfpeerings", v("get", "list", "watch", "patch")),
         # tenancy (docs/policy.md): the policies, the labels they select by, and the API
         # server's addresses (the rule is narrowed to the `kubernetes` objects by name)
         ("routevpn.io", "vpntunnelpolicies", READ),
@@ -40,10 +39,16 @@ def test_operator_cluster_role(docs: list[Manifest]) -> None:
 def test_operator_role_is_in_the_release_namespace_only(docs: list[Manifest]) -> None:
     role = find(docs, "Role", "operator")
     assert role["metadata"]["namespace"] == "routevpn-system"
+    # Its own Lease only, by the name the operator is given; create can't be limited by
+    # name in RBAC (the name is in the body).
+    deploy = find(docs, "Deployment", "operator")
+    args = containers(deploy)["operator"]["args"]
+    lease = args[args.index("--lease-name") + 1]
+    assert lease == deploy["metadata"]["name"]
     assert rules(role) == {
         ("", "secrets", v("list", "watch", "create", "update", "patch", "delete")),
-        ("kopf.dev", "kopfpeerings", v("get", "list", "watch", "patch")),
-        ("coordination.k8s.io", "leases", v("get", "list", "watch", "create", "update", "patch")),
+        ("coordination.k8s.io", f"leases:{lease}", v("get", "update")),
+        ("coordination.k8s.io", "leases", v("create")),
         # the agents' liveness Leases: read, never written
         ("coordination.k8s.io", "leases", READ),
     }
@@ -212,8 +217,6 @@ def test_minimal_agent_has_no_host_paths_and_no_extra_capabilities(tmp_path: Pat
     assert not kinds & {
         "PodDisruptionBudget",
         "ValidatingAdmissionPolicy",
-        "ClusterKopfPeering",
-        "KopfPeering",
         "Service",
     }
 
