@@ -16,6 +16,7 @@ from datetime import datetime
 
 from routevpn.api.conditions import Reason
 from routevpn.api.spec import VpnTunnelSpec
+from routevpn.api.timefmt import parse_k8s_time
 from routevpn.controller.model import NodeRecord
 
 
@@ -32,13 +33,6 @@ def _score(ref: str, node: str) -> bytes:
     return hashlib.sha256(f"{ref}\0{node}".encode()).digest()
 
 
-def _parse_time(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def down_for_good(node: NodeRecord, now: datetime, grace_seconds: float) -> bool:
     """True when the node has been NotReady longer than the grace period.
 
@@ -47,7 +41,7 @@ def down_for_good(node: NodeRecord, now: datetime, grace_seconds: float) -> bool
     """
     if node.ready:
         return False
-    since = _parse_time(node.ready_since)
+    since = parse_k8s_time(node.ready_since)
     if since is None:
         return True
     return (now - since).total_seconds() >= grace_seconds
