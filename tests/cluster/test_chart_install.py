@@ -206,7 +206,12 @@ AGENT_MATRIX = [
     ("patch", "events", OTHER, False),
     ("get", "nodes", None, False),
     ("list", "pods", "agent", False),
-    ("update", f"{LEASES}@LEASE", "release", False),
+    # RBAC lets an agent update Leases in the release namespace (its liveness Lease: RBAC
+    # can't name it per node); the node guard admits only its own node's, and refuses the
+    # operator's election Lease (test_chart_tenancy.py proves that with a real token).
+    ("update", f"{LEASES}@LEASE", "release", True),
+    ("delete", f"{LEASES}@LEASE", "release", False),
+    ("update", f"{LEASES}@LEASE", OTHER, False),
     ("get", "configmaps", "agent", False),
 ]
 
