@@ -150,6 +150,7 @@ def agent_run(lab: Any, n: int, quiet: float) -> dict[str, Any]:
 
     from kubernetes import client
 
+    from routevpn.api import naming
     from support.sites import LEFT, RIGHT
 
     names = [f"t{i}" for i in range(n)]
@@ -171,10 +172,12 @@ def agent_run(lab: Any, n: int, quiet: float) -> dict[str, Any]:
                 "routes": [{"to": prefix, "via": far}],
             },
         }  # fmt: skip
+        # as the operator delivers it: its name, the node label and the tunnel annotation
         lab.core.create_namespaced_secret(lab.agent_ns, client.V1Secret(
-            metadata=client.V1ObjectMeta(name=f"tunnel-{lab.tunnel_ns}-{name}", labels={
-                "routevpn.io/node": lab.node, "routevpn.io/tunnel-namespace": lab.tunnel_ns,
-                "routevpn.io/tunnel-name": name}),
+            metadata=client.V1ObjectMeta(
+                name=naming.secret_name(lab.tunnel_ns, name),
+                labels={"routevpn.io/node": lab.node},
+                annotations=naming.delivered_annotations(lab.tunnel_ns, name)),
             data={"psk": base64.b64encode(PSK.encode()).decode()},
         ))  # fmt: skip
         lab.custom.create_namespaced_custom_object(GROUP, VERSION, lab.tunnel_ns, PLURAL, body)

@@ -174,7 +174,8 @@ def run(n: int, n_nodes: int, quiet: float, workers: int, log_level: str = "warn
 
         def secret(body: dict[str, Any]) -> None:
             ref = body["spec"]["auth"]["psk"]["secretRef"]["name"]
-            core.create_namespaced_secret(ns, {"metadata": {"name": ref}, "data": {"psk": "c2s="}})
+            meta = {"name": ref, "labels": {"routevpn.io/usage": "ike"}}  # the IKE opt-in
+            core.create_namespaced_secret(ns, {"metadata": meta, "data": {"psk": "c2s="}})
 
         t_secrets, _ = _timed(lambda: list(pool.map(secret, bodies)))
         t_create, _ = _timed(lambda: list(pool.map(lambda b: create_tunnel(api, ns, b), bodies)))

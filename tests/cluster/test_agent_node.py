@@ -429,12 +429,47 @@ def wait_ready(w: World) -> None:
         pytest.fail(f"{e}: {w.agent.http('/readyz')}\nagent log:\n{w.agent.tail()}")
 
 
-# --- the tests, in order: each builds on the tunnel state the previous one left ------
+# --- the tests: each makes the state it needs (fixtures below), so any one runs alone ---
 
 T1 = "site-b"
+PENDING = "route-pending"
+
+
+@pytest.fixture
+def t1(w: World) -> str:
+    """Tunnel T1 placed on the node with the far end's side loaded and its IKE SA up
+    (made here when an earlier test has not left it so)."""
+    if get(w, T1) is None:
+        swanctl.write_and_load(w.peer_net, w.peer.uri, w.peer_conf, [peer_conn(w, T1)])
+        wait_ready(w)
+        create_tunnel(w, T1)
+        deliver_secret(w, T1, w.psk)
+        place(w, T1)
+    wait_conditions(w, T1, {"IkeEstablished": ("True", "Established")})
+    return T1
+
+
+@pytest.fixture
+def pending(w: World) -> str:
+    """A route-mode tunnel placed without an allocated interface (made when missing)."""
+    if get(w, PENDING) is None:
+        create_tunnel(
+            w,
+            PENDING,
+            mode="route",
+            child={},
+            interface={"addresses": ["169.254.30.1/30"]},
+            routes=[{"to": "198.51.100.0/24", "via": "169.254.30.2"}],
+        )
+        deliver_secret(w, PENDING, w.psk)
+        place(w, PENDING)
+    return PENDING
 
 
 def test_configures_a_placed_tunnel_and_reports_conditions_events_metrics(w: World) -> None:
+    if get(w, T1) is not None:  # left by another test of this module: start from nothing
+        w.custom.delete_namespaced_custom_object(GROUP, VERSION, w.tunnel_ns, PLURAL, T1)
+        wait_until(lambda: get(w, T1) is None, timeout=30, interval=0.3, what=f"{T1} deleted")
     swanctl.write_and_load(w.peer_net, w.peer.uri, w.peer_conf, [peer_conn(w, T1)])
     wait_ready(w)
     create_tunnel(w, T1)
@@ -501,7 +536,7 @@ def _quiet_counters(w: World) -> tuple[float, float, float]:
     )
 
 
-def test_a_pass_with_nothing_changed_changes_and_writes_nothing(w: World) -> None:
+def test_a_pass_with_nothing_changed_changes_and_writes_nothing(w: World, t1: str) -> None:
     # let the bring-up settle (events of the first seconds), then watch two resyncs
     wait_conditions(w, T1, {"ChildSaInstalled": ("False", KERNEL_REFUSES_SA)})
     # the pass that wrote that status may still be sending its Events: let it end
@@ -523,7 +558,7 @@ def test_a_pass_with_nothing_changed_changes_and_writes_nothing(w: World) -> Non
     assert (writes1, changes1) == (writes0, changes0), w.agent.tail()
 
 
-def test_drift_is_repaired_within_one_resync(w: World) -> None:
+def test_drift_is_repaired_within_one_resync(w: World, t1: str) -> None:
     conn = f"routevpn.{w.tunnel_ns}.{T1}"
     before = charon_state(w.charon.vici_socket)["sas"][conn]
     swanctl.swanctl(w.node_net, w.charon.uri, "--terminate", "--ike", conn)
@@ -548,7 +583,7 @@ def test_drift_is_repaired_within_one_resync(w: World) -> None:
     wait_conditions(w, T1, {"IkeEstablished": ("True", "Established")})
 
 
-def test_secret_rotation_reloads_the_key_without_dropping_the_tunnel(w: World) -> None:
+def test_secret_rotation_reloads_the_key_without_dropping_the_tunnel(w: World, t1: str) -> None:
     conn = f"routevpn.{w.tunnel_ns}.{T1}"
     wait_conditions(w, T1, {"IkeEstablished": ("True", "Established")})
     ike_before = charon_state(w.charon.vici_socket)["sas"][conn]
@@ -569,7 +604,7 @@ def test_secret_rotation_reloads_the_key_without_dropping_the_tunnel(w: World) -
     assert state["sas"][conn][:2] == ike_before[:2], "rotation dropped the IKE SA"
 
 
-def test_restart_of_the_agent_disturbs_nothing_and_gcs_only_its_own(w: World) -> None:
+def test_restart_of_the_agent_disturbs_nothing_and_gcs_only_its_own(w: World, t1: str) -> None:
     conn = f"routevpn.{w.tunnel_ns}.{T1}"
     # a foreign connection, and a stale one of routevpn's own that no tunnel wants, loaded
     # over VICI (swanctl --load-all would unload everything else, the agent's too)
@@ -622,19 +657,8 @@ def test_restart_of_the_agent_disturbs_nothing_and_gcs_only_its_own(w: World) ->
     assert obj_after["metadata"]["resourceVersion"] == obj_before["metadata"]["resourceVersion"]
 
 
-def test_route_mode_without_an_allocated_interface_is_pending(w: World) -> None:
-    name = "route-pending"
-    create_tunnel(
-        w,
-        name,
-        mode="route",
-        child={},
-        interface={"addresses": ["169.254.30.1/30"]},
-        routes=[{"to": "198.51.100.0/24", "via": "169.254.30.2"}],
-    )
-    deliver_secret(w, name, w.psk)
-    place(w, name)
-    obj = wait_conditions(w, name, {"Configured": ("Unknown", "Pending")})
+def test_route_mode_without_an_allocated_interface_is_pending(w: World, pending: str) -> None:
+    obj = wait_conditions(w, pending, {"Configured": ("Unknown", "Pending")})
     assert "status.interface" in conditions(obj)["Configured"]["message"]
     assert conditions(obj)["IkeEstablished"]["reason"] == "Pending"
 
@@ -658,16 +682,29 @@ def test_a_tunnel_of_another_node_is_never_touched(w: World) -> None:
 
 
 def test_moving_away_tears_down_and_releases_the_finalizer(w: World) -> None:
-    name = "route-pending"
+    name = "mover"
+    conn = f"routevpn.{w.tunnel_ns}.{name}"
+    create_tunnel(w, name)
+    deliver_secret(w, name, w.psk)
+    place(w, name)
+    wait_until(
+        lambda: (
+            FINALIZER in (get(w, name) or {})["metadata"].get("finalizers", [])
+            and conn in charon_state(w.charon.vici_socket)["conns"]
+        ),
+        timeout=60,
+        what="configured: the agent's finalizer and its connection",
+    )
     place(w, name, node="another-node")  # label still ours, status.node elsewhere
     wait_until(
         lambda: FINALIZER not in (get(w, name) or {})["metadata"].get("finalizers", []),
         timeout=30,
         what="finalizer released after the move",
     )
+    assert conn not in charon_state(w.charon.vici_socket)["conns"]
 
 
-def test_deleting_the_tunnel_cleans_up_and_removes_the_finalizer(w: World) -> None:
+def test_deleting_the_tunnel_cleans_up_and_removes_the_finalizer(w: World, t1: str) -> None:
     conn = f"routevpn.{w.tunnel_ns}.{T1}"
     w.custom.delete_namespaced_custom_object(GROUP, VERSION, w.tunnel_ns, PLURAL, T1)
     wait_until(lambda: get(w, T1) is None, timeout=30, interval=0.3, what=f"{T1} deleted")
