@@ -91,7 +91,7 @@ def control_plane(workdir: Path) -> Iterator[tuple[Path, Kubectl]]:
 
 def _crd_yaml() -> str:
     res = subprocess.run(
-        [sys.executable, "-m", "routevpn", "crd"],
+        [sys.executable, "-m", "routevpn", "crd", "all"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -225,7 +225,10 @@ def host(timeout: float) -> int:
         assert bins is not None
         kubectl = Kubectl(bins / "kubectl", kubeconfig)
         crd = subprocess.run(
-            [sys.executable, "-m", "routevpn", "crd"], capture_output=True, text=True, check=True
+            [sys.executable, "-m", "routevpn", "crd", "all"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         apply_crd(kubectl, crd)
         kubectl("create", "namespace", SYSTEM_NS)

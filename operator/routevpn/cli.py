@@ -12,7 +12,8 @@ from routevpn import __version__
 def _crd(args: argparse.Namespace) -> int:
     from routevpn.api.crd import render_crd_yaml
 
-    sys.stdout.write(render_crd_yaml(args.which))
+    for which in ("tunnel", "policy") if args.which == "all" else (args.which,):
+        sys.stdout.write(render_crd_yaml(which))
     return 0
 
 
@@ -47,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     crd.add_argument(
         "which",
         nargs="?",
-        choices=("tunnel", "policy"),
+        choices=("tunnel", "policy", "all"),
         default="tunnel",
-        help="tunnel: VpnTunnel (the default) · policy: VpnTunnelPolicy",
+        help="tunnel: VpnTunnel (the default) · policy: VpnTunnelPolicy · all: both, which "
+        "the operator needs",
     )
     crd.set_defaults(func=_crd)
 
