@@ -118,6 +118,9 @@ def _bodies(n: int, nodes: list[str], zone: str) -> list[dict[str, Any]]:
         else:
             body = tunnel_body(name, {"zone": zone})
         body["spec"]["auth"]["psk"]["secretRef"]["name"] = f"psk-{name}"
+        # Each tunnel goes to a peer of its own: an IKE identity pair has one owner per
+        # node, so 1000 tunnels to one peer address would all but a few be refused.
+        body["spec"]["remote"]["id"] = f"{name}.peers.example"
         out.append(body)
     return out
 
