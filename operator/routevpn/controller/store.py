@@ -89,18 +89,6 @@ class Store:
         self._released.discard(key)
         self._reindex(key)
 
-    def resync(self, records: Iterable[TunnelRecord]) -> None:
-        """Start over from a fresh listing: no decision of ours and no cached Secret is
-        trusted any more (another replica may have acted while we stood by)."""
-        self.tunnels = {rec.key: rec for rec in records}
-        self._applied.clear()
-        self._released.clear()
-        self.user_secrets.clear()
-        self._by_node.clear()
-        self._node_of.clear()
-        for key in self.tunnels:
-            self._reindex(key)
-
     def effective(self, key: TunnelKey) -> dict[str, Any]:
         """The tunnel's status as the operator believes it is (observed + own decisions)."""
         rec = self.tunnels.get(key)
