@@ -56,7 +56,7 @@ from routevpn.dataplane.netlink import NetlinkAdapter  # noqa: E402
 from routevpn.dataplane.plan import (  # noqa: E402
     ConnPlan,
     LinkPlan,
-    PskAuth,
+    PskCredential,
     RoutePlan,
     Secret,
     TunnelPlan,
@@ -90,7 +90,7 @@ def plan(i: int) -> TunnelPlan:
             local_id="node",
             remote_id=f"peer{i}",
         ),
-        auth=PskAuth(Secret("bench-full-tables-throwaway")),
+        auth=PskCredential(Secret("bench-full-tables-throwaway")),
         link=LinkPlan(
             name=name, kind="xfrm", alias=naming.link_alias("bench", f"t{i}"), if_id=i + 1
         ),

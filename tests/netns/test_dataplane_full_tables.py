@@ -20,7 +20,7 @@ from routevpn.api import naming
 from routevpn.dataplane import safety
 from routevpn.dataplane.facts import Change, NetlinkFacts
 from routevpn.dataplane.netlink import NetlinkAdapter
-from routevpn.dataplane.plan import ConnPlan, LinkPlan, PskAuth, RoutePlan, Secret, TunnelPlan
+from routevpn.dataplane.plan import ConnPlan, LinkPlan, PskCredential, RoutePlan, Secret, TunnelPlan
 from support.dataplane import NetnsCallError, in_netns
 from support.netns import Netns
 
@@ -229,7 +229,7 @@ def test_conflict_checks_use_single_lookups(node_ns: Netns, tmp_path: Path) -> N
             local_id="node",
             remote_id="peer",
         ),
-        auth=PskAuth(Secret("x")),
+        auth=PskCredential(Secret("x")),
         link=LinkPlan(
             name="vti4096",
             kind="vti6",

@@ -27,7 +27,7 @@ from routevpn.dataplane.plan import (
     CertAuth,
     ChildPlan,
     ConnPlan,
-    PskAuth,
+    PskCredential,
     Secret,
     TunnelPlan,
 )
@@ -115,7 +115,7 @@ def node_plan(psk: str = PSK, remote: str = PEER, **conn_kw: object) -> TunnelPl
         child=ChildPlan(esp_proposals=("aes256gcm16-x25519",)),
         **{"over_time": 600, "rand_time": 300, **conn_kw},  # type: ignore[arg-type]
     )
-    auth: PskAuth | CertAuth = PskAuth(Secret(psk))
+    auth: PskCredential | CertAuth = PskCredential(Secret(psk))
     return TunnelPlan(ref="site/a", conn=conn, auth=auth)
 
 

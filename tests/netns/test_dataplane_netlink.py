@@ -17,7 +17,7 @@ from routevpn.dataplane.netlink import NetlinkAdapter
 from routevpn.dataplane.plan import (
     ConnPlan,
     LinkPlan,
-    PskAuth,
+    PskCredential,
     RoutePlan,
     Secret,
     SysctlPlan,
@@ -61,7 +61,8 @@ def vti_plan(ref_name: str, ifname: str, **kw: object) -> TunnelPlan:
         local_id="node",
         remote_id="peer",
     )
-    return TunnelPlan(ref=f"site/{ref_name}", conn=conn, auth=PskAuth(Secret("x")), link=link, **kw)  # type: ignore[arg-type]
+    auth = PskCredential(Secret("x"))
+    return TunnelPlan(ref=f"site/{ref_name}", conn=conn, auth=auth, link=link, **kw)  # type: ignore[arg-type]
 
 
 async def _addresses(wanted: list[str]) -> tuple[list[Change], list[Change]]:
@@ -342,7 +343,7 @@ def test_policy_mode_plan_changes_nothing_in_netlink(node_ns: Netns) -> None:
             local_id="a",
             remote_id="b",
         ),
-        auth=PskAuth(Secret("x")),
+        auth=PskCredential(Secret("x")),
     )
     assert in_netns(node_ns, _apply_policy, plan) == []
     assert node_ns.ip("-d", "link", "show") + node_ns.ip("route", "show", "table", "all") == before

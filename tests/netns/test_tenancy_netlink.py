@@ -19,7 +19,7 @@ import pytest
 from routevpn.api import naming
 from routevpn.dataplane import safety
 from routevpn.dataplane.netlink import NetlinkAdapter
-from routevpn.dataplane.plan import ConnPlan, LinkPlan, PskAuth, RoutePlan, Secret, TunnelPlan
+from routevpn.dataplane.plan import ConnPlan, LinkPlan, PskCredential, RoutePlan, Secret, TunnelPlan
 from routevpn.dataplane.real import _host_facts
 from support.dataplane import NetnsCallError, in_netns
 from support.netns import Netns
@@ -53,7 +53,7 @@ def vti_plan(ref_name: str, ifname: str) -> TunnelPlan:
         local_id="node",
         remote_id="peer",
     )
-    return TunnelPlan(ref=f"site/{ref_name}", conn=conn, auth=PskAuth(Secret("x")), link=link)
+    return TunnelPlan(ref=f"site/{ref_name}", conn=conn, auth=PskCredential(Secret("x")), link=link)
 
 
 def _node(ns: Netns) -> None:

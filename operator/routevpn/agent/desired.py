@@ -101,7 +101,7 @@ def _auth(tunnel: VpnTunnel, secret: DeliveredMaterial) -> p.Auth | Blocked:
                 f"tunnel {ref}: the delivered secret has no `{PSK_KEY}`; check the Secret "
                 "named in spec.auth.psk.secretRef",
             )
-        return p.PskAuth(psk=p.Secret(psk))
+        return p.PskCredential(psk=p.Secret(psk))
     absent = [k for k in (CERT_KEY, KEY_KEY, CA_KEY) if not data.get(k)]
     if absent:
         return Blocked(

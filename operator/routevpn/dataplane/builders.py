@@ -16,7 +16,7 @@ from routevpn.dataplane.plan import (
     ChildPlan,
     IPInterface,
     LinkPlan,
-    PskAuth,
+    PskCredential,
     RoutePlan,
     SysctlPlan,
     TunnelPlan,
@@ -118,7 +118,7 @@ def build_shared(plan: TunnelPlan) -> dict[str, Any] | None:
     The id is the connection name, so one tunnel's key can be replaced or removed
     without touching any other, and `get-shared` tells whether charon still holds it.
     """
-    if not isinstance(plan.auth, PskAuth):
+    if not isinstance(plan.auth, PskCredential):
         return None
     return {
         "id": plan.conn.name,

@@ -36,7 +36,7 @@ from routevpn.dataplane.errors import IpsecError
 from routevpn.dataplane.facts import Change, IkeSaFacts, IpsecFacts
 from routevpn.dataplane.ipsec_listing import CharonListing
 from routevpn.dataplane.ipsec_session import ViciCommands, tunnel_ref
-from routevpn.dataplane.plan import CertAuth, PskAuth, TunnelPlan
+from routevpn.dataplane.plan import CertAuth, PskCredential, TunnelPlan
 from routevpn.dataplane.vici_facts import IpsecEvent, text
 
 log = logging.getLogger(__name__)
@@ -121,13 +121,15 @@ class IpsecAdapter:
         message = builders.build_conn(plan)
         conn_digest = _digest(message)
         secret_digest = (
-            plan.auth.psk.digest() if isinstance(plan.auth, PskAuth) else plan.auth.key_pem.digest()
+            plan.auth.psk.digest()
+            if isinstance(plan.auth, PskCredential)
+            else plan.auth.key_pem.digest()
         )
         prev = self._loaded.get(name)
         secret_stale = prev is None or prev.secret_digest != secret_digest
         key_id = prev.key_id if prev else None
         changes: list[Change] = []
-        if isinstance(plan.auth, PskAuth):
+        if isinstance(plan.auth, PskCredential):
             changes += await self._load_psk(plan, secret_stale)
         elif isinstance(plan.auth, CertAuth):
             key_id, changes = await self._load_key(plan, key_id, secret_stale)

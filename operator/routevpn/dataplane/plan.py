@@ -154,7 +154,7 @@ class SysctlPlan:
 
 
 @dataclass(frozen=True, slots=True)
-class PskAuth:
+class PskCredential:
     """Pre-shared key authentication (both ends use the same key)."""
 
     psk: Secret
@@ -171,7 +171,7 @@ class CertAuth:
     kind: Literal["pubkey"] = "pubkey"
 
 
-Auth = PskAuth | CertAuth
+Auth = PskCredential | CertAuth
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,7 +89,7 @@ def test_seed_ipv6_vti_golden() -> None:
             "2001:db8:0:2::1",
             default_child(mark_in=4096, mark_out=4096),
         ),
-        auth=p.PskAuth(p.Secret(PSK)),
+        auth=p.PskCredential(p.Secret(PSK)),
         link=p.LinkPlan(
             name="vti1",
             kind="vti6",
@@ -126,7 +126,7 @@ def test_ipv4_vti_golden() -> None:
             proposals=("aes256gcm16-prfsha384-ecp384",),
             dpd_delay=10,
         ),
-        auth=p.PskAuth(p.Secret(PSK)),
+        auth=p.PskCredential(p.Secret(PSK)),
         link=p.LinkPlan(
             name="vti4100",
             kind="vti",
@@ -161,7 +161,7 @@ def test_xfrm_interface_golden_binds_to_the_underlay() -> None:
             "203.0.113.7",
             default_child(if_id_in=43, if_id_out=43),
         ),
-        auth=p.PskAuth(p.Secret(PSK)),
+        auth=p.PskCredential(p.Secret(PSK)),
         link=p.LinkPlan(
             name="xfrm-sitec",
             kind="xfrm",
@@ -199,7 +199,7 @@ def test_policy_based_golden_needs_no_interface() -> None:
             "198.51.100.1",
             default_child(local_ts=("192.0.2.128/25",), remote_ts=("203.0.113.0/24",)),
         ),
-        auth=p.PskAuth(p.Secret(PSK)),
+        auth=p.PskCredential(p.Secret(PSK)),
     )
     assert isinstance(plan, p.TunnelPlan) and plan.mode == "policy"
 

@@ -11,7 +11,7 @@ from routevpn.agent import failover as fo
 from routevpn.api import naming
 from routevpn.api.status import RouteState
 from routevpn.dataplane.facts import ChildSaFacts, IkeSaFacts, IpsecFacts
-from routevpn.dataplane.plan import ConnPlan, LinkPlan, PskAuth, RoutePlan, Secret, TunnelPlan
+from routevpn.dataplane.plan import ConnPlan, LinkPlan, PskCredential, RoutePlan, Secret, TunnelPlan
 
 NODE = "node-a"
 PRIMARY = ("prod", "primary")
@@ -44,7 +44,7 @@ def plan(key: tuple[str, str], *routes: RoutePlan) -> TunnelPlan:
         local=ipaddress.ip_address("192.0.2.1"), remote=ipaddress.ip_address("192.0.2.2"), key=7,
     )  # fmt: skip
     conn = ConnPlan(naming.conn_name(*key), ("192.0.2.1",), ("192.0.2.2",), "192.0.2.1", "x")
-    return TunnelPlan(naming.tunnel_ref(*key), conn, PskAuth(Secret("k" * 20)), link,
+    return TunnelPlan(naming.tunnel_ref(*key), conn, PskCredential(Secret("k" * 20)), link,
                       routes=routes)  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from routevpn.dataplane.plan import (
     ConnPlan,
     LinkPlan,
     PlanError,
-    PskAuth,
+    PskCredential,
     RoutePlan,
     Secret,
     SysctlPlan,
@@ -50,7 +50,7 @@ def plan(**kw: object) -> TunnelPlan:
     base: dict[str, object] = {
         "ref": "prod/site-b",
         "conn": CONN,
-        "auth": PskAuth(Secret("s3cret")),
+        "auth": PskCredential(Secret("s3cret")),
         "link": VTI,
     }
     base.update(kw)
@@ -306,11 +306,11 @@ def test_sysctls_xfrm_and_policy_mode() -> None:
 
 
 def test_secrets_never_show_in_repr_or_str() -> None:
-    p = plan(auth=PskAuth(Secret("hunter2-psk")))
+    p = plan(auth=PskCredential(Secret("hunter2-psk")))
     for text in (repr(p), str(p), f"{p.auth}", repr(CertAuth("c", Secret("PRIVATE"), "ca"))):
         assert "hunter2-psk" not in text and "PRIVATE" not in text
     assert "***" in repr(p)
-    assert PskAuth(Secret("a")) == PskAuth(Secret("a")) != PskAuth(Secret("b"))
+    assert PskCredential(Secret("a")) == PskCredential(Secret("a")) != PskCredential(Secret("b"))
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 
 from routevpn.dataplane.driver import Driver, conn_of
 from routevpn.dataplane.ipsec import IpsecAdapter
-from routevpn.dataplane.plan import ConnPlan, LinkPlan, PskAuth, RoutePlan, Secret, TunnelPlan
+from routevpn.dataplane.plan import ConnPlan, LinkPlan, PskCredential, RoutePlan, Secret, TunnelPlan
 from routevpn.dataplane.real import RealDriver
 from routevpn.dataplane.safety import HostRoute
 from support.fakedriver import FakeDriver
@@ -35,7 +35,7 @@ PLAN = TunnelPlan(
         local_id="a",
         remote_id="b",
     ),
-    auth=PskAuth(Secret("x")),
+    auth=PskCredential(Secret("x")),
     link=LINK,
     addresses=(ipaddress.ip_interface("169.254.10.1/30"),),
     routes=(RoutePlan(ipaddress.ip_network("203.0.113.0/24"), "vti4096"),),
@@ -63,7 +63,7 @@ def test_second_apply_reports_zero_changes_and_a_change_is_seen() -> None:
         assert (await d.apply(PLAN)).changes == ()
         moved = replace(PLAN, routes=(replace(PLAN.routes[0], metric=5),))
         assert [c.what for c in (await d.apply(moved)).changes] == ["route"]
-        new_psk = replace(PLAN, auth=PskAuth(Secret("y")))
+        new_psk = replace(PLAN, auth=PskCredential(Secret("y")))
         assert [c.what for c in (await d.apply(new_psk)).changes] == ["route", "secret"]
 
     asyncio.run(body())

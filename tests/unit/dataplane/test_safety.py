@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import replace
 
-from routevpn.dataplane.plan import ConnPlan, LinkPlan, PskAuth, RoutePlan, Secret, TunnelPlan
+from routevpn.dataplane.plan import ConnPlan, LinkPlan, PskCredential, RoutePlan, Secret, TunnelPlan
 from routevpn.dataplane.safety import HostAddress, HostRoute, check
 
 net = ipaddress.ip_network
@@ -33,7 +33,7 @@ def plan(routes: tuple[RoutePlan, ...] = (), addresses: tuple[object, ...] = ())
     return TunnelPlan(
         ref="prod/site-b",
         conn=CONN,
-        auth=PskAuth(Secret("x")),
+        auth=PskCredential(Secret("x")),
         link=LINK,
         routes=routes,
         addresses=addresses,  # type: ignore[arg-type]
@@ -94,5 +94,5 @@ def test_inside_address_already_on_another_interface_is_a_conflict() -> None:
 
 
 def test_policy_mode_has_nothing_to_check() -> None:
-    p = TunnelPlan(ref="prod/p", conn=CONN, auth=PskAuth(Secret("x")))
+    p = TunnelPlan(ref="prod/p", conn=CONN, auth=PskCredential(Secret("x")))
     assert check(p, [HostAddress("eth0", iface("2001:db8:0:2::1/64"))]) == []
