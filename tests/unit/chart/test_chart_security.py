@@ -45,6 +45,8 @@ def test_operator_cluster_role(docs: list[Manifest]) -> None:
         ("", "secrets", READ),
         ("", "events", v("create", "patch")),
         ("kopf.dev", "clusterkopfpeerings", v("get", "list", "watch", "patch")),
+        # kopf resolves the resources it serves from the CRDs (found on a real node)
+        ("apiextensions.k8s.io", "customresourcedefinitions", v("list", "watch")),
     }
 
 
