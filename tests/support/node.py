@@ -38,6 +38,28 @@ MEMORY_MB = int(os.environ.get("ROUTEVPN_NODE_MEMORY_MB", "4096"))
 # The guest lives for the whole tier; this deadline only stops a hung one.
 GUEST_DEADLINE = float(os.environ.get("ROUTEVPN_NODE_TIMEOUT", "2700"))
 READY_TIMEOUT = 600.0
+# The chart's values on this node: only where the images come from (the archives
+# imported into containerd; nothing can be pulled here), and the agent in a namespace of
+# its own as docs/install.md recommends.
+CHART = REPO / "charts" / "routevpn"
+CHART_VALUES: dict[str, Any] = {
+    "image": {"repository": "routevpn", "tag": "dev", "pullPolicy": "Never"},
+    "charon": {"image": {"repository": "routevpn-charon", "tag": "dev", "pullPolicy": "Never"}},
+    "agent": {"namespace": "routevpn-agent"},
+}
+
+
+def helm_binary() -> Path | None:
+    """The pinned helm (hack/tools.sh), or None when not built."""
+    res = subprocess.run(
+        ["bash", str(REPO / "hack" / "tools.sh"), "path", "helm"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    path = Path(res.stdout.strip())
+    return path if res.returncode == 0 and path.exists() else None
 
 
 def node_bin_dir() -> Path | None:
@@ -66,6 +88,10 @@ def unavailable() -> str | None:
     return None
 
 
+class GuestLockupError(RuntimeError):
+    """The guest's kernel locked up (a fresh boot is the only way on)."""
+
+
 @dataclass
 class LabNode:
     """The control plane on the host and the node in the guest, for one test session."""
@@ -79,6 +105,8 @@ class LabNode:
     boot_to_ready: float | None = None
     started: float = field(default_factory=time.monotonic)
     _runs: int = 0
+    boots: int = 1  # set by the caller that retried after a guest lockup
+    figures: dict[str, float] = field(default_factory=dict)  # for the tier's summary
 
     @classmethod
     def start(cls, state: Path) -> LabNode:
@@ -190,6 +218,8 @@ class LabNode:
         def ready() -> dict[str, Any] | None:
             if self.guest is None or not self.guest.alive():
                 raise RuntimeError(f"the node's guest stopped before Ready:\n{self.diagnostics()}")
+            if self.locked_up():
+                raise GuestLockupError(f"the node's guest kernel locked up:\n{self.diagnostics()}")
             node = self.node()
             conds = (node or {}).get("status", {}).get("conditions", [])
             if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
@@ -203,9 +233,9 @@ class LabNode:
         self.boot_to_ready = time.monotonic() - self.started
         return node
 
-    def run(self, script: str, *, timeout: float = 120.0, check: bool = True) -> str:
-        """Run a shell script as root in the node's guest (its root network namespace is
-        the node's host network); return its output. With `check`, a non-zero exit raises."""
+    def spawn(self, script: str) -> str:
+        """Start a shell script as root in the node's guest (its root network namespace is
+        the node's host network); return a handle for `result`."""
         cmds = self.scratch / "commands"
         cmds.mkdir(exist_ok=True)
         self._runs += 1
@@ -213,6 +243,11 @@ class LabNode:
         (cmds / f"{name}.part").write_text("set -e\n" + script)
         # renamed into place whole: the guest picks up only complete *.sh files
         (cmds / f"{name}.part").rename(cmds / f"{name}.sh")
+        return name
+
+    def result(self, name: str, *, timeout: float = 120.0, check: bool = True) -> str:
+        """Wait for a started script; its output. With `check`, a non-zero exit raises."""
+        cmds = self.scratch / "commands"
         rc_file = cmds / f"{name}.rc"
 
         def done() -> bool:
@@ -224,10 +259,21 @@ class LabNode:
         out = (cmds / f"{name}.out").read_text(errors="replace")
         rc = int(rc_file.read_text().strip())
         if check and rc != 0:
+            script = (cmds / f"{name}.sh").read_text()
             raise RuntimeError(
                 f"guest command {name} exited {rc}:\n{script}\n--- output ---\n{out}"
             )
         return out
+
+    def run(self, script: str, *, timeout: float = 120.0, check: bool = True) -> str:
+        """`spawn` then `result`."""
+        return self.result(self.spawn(script), timeout=timeout, check=check)
+
+    def locked_up(self) -> bool:
+        """True when the guest kernel reports a soft lockup (seen under TCG on a loaded
+        host, with both vCPUs stuck in the kubelet at its start): that guest won't recover."""
+        console = self.scratch / "console.log"
+        return console.exists() and "soft lockup" in console.read_text(errors="replace")
 
     def diagnostics(self, lines: int = 40) -> str:
         """The tails of the guest's output, the node's logs and the console."""
