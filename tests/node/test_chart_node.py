@@ -346,7 +346,7 @@ CONTINUOUS_PING = f"ping -6 -i 0.2 -w 180 -I {farend.NODE_LAN} {farend.FAR_LAN} 
 @pytest.mark.xfail(
     strict=True,
     reason="charon runs in the agent's pod: a DaemonSet roll replaces it, the SAs are "
-    "re-negotiated (new SPIs) and pings are lost (measured: ~2 min until Ready again); "
+    "re-negotiated (new SPIs) and pings are lost (Ready again after 35 s to 2 min); "
     "a zero-re-key upgrade needs charon outside the rolled pod template",
 )
 def test_helm_upgrade_rolls_the_agent_and_keeps_the_tunnel(
