@@ -31,7 +31,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from support import lab, labspec  # noqa: E402
+from support import farend, lab, labspec  # noqa: E402
+from support import node as labnode  # noqa: E402
 from support import swanctl as sw  # noqa: E402
 from support.cluster import ControlPlane, Kubectl, bin_dir, free_port  # noqa: E402
 from support.kube import api_client, apply_crd, create_node  # noqa: E402
@@ -293,13 +294,97 @@ def host(timeout: float) -> int:
         say("control plane stopped; everything the demo started is gone")
 
 
+# --- the same story through the chart: --helm ------------------------------------------
+
+
+def helm_demo() -> int:
+    """node-a is a real node (kubelet + containerd in the lab guest); routevpn is installed
+    with `helm install` from the locally built images; the rest is the same story."""
+    why = labnode.unavailable()
+    helm_bin = labnode.helm_binary()
+    if why is not None or helm_bin is None:
+        raise SystemExit(f"demo: missing {why or 'helm'}; run bash hack/setup.sh")
+    state = Path(tempfile.mkdtemp(prefix="routevpn-demo-helm-"))
+    say("starting a control plane on loopback and booting node-a: kubelet + containerd in the")
+    say("lab guest (QEMU, Debian's kernel), the images imported from hack/images.sh's archives")
+    node = labnode.LabNode.start(state)
+    values = state / "values.yaml"
+    values.write_text(yaml.safe_dump(labnode.CHART_VALUES))
+
+    def helm(*args: str) -> None:
+        shown = " ".join(a if not a.startswith("/") else Path(a).name for a in args)
+        say(f"$ helm {shown}")
+        res = subprocess.run([str(helm_bin), "--kubeconfig", str(node.kubeconfig), *args],
+                             capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
+        print("    " + (res.stdout.strip() or res.stderr.strip()).replace("\n", "\n    "))
+        if res.returncode != 0:
+            raise SystemExit(f"demo: helm {args[0]} failed")
+
+    try:
+        node.wait_ready()
+        say(f"node {NODE} Ready after {node.boot_to_ready:.0f}s:")
+        print(
+            "    "
+            + node.kubectl("get", "nodes", "-o", "wide").stdout.strip().replace("\n", "\n    ")
+        )
+        node.kubectl("create", "namespace", SYSTEM_NS)
+        t0 = time.monotonic()
+        helm("install", "routevpn", str(labnode.CHART), "--namespace", SYSTEM_NS,
+             "-f", str(values), "--wait", "--timeout", "10m")  # fmt: skip
+        say(f"chart installed, pods Ready after {time.monotonic() - t0:.0f}s:")
+        print("    " + node.kubectl("get", "pods", "-A", "-o", "wide").stdout.strip()
+              .replace("\n", "\n    "))  # fmt: skip
+        node.run(farend.setup_script(example_psk()))
+        say(
+            "far end configured by hand in the guest: vti1 (vti6), 2001:db8:100::1/127, "
+            "a plain swanctl.conf"
+        )
+        say(f"$ kubectl apply -f examples/{EXAMPLE.name}")
+        print("    " + node.kubectl("apply", "-n", "default", "-f", str(EXAMPLE)).stdout.strip())
+        watch = Watch(node.kubectl, state / "no-guest-log")
+        wait_for("the tunnel to be Ready",
+                 lambda: bool(watch.poll() is not None
+                              and tunnel_conditions(node.kubectl).get("Ready") == "True"),
+                 timeout=300)  # fmt: skip
+        watch.poll()
+        say(f"tunnel Ready {time.monotonic() - t0:.0f}s after helm install")
+        for dst, src, far in ((farend.FAR_LAN, farend.NODE_LAN, False),
+                              (farend.NODE_LAN, farend.FAR_LAN, True)):  # fmt: skip
+            say(f"ping {dst} from {src}" + (" (the far end)" if far else " (node-a)"))
+            out = node.run(farend.ping_script(dst, src, far=far), timeout=60)
+            print("    " + "\n    ".join(out.strip().splitlines()[-2:]))
+        xfrm = node.run("ip -s xfrm state")
+        esp = [ln.strip() for ln in xfrm.splitlines() if "bytes" in ln and "packets" in ln]
+        say(f"ESP counters on node-a: {'; '.join(esp[:2])}")
+        say(f"$ kubectl delete vpnt {TUNNEL}")
+        node.kubectl("delete", "vpnt", TUNNEL, "-n", "default", "--timeout=120s")
+        node.run(farend.teardown_script(), check=False)
+        helm("uninstall", "routevpn", "--namespace", SYSTEM_NS, "--wait")
+        left = node.run("ip -o link show | grep -c -e routevpn -e ' vti1' || true").strip()
+        say(f"routevpn links left on node-a: {left}; xfrm states: "
+            f"{node.run('ip xfrm state | grep -c ^src || true').strip()}")  # fmt: skip
+        say("demo done: the chart ran on a real node, the tunnel carried IPv6 both ways, and "
+            "everything was removed")  # fmt: skip
+        return 0
+    except (SystemExit, RuntimeError, TimeoutError) as e:
+        print(f"demo: FAILED: {e}\n{node.diagnostics(20)}")
+        return 1
+    finally:
+        node.stop()
+        say("node and control plane stopped; everything the demo started is gone")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--helm", action="store_true", help="the same story through the chart, "
+                        "on a real kubelet + containerd node in the lab")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=900, help="lab deadline, seconds")
     args = parser.parse_args()
     if args.guest:
         return guest(Path(os.environ[labspec.SCRATCH_ENV]))
+    if args.helm:
+        return helm_demo()
     return host(args.timeout)
 
 

@@ -4,6 +4,8 @@
 # kernel that has VTI and ESP) for the node running the agent and a hand-configured far
 # end, applies examples/seed-ipv6-vti.yaml, shows `kubectl get vpnt` going Ready and a
 # ping crossing the tunnel, deletes the tunnel, and cleans up after itself.
+# `--helm`: the same story through the chart, on a real node (kubelet + containerd in the
+# lab guest, the images built by hack/images.sh), installed and removed with helm.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

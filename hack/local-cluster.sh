@@ -13,6 +13,8 @@
 #   hack/local-cluster.sh env [--server URL] print shell exports (KUBECONFIG, ROUTEVPN_KUBECTL, PATH)
 #   hack/local-cluster.sh kubeconfig [--server URL]   print a kubeconfig
 #   hack/local-cluster.sh bindir             print the binaries' directory (exit 3: not built)
+#   hack/local-cluster.sh ldflags            print the Go ldflags that stamp the release
+#                                            (hack/node.sh builds the kubelet with them)
 #
 # --server replaces the URL clients use, e.g. https://192.0.2.2:16443 for an agent in
 # the QEMU lab guest, which reaches this host's loopback port through a user-network
@@ -504,6 +506,7 @@ main() {
     env) cmd_env "$@" ;;
     kubeconfig) cmd_kubeconfig "$@" ;;
     bindir) cmd_bindir ;;
+    ldflags) ldflags_k8s ;;
     -h | --help | help) usage ;;
     *)
         usage

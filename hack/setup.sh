@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the tests and the demo need on a fresh Debian machine (as root).
 # Idempotent: a second run only checks. Heavy artefacts (Go-built kube-apiserver, etcd,
-# kubectl, helm, kubeconform; the lab's initramfs) are cached under $ROUTEVPN_CACHE.
+# kubectl, helm, kubeconform; the node's kubelet, containerd, runc and CNI plugins; the
+# container images as OCI archives; the lab's initramfs) are cached under $ROUTEVPN_CACHE.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,8 +38,8 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
     touch "$stamp"
 fi
 
-# --- Go-built tools (pinned, cached) -----------------------------------------------
-for tool in hack/local-cluster.sh hack/tools.sh; do
+# --- Go-built tools and images (pinned, cached) -------------------------------------
+for tool in hack/local-cluster.sh hack/tools.sh hack/node.sh hack/images.sh; do
     if [[ -x "$tool" ]]; then
         "$tool" build
     fi

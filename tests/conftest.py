@@ -2,8 +2,8 @@
 
 Tiers (pytest markers) follow the directory a test lives in:
 ``tests/unit`` → ``unit``, ``tests/netns`` → ``netns``, ``tests/cluster`` → ``cluster``,
-``tests/lab`` → ``lab``. A test may carry more markers (a cluster test that also needs
-network namespaces carries ``netns`` too).
+``tests/lab`` → ``lab``, ``tests/node`` → ``node``. A test may carry more markers (a
+cluster test that also needs network namespaces carries ``netns`` too).
 
 A tier whose parts are missing on a machine (no root, no charon, no apiserver, no
 QEMU) is skipped with a reason on a developer's machine, but fails in CI (``CI=true``)
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-TIERS = ("unit", "netns", "cluster", "lab")
+TIERS = ("unit", "netns", "cluster", "lab", "node")
 
 
 def strict() -> bool:

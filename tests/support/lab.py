@@ -213,6 +213,101 @@ def _boot(
     cpus: int,
     modules: Sequence[str],
 ) -> GuestResult:
+    guest = _launch(
+        command, scratch, kernel, initrd, accel, cwd, env, net, memory_mb, cpus, modules
+    )
+    return guest.finish(timeout)
+
+
+@dataclass
+class RunningGuest:
+    """A guest started by `start_guest` that has not been reaped yet."""
+
+    proc: subprocess.Popen[bytes]
+    scratch: Path
+    accel: str
+    started: float  # host monotonic clock at QEMU's start
+
+    def alive(self) -> bool:
+        """True while QEMU runs."""
+        return self.proc.poll() is None
+
+    def finish(self, timeout: float) -> GuestResult:
+        """Wait up to `timeout` seconds for the guest to power off, kill it (by PID) if it
+        does not, and return what it produced."""
+        timed_out = False
+        try:
+            self.proc.wait(max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            # always reap what we started, by its PID, whatever happened above
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(30)
+        return _collect(self, timed_out)
+
+
+def _collect(guest: RunningGuest, timed_out: bool) -> GuestResult:
+    scratch, proc = guest.scratch, guest.proc
+    wall = time.monotonic() - guest.started
+    rc_text = _read(scratch / "rc").strip()
+    times = spec.parse_times(_read(scratch / "times"))
+    output = _read(scratch / "output")
+    qemu_err = _read(scratch / "qemu.stderr").strip()
+    if qemu_err and not rc_text:
+        output += f"\n[qemu exited {proc.returncode}: {qemu_err}]"
+    return GuestResult(
+        output=output,
+        returncode=int(rc_text) if rc_text.lstrip("-").isdigit() else None,
+        accel=guest.accel,
+        timed_out=timed_out,
+        boot_seconds=times.get("command"),
+        command_seconds=(times["end"] - times["command"])
+        if {"end", "command"} <= times.keys()
+        else None,
+        wall_seconds=wall,
+        console=_read(scratch / "console.log"),
+        pid=proc.pid,
+    )
+
+
+def start_guest(
+    command: Sequence[str] | str,
+    *,
+    scratch: Path,
+    cwd: Path = REPO,
+    env: Mapping[str, str] | None = None,
+    net: spec.UserNet | None = None,
+    accel: str | None = None,
+    memory_mb: int | None = None,
+    cpus: int = 2,
+    modules: Sequence[str] = spec.IPSEC_MODULES,
+    version: str | None = None,
+) -> RunningGuest:
+    """Like `run_in_guest`, but return at once with the guest running in the background
+    (a node that tests talk to over the network); the caller must `finish()` it."""
+    version = version or kernel_version()
+    kernel, _ = check_parts(version)
+    initrd = build_initramfs(version)
+    accel = accel or choose_accel(version)
+    memory_mb = memory_mb or int(os.environ.get("ROUTEVPN_LAB_MEMORY_MB", "1024"))
+    return _launch(command, scratch, kernel, initrd, accel, cwd, env, net, memory_mb, cpus, modules)
+
+
+def _launch(
+    command: Sequence[str] | str,
+    scratch: Path,
+    kernel: Path,
+    initrd: Path,
+    accel: str,
+    cwd: Path,
+    env: Mapping[str, str] | None,
+    net: spec.UserNet | None,
+    memory_mb: int,
+    cpus: int,
+    modules: Sequence[str],
+) -> RunningGuest:
     guest_env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
     guest_env |= {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -251,36 +346,7 @@ def _boot(
         stdout=subprocess.DEVNULL,
         stderr=(scratch / "qemu.stderr").open("wb"),
     )
-    timed_out = False
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    finally:
-        # always reap what we started, by its PID, whatever happened above
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-    wall = time.monotonic() - start
-    rc_text = _read(scratch / "rc").strip()
-    times = spec.parse_times(_read(scratch / "times"))
-    output = _read(scratch / "output")
-    qemu_err = _read(scratch / "qemu.stderr").strip()
-    if qemu_err and not rc_text:
-        output += f"\n[qemu exited {proc.returncode}: {qemu_err}]"
-    return GuestResult(
-        output=output,
-        returncode=int(rc_text) if rc_text.lstrip("-").isdigit() else None,
-        accel=accel,
-        timed_out=timed_out,
-        boot_seconds=times.get("command"),
-        command_seconds=(times["end"] - times["command"])
-        if {"end", "command"} <= times.keys()
-        else None,
-        wall_seconds=wall,
-        console=_read(console),
-        pid=proc.pid,
-    )
+    return RunningGuest(proc=proc, scratch=scratch, accel=accel, started=start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
