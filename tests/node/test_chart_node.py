@@ -207,6 +207,18 @@ def test_operator_pods_run_as_non_root(installed: Installed) -> None:
 SEED = ROOT / "examples" / "seed-ipv6-vti.yaml"
 TUNNEL = "site-b"
 TUNNEL_NS = "default"
+#: What the cluster admin grants the seed's namespace (docs/policy.md): the chart denies
+#: tunnels in a namespace no VpnTunnelPolicy selects. The seed routes ::/0 into vti1.
+SEED_POLICY = {
+    "apiVersion": "routevpn.io/v1alpha1",
+    "kind": "VpnTunnelPolicy",
+    "metadata": {"name": "node-tier-seed"},
+    "spec": {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": TUNNEL_NS}},
+        "allowedInsideRanges": ["2001:db8:100::/56"],
+        "defaultRoute": "allowed",
+    },
+}
 # Argo CD applies server-side with its own field manager; the drift check does the same.
 FIELD_MANAGER = "argocd-controller"
 TUNNEL_READY_TIMEOUT = 300.0
@@ -255,7 +267,10 @@ class Seed:
 def seed(installed: Installed) -> Iterator[Seed]:
     node = installed.node
     node.run(farend.setup_script(_seed_psk()))
+    policy = installed.values.parent / "seed-policy.yaml"
+    policy.write_text(yaml.safe_dump(SEED_POLICY))
     try:
+        node.kubectl("apply", "--server-side", "-f", str(policy))
         node.kubectl(
             "apply", "--server-side", f"--field-manager={FIELD_MANAGER}",
             "-n", TUNNEL_NS, "-f", str(SEED),
@@ -279,6 +294,7 @@ def seed(installed: Installed) -> Iterator[Seed]:
         node.kubectl("delete", "-n", TUNNEL_NS, "-f", str(SEED), "--wait=true", check=False,
                      timeout=300)  # fmt: skip
         node.run(farend.teardown_script(), check=False)
+        node.kubectl("delete", "-f", str(policy), "--ignore-not-found", check=False)
 
 
 def test_seed_example_carries_traffic_both_ways(installed: Installed, seed: Seed) -> None:
