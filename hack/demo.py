@@ -41,6 +41,7 @@ from support.operator import Operator  # noqa: E402
 from support.sites import LEFT, RIGHT, Site, two_sites  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "seed-ipv6-vti.yaml"
+SEED_POLICY = REPO / "examples" / "tenancy" / "seed-policy.yaml"
 NODE = "node-a"
 SYSTEM_NS = "routevpn-system"
 TUNNEL = "site-b"
@@ -339,6 +340,8 @@ def helm_demo() -> int:
             "far end configured by hand in the guest: vti1 (vti6), 2001:db8:100::1/127, "
             "a plain swanctl.conf"
         )
+        say("$ kubectl apply -f examples/tenancy/seed-policy.yaml   # the cluster admin's grant")
+        print("    " + node.kubectl("apply", "-f", str(SEED_POLICY)).stdout.strip())
         say(f"$ kubectl apply -f examples/{EXAMPLE.name}")
         print("    " + node.kubectl("apply", "-n", "default", "-f", str(EXAMPLE)).stdout.strip())
         watch = Watch(node.kubectl, state / "no-guest-log")

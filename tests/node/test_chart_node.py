@@ -208,17 +208,8 @@ SEED = ROOT / "examples" / "seed-ipv6-vti.yaml"
 TUNNEL = "site-b"
 TUNNEL_NS = "default"
 #: What the cluster admin grants the seed's namespace (docs/policy.md): the chart denies
-#: tunnels in a namespace no VpnTunnelPolicy selects. The seed routes ::/0 into vti1.
-SEED_POLICY = {
-    "apiVersion": "routevpn.io/v1alpha1",
-    "kind": "VpnTunnelPolicy",
-    "metadata": {"name": "node-tier-seed"},
-    "spec": {
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": TUNNEL_NS}},
-        "allowedInsideRanges": ["2001:db8:100::/56"],
-        "defaultRoute": "allowed",
-    },
-}
+#: tunnels in a namespace no VpnTunnelPolicy selects.
+SEED_POLICY = ROOT / "examples" / "tenancy" / "seed-policy.yaml"
 # Argo CD applies server-side with its own field manager; the drift check does the same.
 FIELD_MANAGER = "argocd-controller"
 TUNNEL_READY_TIMEOUT = 300.0
@@ -267,8 +258,7 @@ class Seed:
 def seed(installed: Installed) -> Iterator[Seed]:
     node = installed.node
     node.run(farend.setup_script(_seed_psk()))
-    policy = installed.values.parent / "seed-policy.yaml"
-    policy.write_text(yaml.safe_dump(SEED_POLICY))
+    policy = SEED_POLICY
     try:
         node.kubectl("apply", "--server-side", "-f", str(policy))
         node.kubectl(

@@ -100,3 +100,20 @@ def test_the_example_policy_is_valid() -> None:
     assert doc["kind"] == "VpnTunnelPolicy"
     spec = VpnTunnelPolicySpec.model_validate(doc["spec"])
     assert spec.tables == (254, 100)
+
+
+def test_the_seed_examples_policy_admits_the_seed_example() -> None:
+    """examples/tenancy/seed-policy.yaml is what the demo and the node tier apply first."""
+    from routevpn.api.spec import parse_spec
+    from routevpn.controller.policy import grant_violation
+
+    doc = yaml.safe_load((ROOT / "examples" / "tenancy" / "seed-policy.yaml").read_text())
+    policy = VpnTunnelPolicySpec.model_validate(doc["spec"])
+    assert policy.namespace_selector is not None
+    assert policy.namespace_selector.matches({"kubernetes.io/metadata.name": "default"})
+    seed = next(
+        d
+        for d in yaml.safe_load_all((ROOT / "examples" / "seed-ipv6-vti.yaml").read_text())
+        if d and d["kind"] == "VpnTunnel"
+    )
+    assert grant_violation(parse_spec(seed["spec"]), policy) is None
