@@ -49,6 +49,8 @@ class Runtime:
     """What the command line decided, and the running parts (one per process)."""
 
     settings: OperatorSettings
+    #: This replica's name (in the Lease, in its Events, given to kopf).
+    identity: str
     #: The Lease (in routevpn's namespace) whose holder is the replica that acts.
     lease_name: str
     lease_timings: Timings
@@ -113,7 +115,7 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         rt.lease_name,
         timeout=rt.lease_timings.renew_deadline,
     )
-    rt.elector = elector = LeaderElector(lease, leader.identity(), rt.lease_timings)
+    rt.elector = elector = LeaderElector(lease, rt.identity, rt.lease_timings)
     events = EventPoster(kube.create_event, FIELD_MANAGER, elector.identity)
     rt.reconciler = reconciler = OperatorReconciler(rt.store, kube, events, rt.settings, elector)
     rt.tasks.append(asyncio.create_task(reconciler.run(rt.concurrency)))

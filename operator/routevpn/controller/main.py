@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import Any, cast
 
 import kopf
 
-from routevpn.controller import handlers
+from routevpn.controller import handlers, leader
 from routevpn.controller.decide import OperatorSettings
 from routevpn.controller.options import protected_from
 from routevpn.kube.lease import Timings
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
             without_policy=args.without_policy,
             protected=protected_from(args),
         ),
+        identity=leader.identity(),
         lease_name=args.lease_name,
         lease_timings=timings,
         http_host=args.http_host,
@@ -48,7 +50,15 @@ def run(args: argparse.Namespace) -> int:
         secret_reread_seconds=args.secret_reread,
     )
     # standalone: no kopf peering. Every replica watches and keeps its view current; the
-    # Lease decides which one acts (routevpn.controller.leader).
-    kopf.run(clusterwide=True, standalone=True, stop_flag=rt.stop_flag)
+    # Lease decides which one acts (routevpn.controller.leader). The identity is given:
+    # kopf would otherwise ask getpass for the user name, and the image's uid (65532) has
+    # no passwd entry (KeyError at start, found by running the chart's pods for real).
+    kopf.run(
+        clusterwide=True,
+        standalone=True,
+        stop_flag=rt.stop_flag,
+        # kopf's Identity is a NewType of str, not exported from its public package.
+        identity=cast(Any, rt.identity),
+    )
     # Another replica took the Lease over: exit non-zero, to be started again from scratch.
     return 1 if rt.lease_lost else 0
