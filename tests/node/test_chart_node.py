@@ -426,7 +426,7 @@ def test_deleting_the_tunnel_then_uninstalling_leaves_the_node_clean(
         'swanctl --list-conns --uri "unix://$sock"'
     )
     assert "routevpn" not in conns, conns
-    installed.run_helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "5m")
+    installed.run_helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "12m")
     wait_until(
         lambda: not installed.pods(AGENT_NAMESPACE, "agent"), timeout=300, what="agent pod gone"
     )

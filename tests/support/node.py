@@ -46,6 +46,8 @@ CHART_VALUES: dict[str, Any] = {
     "image": {"repository": "routevpn", "tag": "dev", "pullPolicy": "Never"},
     "charon": {"image": {"repository": "routevpn-charon", "tag": "dev", "pullPolicy": "Never"}},
     "agent": {"namespace": "routevpn-agent"},
+    # Emulated CPUs: the uninstall hook's Python start alone can take minutes here.
+    "uninstallHook": {"deadlineSeconds": 600},
 }
 
 
