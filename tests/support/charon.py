@@ -177,6 +177,15 @@ class Charon:
             proc.kill()
             proc.wait(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL by PID, as a crash: no DELETE reaches the peer, and the kernel's SAs and
+        policies stay behind (flush them to make the crash complete)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait(10)
+
     def restart(self, timeout: float = 20.0) -> None:
         """Stop and start again with the same configuration (all SAs are lost)."""
         self.stop()

@@ -30,6 +30,7 @@ class Child:
     mark: int | None = None
     if_id: int | None = None
     updown: str | None = None
+    dpd_action: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ def render(conns: Sequence[Conn]) -> str:
                 items += [("if_id_in", str(ch.if_id)), ("if_id_out", str(ch.if_id))]
             if ch.updown is not None:
                 items.append(("updown", ch.updown))
+            if ch.dpd_action is not None:
+                items.append(("dpd_action", ch.dpd_action))
             children += _block(ch.name, items)
         items = [
             ("version", str(c.version)),
