@@ -31,7 +31,7 @@ RESULTS_ENV = "ROUTEVPN_LAB_RESULTS"
 # The whole tier in one guest; override for slow machines.
 LAB_TIMEOUT = float(os.environ.get("ROUTEVPN_LAB_TIMEOUT", "1800"))
 # Lab tests that talk to an API server (see `_host_api_server`), and how they learn it.
-API_TESTS = "test_agent_lab.py"
+API_TESTS = ("test_agent_lab.py", "test_failover_lab.py")
 GUEST_KUBECONFIG_ENV = "ROUTEVPN_LAB_KUBECONFIG"
 API_NOTE_KEY = pytest.StashKey[str]()
 
@@ -181,7 +181,7 @@ def guest_run(config: pytest.Config) -> GuestRun:
     env = {RESULTS_ENV: f"{labspec.GUEST_SCRATCH}/results.jsonl"}
     with contextlib.ExitStack() as stack:
         net = None
-        if any(API_TESTS in i for i in ids):
+        if any(name in i for i in ids for name in API_TESTS):
             net = _host_api_server(config, stack, scratch, env)
         try:
             run.result = lab.run_in_guest(

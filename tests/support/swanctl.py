@@ -47,6 +47,7 @@ class Conn:
     version: int = 2
     proposals: str = "aes256-sha256-x25519"
     dpd_delay: str | None = None
+    unique: str | None = None
 
 
 def _block(name: str, items: Sequence[tuple[str, str]], body: Sequence[str] = ()) -> list[str]:
@@ -88,6 +89,8 @@ def render(conns: Sequence[Conn]) -> str:
         ]
         if c.dpd_delay is not None:
             items.append(("dpd_delay", c.dpd_delay))
+        if c.unique is not None:
+            items.append(("unique", c.unique))
         body = [
             *_block("local", [("auth", "psk"), ("id", c.local_id)]),
             *_block("remote", [("auth", "psk"), ("id", c.remote_id)]),
