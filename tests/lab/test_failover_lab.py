@@ -31,7 +31,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,9 @@ IFACES = {
 CLOCK_GRAIN_S = 1.0
 # The issue's allowance on top of detection: the agent's pass after charon's event.
 AGENT_S = 1.0
-LOSS_BUDGET = ha.ping_budget(ha.dpd_detection_s(), INTERVAL, CLOCK_GRAIN_S + AGENT_S)
+LOSS_BUDGET = ha.ping_budget(
+    ha.dpd_detection_s(settings=ha.LAB_RETRANSMIT), INTERVAL, CLOCK_GRAIN_S + AGENT_S
+)
 
 
 @dataclass
@@ -109,7 +111,9 @@ def pair(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 @contextlib.contextmanager
-def agent_world(kubeconfig: Path, tmp: Path) -> Iterator[Ha]:
+def agent_world(
+    kubeconfig: Path, tmp: Path, retransmit: Mapping[str, str] = ha.LAB_RETRANSMIT
+) -> Iterator[Ha]:
     """The topology, the node's charon with the HA settings, and the agent (also used by
     benchmarks/bench_failover.py)."""
     bins = bin_dir()
@@ -126,8 +130,8 @@ def agent_world(kubeconfig: Path, tmp: Path) -> Iterator[Ha]:
     agent_kc, inner, target = _agent_kubeconfig(kubeconfig, tmp)
     psk = secrets.token_hex(24)
     with (
-        ha.world(tmp / "world", psk) as world,
-        running(world.node, tmp / "node-charon", extra=ha.RETRANSMIT) as charon,
+        ha.world(tmp / "world", psk, extra=retransmit) as world,
+        running(world.node, tmp / "node-charon", extra=retransmit) as charon,
         forward_into(world.node, inner, target),
     ):
         agent = tal.Agent(
