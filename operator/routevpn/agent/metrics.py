@@ -189,13 +189,7 @@ class Metrics:
         """Set one tunnel's series from the SAs observed at unix time `now` and the states
         of its routes (`RouteState` values)."""
         key = (namespace, name)
-        tun = (namespace, name, self.node)
-        if key not in self._known:
-            self._known.add(key)
-            for sa in SA_KINDS:  # counters exist from the start, at 0: rate() needs that
-                self.rekeys_total.labels(*tun, sa)
-            self.ike_failures_total.labels(*tun)
-            self.failovers_total.labels(*tun)
+        tun = self._start(namespace, name)
         ike_now = ike.state if ike is not None else "DOWN"
         for state in {*IKE_STATES, ike_now}:
             self.ike_state.labels(*tun, state).set(1 if state == ike_now else 0)
@@ -213,6 +207,18 @@ class Metrics:
             self._remove(self.established, *tun)
         self._routes(key, list(route_states))
 
+    def _start(self, namespace: str, name: str) -> tuple[str, str, str]:
+        """The tunnel's label values; its counters exist from the first sight, at 0
+        (increase() and rate() see the first event only with a 0 before it)."""
+        tun = (namespace, name, self.node)
+        if (namespace, name) not in self._known:
+            self._known.add((namespace, name))
+            for sa in SA_KINDS:
+                self.rekeys_total.labels(*tun, sa)
+            self.ike_failures_total.labels(*tun)
+            self.failovers_total.labels(*tun)
+        return tun
+
     def _routes(self, key: tuple[str, str], states: list[str]) -> None:
         """Routes by state, and a failover counted when the routes turn Demoted."""
         tun = (*key, self.node)
@@ -227,14 +233,14 @@ class Metrics:
             self._demoted.discard(key)
 
     def rekeyed(self, namespace: str, name: str, sa: str) -> None:
-        """charon reported a rekey of the tunnel's IKE or CHILD SA."""
-        if (namespace, name) in self._known and sa in SA_KINDS:
-            self.rekeys_total.labels(namespace, name, self.node, sa).inc()
+        """charon reported a rekey of the tunnel's IKE or CHILD SA (a tunnel of this node:
+        the caller knows; it may come before the tunnel's first report)."""
+        if sa in SA_KINDS:
+            self.rekeys_total.labels(*self._start(namespace, name), sa).inc()
 
     def ike_failed(self, namespace: str, name: str) -> None:
-        """charon logged a negotiation failure of the tunnel."""
-        if (namespace, name) in self._known:
-            self.ike_failures_total.labels(namespace, name, self.node).inc()
+        """charon logged a negotiation failure of a tunnel of this node."""
+        self.ike_failures_total.labels(*self._start(namespace, name)).inc()
 
     def forget(self, namespace: str, name: str) -> None:
         """Remove every series of a tunnel this agent no longer configures."""
