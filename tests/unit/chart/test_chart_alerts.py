@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from support.alerts import AGENT_JOB, OPERATOR_JOB, all_rules, expand, rules
-from support.chart import tool
+from support.chart import VALUE_SETS, render, tool
 
 pytestmark = pytest.mark.unit
 
@@ -316,3 +316,13 @@ def test_promtool_test_can_fail(spec: dict[str, Any], tmp_path: Path) -> None:
     res = promtool_test(spec, [wrong], tmp_path)
     assert res.returncode != 0
     assert "prod" in res.stdout + res.stderr
+
+
+def test_service_monitors_keep_the_tunnels_namespace_label(tmp_path: Path) -> None:
+    """The rules and the dashboard read a tunnel's `namespace` label: a ServiceMonitor
+    without honorLabels would overwrite it with the scraped pod's namespace."""
+    docs = render(VALUE_SETS["separate-agent-namespace"], tmp_path)
+    monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert len(monitors) == 2
+    for monitor in monitors:
+        assert all(e["honorLabels"] is True for e in monitor["spec"]["endpoints"])
