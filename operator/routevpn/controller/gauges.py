@@ -17,9 +17,12 @@ from routevpn.controller.store import Store
 READY_VALUES = ("True", "False", "Unknown")
 
 
-def count(store: Store) -> tuple[Counter[tuple[str, str]], dict[str, bool]]:
-    """Tunnels by (node, Ready) and, per node with tunnels or a Lease, whether its
-    agent is live (until the first listing of Leases, every agent counts as live)."""
+def count(
+    store: Store, now: float | None = None
+) -> tuple[Counter[tuple[str, str]], dict[str, bool]]:
+    """Tunnels by (node, Ready) and, per node with tunnels or a Lease, whether its agent
+    is live at monotonic time `now` (until the first listing of Leases, every agent
+    counts as live)."""
     tunnels: Counter[tuple[str, str]] = Counter()
     for key, rec in store.tunnels.items():
         status = store.effective(key)
@@ -29,7 +32,7 @@ def count(store: Store) -> tuple[Counter[tuple[str, str]], dict[str, bool]]:
             if c.get("type") == ConditionType.READY:
                 ready = str(c.get("status", "Unknown"))
         tunnels[(node, ready if ready in READY_VALUES else "Unknown")] += 1
-    view = store.agents.view(time.monotonic())
+    view = store.agents.view(time.monotonic() if now is None else now)
     nodes = {node for node, _ in tunnels if node} | set(view.leases)
     live = {node: view.not_live_for(node, math.inf) is None for node in nodes}
     return tunnels, live
