@@ -147,8 +147,15 @@ class Metrics:
         )
 
     def _declare_events(self, r: CollectorRegistry) -> None:
-        """Routes, and what happened to a tunnel: rekeys, failures, failovers."""
+        """On demand or not, routes, and what happened: rekeys, failures, failovers."""
         labels = TUNNEL_LABELS
+        self.on_demand = Gauge(
+            "routevpn_tunnel_on_demand",
+            "1 when the tunnel comes up only on demand (spec.child.startAction trap or none): "
+            "down while idle by design, so RouteVpnTunnelDown leaves it out; else 0.",
+            labels,
+            registry=r,
+        )
         self.routes = Gauge(
             "routevpn_tunnel_routes",
             "Routes of the tunnel by state: Active (at their metric) or Demoted (the tunnel "
@@ -185,9 +192,11 @@ class Metrics:
         child: ChildSaFacts | None,
         now: float,
         route_states: Iterable[str] = (),
+        *,
+        on_demand: bool = False,
     ) -> None:
-        """Set one tunnel's series from the SAs observed at unix time `now` and the states
-        of its routes (`RouteState` values)."""
+        """Set one tunnel's series from the SAs observed at unix time `now`, the states of
+        its routes (`RouteState` values) and whether it starts on demand only."""
         key = (namespace, name)
         tun = self._start(namespace, name)
         ike_now = ike.state if ike is not None else "DOWN"
@@ -196,6 +205,7 @@ class Metrics:
         child_now = child.state if child is not None else "DOWN"
         for state in {*CHILD_STATES, child_now}:
             self.child_state.labels(*tun, state).set(1 if state == child_now else 0)
+        self.on_demand.labels(*tun).set(1 if on_demand else 0)
         c = child
         self.received_bytes.labels(*tun).set(c.bytes_in if c else 0)
         self.sent_bytes.labels(*tun).set(c.bytes_out if c else 0)
@@ -251,7 +261,7 @@ class Metrics:
         tun = (namespace, name, self.node)
         for metric in (
             self.received_bytes, self.sent_bytes, self.received_packets, self.sent_packets,
-            self.established, self.ike_failures_total, self.failovers_total,
+            self.on_demand, self.established, self.ike_failures_total, self.failovers_total,
         ):  # fmt: skip
             self._remove(metric, *tun)
         per_state: tuple[tuple[Gauge | Counter, tuple[str, ...]], ...] = (

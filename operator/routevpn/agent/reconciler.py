@@ -323,7 +323,8 @@ class AgentReconciler:
             st.child_status(child, current.get("child"), now, self.settings.counters_period),
             [d.to_wire() for d in w.routes],
         )  # fmt: skip
-        self.metrics.tunnel(ns, name, ike, child, now_ts, [d.state.value for d in w.routes])
+        routes = [d.state.value for d in w.routes]
+        self.metrics.tunnel(ns, name, ike, child, now_ts, routes, on_demand=start != "start")
         if not st.needs_write(desired, current):
             return
         await self._write(w, conds, desired, current)

@@ -39,6 +39,9 @@ def test_states_counters_and_established_time() -> None:
     assert value(m, "routevpn_tunnel_established_timestamp_seconds") == 970
     assert value(m, "routevpn_tunnel_routes", state="Active") == 1
     assert value(m, "routevpn_tunnel_routes", state="Demoted") == 0
+    assert value(m, "routevpn_tunnel_on_demand") == 0
+    m.tunnel("prod", "site-b", None, None, 1_000.0, on_demand=True)
+    assert value(m, "routevpn_tunnel_on_demand") == 1
     for sa in ("ike", "child"):  # at 0 before the first rekey: rate() sees the first one
         assert value(m, "routevpn_tunnel_rekeys_total", sa=sa) == 0
     assert value(m, "routevpn_tunnel_ike_failures_total") == 0

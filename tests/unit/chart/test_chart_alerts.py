@@ -78,10 +78,15 @@ CASES = [
         + child("rekeying", "REKEYING", "1x15")
         # down for 3 minutes only: shorter than tunnelDownFor (5m)
         + ike("brief", "ESTABLISHED", "0 0 0 1x12")
-        + child("brief", "INSTALLED", "0 0 0 1x12"),
+        + child("brief", "INSTALLED", "0 0 0 1x12")
+        # started on demand (trap): down while idle, by design
+        + ike("ondemand", "ESTABLISHED", "0x15")
+        + child("ondemand", "INSTALLED", "0x15")
+        + [[f"routevpn_tunnel_on_demand{tun('ondemand')}", "1x15"]]
+        + [[f"routevpn_tunnel_on_demand{tun('down')}", "0x15"]],
         "10m",
         [({"namespace": "prod", "name": n, **A}, 0) for n in ("down", "childdown")],
-        ("up", "rekeying", "brief"),
+        ("up", "rekeying", "brief", "ondemand"),
     ),
     Case(
         "RouteVpnTunnelDown",
