@@ -200,10 +200,8 @@ def _rules_evaluated(prom: Prometheus) -> list[dict[str, Any]] | None:
     return evaluated if evaluated and all(r["health"] != "unknown" for r in evaluated) else None
 
 
-def test_dashboard_and_alerts_against_the_real_scrape(
-    scraped: tuple[Prometheus, str, str],
-) -> None:
-    prom, node, tenant = scraped
+def _wait_for_the_scrape(prom: Prometheus, node: str) -> None:
+    """Both targets up, and every tunnel in both processes' series."""
 
     def up() -> dict[str, str]:
         return {s["metric"]["job"]: s["value"][1] for s in prom.series("up")}
@@ -220,9 +218,12 @@ def test_dashboard_and_alerts_against_the_real_scrape(
         seen = {w: prom.series(q.format(node=node)) for w, q in _SCRAPED.items()}
         pytest.fail(f"not every tunnel is in both processes' series: {seen}")
 
-    # Every panel: the query succeeds without warnings, with series carrying its labels.
-    # (rate() over the CHILD SA's byte gauges draws an *info* that the name does not end
-    # in _total: those gauges restart at a rekey, which rate() takes as a counter reset.)
+
+def _check_panels(prom: Prometheus) -> None:
+    """Every panel: the query succeeds without warnings, with series carrying its legend's
+    labels. (rate() over the CHILD SA's byte gauges draws an *info* that the name does not
+    end in _total: those gauges restart at a rekey, which rate() takes as a counter reset.)"""
+
     def answered() -> list[tuple[str, str, dict[str, Any]]] | None:
         answers = [(title, expr, prom.query(expr)) for title, expr, _ in panel_queries()]
         return answers if all(a["data"]["result"] for _, _, a in answers) else None
@@ -237,11 +238,21 @@ def test_dashboard_and_alerts_against_the_real_scrape(
         assert not answer.get("warnings"), (title, answer["warnings"])
         for s in answer["data"]["result"]:
             assert set(legend) <= set(s["metric"]), f"{title}: {expr} gives {s['metric']}"
-    tunnel_series = prom.series(f'routevpn_tunnel_ike_state{{namespace="{tenant}"}}')
-    assert {s["metric"]["node"] for s in tunnel_series} == {node}
-    assert {s["metric"]["name"] for s in tunnel_series} == {f"t{i}" for i in range(TUNNELS)}
 
-    # Every alerting rule: evaluated by Prometheus itself, healthy; each expression runs.
+
+def _check_variables(prom: Prometheus, node: str, tenant: str) -> None:
+    """The dashboard's variables (label_values(metric, label)) list this node, namespace."""
+    for var in DASHBOARD["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        found = re.fullmatch(r"label_values\((\w+), (\w+)\)", var["definition"])
+        assert found, var["definition"]
+        values = prom.get(f"/api/v1/label/{found[2]}/values", **{"match[]": found[1]})["data"]
+        assert {node, tenant} & set(values), (var["name"], values)
+
+
+def _check_rules(prom: Prometheus) -> None:
+    """Every alerting rule: evaluated by Prometheus itself, healthy; each expression runs."""
     evaluated = wait_until(lambda: _rules_evaluated(prom), timeout=60, what="rules evaluated")
     assert {r["name"] for r in evaluated} == set(all_rules(rules_of(prom)))
     for r in evaluated:
@@ -249,6 +260,18 @@ def test_dashboard_and_alerts_against_the_real_scrape(
         answer = prom.query(r["query"])
         assert answer["status"] == "success" and not answer.get("warnings"), (r["name"], answer)
 
+
+def test_dashboard_and_alerts_against_the_real_scrape(
+    scraped: tuple[Prometheus, str, str],
+) -> None:
+    prom, node, tenant = scraped
+    _wait_for_the_scrape(prom, node)
+    _check_panels(prom)
+    _check_variables(prom, node, tenant)
+    tunnel_series = prom.series(f'routevpn_tunnel_ike_state{{namespace="{tenant}"}}')
+    assert {s["metric"]["node"] for s in tunnel_series} == {node}
+    assert {s["metric"]["name"] for s in tunnel_series} == {f"t{i}" for i in range(TUNNELS)}
+    _check_rules(prom)
     _print_figures(prom, tenant)
 
 
