@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Regenerate every generated file from the code: the CRDs in crds/ and its copy in the chart.
-# Tests fail when these drift (tests/unit/api/test_crd.py, tests/unit/chart/).
+# Regenerate every generated file from the code: the CRDs in crds/ and its copy in the chart,
+# and the metrics reference docs/metrics.md. Tests fail when these drift
+# (tests/unit/api/test_crd.py, tests/unit/chart/, tests/unit/test_metrics_doc.py).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -9,4 +10,5 @@ PY="${PYTHON:-.venv/bin/python}"
 "$PY" -m routevpn crd policy > crds/vpntunnelpolicies.routevpn.io.yaml
 cp crds/vpntunnels.routevpn.io.yaml charts/routevpn/crds/vpntunnels.routevpn.io.yaml
 cp crds/vpntunnelpolicies.routevpn.io.yaml charts/routevpn/crds/vpntunnelpolicies.routevpn.io.yaml
-echo "generate: crds/ and charts/routevpn/crds/ are up to date" >&2
+"$PY" -m routevpn metrics > docs/metrics.md
+echo "generate: crds/, charts/routevpn/crds/ and docs/metrics.md are up to date" >&2

@@ -5,9 +5,13 @@
 #   schemas      JSON schemas for kubeconform: the Kubernetes types from the swagger.json
 #                of the same Kubernetes release hack/local-cluster.sh builds (hack/k8s/go.mod),
 #                converted offline; kubeconform would otherwise download them.
+#   promtool     github.com/prometheus/prometheus (version: PROMETHEUS_VERSION below): the
+#   prometheus   alert rules' tests (promtool test rules) and the cluster tier's real
+#                Prometheus, both from one `go build` of the one module download.
 #
 # Usage: hack/tools.sh build          build what is missing (idempotent; fast when cached)
-#        hack/tools.sh path NAME      print where NAME (helm | kubeconform | schemas) is
+#        hack/tools.sh path NAME      print where NAME (helm | kubeconform | schemas |
+#                                     promtool | prometheus) is
 #        hack/tools.sh versions       print the pinned versions
 set -euo pipefail
 
@@ -31,6 +35,10 @@ mod_version() {
 HELM_VERSION="$(mod_version "$TOOLS_MOD/go.mod" helm.sh/helm/v3)"
 KUBECONFORM_VERSION="$(mod_version "$TOOLS_MOD/go.mod" github.com/yannh/kubeconform)"
 K8S_VERSION="$(mod_version "$K8S_MOD/go.mod" k8s.io/kubernetes)"
+# Prometheus is built in its own module, with its own go.mod and go.sum as released (a
+# require in hack/tools/go.mod would let its hundreds of dependencies move helm's).
+PROMETHEUS_MODULE=github.com/prometheus/prometheus
+PROMETHEUS_VERSION=v0.316.0
 # helm's default Capabilities (what `helm template`/`lint` assume with no cluster) follow
 # the client-go it is built with (v0.X.y -> Kubernetes 1.X), as helm's own Makefile sets them.
 CLIENT_GO_MINOR="$(mod_version "$TOOLS_MOD/go.mod" k8s.io/client-go | cut -d. -f2)"
@@ -41,6 +49,7 @@ BIN="$CACHE/bin"
 helm_bin="$BIN/helm-$HELM_VERSION-k8s1.$CLIENT_GO_MINOR"
 kubeconform_bin="$BIN/kubeconform-$KUBECONFORM_VERSION"
 schemas_dir="$CACHE/schemas/kubernetes-$K8S_VERSION"
+prometheus_dir="$BIN/prometheus-$PROMETHEUS_VERSION"
 
 # Two cores are shared with the kube-apiserver build: one package at a time.
 export GOFLAGS="-p=1 -buildvcs=false ${GOFLAGS:-}"
@@ -69,6 +78,26 @@ build_kubeconform() {
     build_go_tool "$kubeconform_bin" github.com/yannh/kubeconform/cmd/kubeconform "-s -w"
 }
 
+build_prometheus() {
+    [[ -x "$prometheus_dir/promtool" && -x "$prometheus_dir/prometheus" ]] && return 0
+    local dir
+    # The module as released (checksum-verified by the go command), built where it was
+    # unpacked: its own go.mod/go.sum pin every dependency. GOWORK=off: the zip carries
+    # the repository's go.work, whose other modules are not in it. remove_all_sd: only
+    # static and file service discovery, which is all the tests configure (the cloud SDKs
+    # would double the build). No web UI assets (builtinassets): the HTTP API is enough.
+    dir="$(cd "$TOOLS_MOD" && go mod download -json "$PROMETHEUS_MODULE@$PROMETHEUS_VERSION" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
+    log "building promtool and prometheus $PROMETHEUS_VERSION -> $prometheus_dir (about 7 minutes on 2 cores)"
+    rm -rf "$prometheus_dir.tmp"
+    mkdir -p "$prometheus_dir.tmp"
+    (cd "$dir" && GOWORK=off CGO_ENABLED=0 go build -trimpath -tags remove_all_sd \
+        -ldflags "-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}" \
+        -o "$prometheus_dir.tmp/" ./cmd/promtool ./cmd/prometheus)
+    rm -rf "$prometheus_dir"
+    mv "$prometheus_dir.tmp" "$prometheus_dir"
+}
+
 build_schemas() {
     [[ -f "$schemas_dir/.complete" ]] && return 0
     local dir swagger
@@ -93,22 +122,25 @@ build)
     build_helm
     build_kubeconform
     build_schemas
+    build_prometheus
     ln -sfn "$(basename "$helm_bin")" "$BIN/helm"
     ln -sfn "$(basename "$kubeconform_bin")" "$BIN/kubeconform"
-    log "helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION, schemas of Kubernetes $K8S_VERSION in $CACHE"
+    log "helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION, schemas of Kubernetes $K8S_VERSION, prometheus $PROMETHEUS_VERSION in $CACHE"
     ;;
 path)
     case "${2:-}" in
     helm) echo "$helm_bin" ;;
     kubeconform) echo "$kubeconform_bin" ;;
     schemas) echo "$schemas_dir" ;;
-    *) die "usage: $0 path helm|kubeconform|schemas" ;;
+    promtool | prometheus) echo "$prometheus_dir/$2" ;;
+    *) die "usage: $0 path helm|kubeconform|schemas|promtool|prometheus" ;;
     esac
     ;;
 versions)
-    printf 'helm %s\nkubeconform %s\nkubernetes %s\n' "$HELM_VERSION" "$KUBECONFORM_VERSION" "$K8S_VERSION"
+    printf 'helm %s\nkubeconform %s\nkubernetes %s\nprometheus %s\n' "$HELM_VERSION" "$KUBECONFORM_VERSION" \
+        "$K8S_VERSION" "$PROMETHEUS_VERSION"
     ;;
 *)
-    die "usage: $0 build | path helm|kubeconform|schemas | versions"
+    die "usage: $0 build | path helm|kubeconform|schemas|promtool|prometheus | versions"
     ;;
 esac

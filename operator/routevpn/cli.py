@@ -1,4 +1,5 @@
-"""The `routevpn` command: `crd`, `operator`, `agent` and `release-all` (uninstall hook)."""
+"""The `routevpn` command: `crd`, `metrics`, `operator`, `agent` and `release-all` (uninstall
+hook)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ def _crd(args: argparse.Namespace) -> int:
 
     for which in ("tunnel", "policy") if args.which == "all" else (args.which,):
         sys.stdout.write(render_crd_yaml(which))
+    return 0
+
+
+def _metrics(_: argparse.Namespace) -> int:
+    from routevpn.metricsdoc import render
+
+    sys.stdout.write(render())
     return 0
 
 
@@ -54,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         "the operator needs",
     )
     crd.set_defaults(func=_crd)
+
+    metrics = sub.add_parser(
+        "metrics", help="print the reference of every metric both processes export (Markdown)"
+    )
+    metrics.set_defaults(func=_metrics)
 
     op = sub.add_parser("operator", help="run the operator")
     from routevpn.controller.options import add_arguments

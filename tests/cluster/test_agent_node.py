@@ -519,10 +519,10 @@ def test_configures_a_placed_tunnel_and_reports_conditions_events_metrics(w: Wor
     warning = [e for e in agent_events(w, T1) if e.reason in KERNEL_REFUSES_SA]
     assert warning and warning[0].type == "Warning"
     metrics = w.agent.metrics()
-    series = (
-        f'routevpn_tunnel_ike_state{{name="{T1}",namespace="{w.tunnel_ns}",state="ESTABLISHED"}}'
-    )
-    assert metrics[series] == 1.0
+    labels = f'name="{T1}",namespace="{w.tunnel_ns}",node="{w.node}"'
+    assert metrics[f'routevpn_tunnel_ike_state{{{labels},state="ESTABLISHED"}}'] == 1.0
+    # charon's KernelSaInstallFailed / NO_PROPOSAL_CHOSEN lines are negotiation failures
+    assert metrics[f"routevpn_tunnel_ike_failures_total{{{labels}}}"] >= 1
     assert metric_sum(metrics, "routevpn_tunnel_established_timestamp_seconds") > 1e9
     assert metric_sum(metrics, "routevpn_agent_reconcile_total") >= 1
 

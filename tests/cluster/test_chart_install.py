@@ -321,7 +321,10 @@ def test_upgrade_with_changed_values_then_uninstall(
             yaml.safe_dump(
                 {
                     "operator": {"replicas": 3},
-                    "metrics": {"service": {"enabled": False}},
+                    # the dashboard ConfigMap is plain core API: this API server takes it
+                    # (the PrometheusRule needs the Prometheus Operator's CRDs: promtool
+                    # and kubeconform's render tests check it instead)
+                    "metrics": {"service": {"enabled": False}, "dashboard": {"enabled": True}},
                     "agent": {
                         "namespace": rel.agent_namespace,
                         "specGuard": {"enabled": False},
@@ -335,6 +338,9 @@ def test_upgrade_with_changed_values_then_uninstall(
         with pytest.raises(ApiException) as gone:
             core.read_namespaced_service(f"{operator}-metrics", rel.namespace)
         assert gone.value.status == 404
+        dashboard = core.read_namespaced_config_map(f"{rel.name}-routevpn-dashboard", rel.namespace)
+        assert dashboard.metadata.labels["grafana_dashboard"] == "1"
+        assert json.loads(dashboard.data["routevpn.json"])["uid"] == "routevpn"
         ds = apps.read_namespaced_daemon_set(f"{rel.name}-routevpn-agent", rel.agent_namespace)
         env = {e.name: e.value for e in ds.spec.template.spec.containers[0].env}
         assert env["ROUTEVPN_LOG_LEVEL"] == "debug"

@@ -164,9 +164,40 @@ def test_printer_columns(crd: list[str], kubectl: Kubectl, namespace: str) -> No
         "True",
         "Established",
     ]
+
+
+def test_wide_columns_are_enough_to_triage(
+    crd: list[str], kubectl: Kubectl, namespace: str
+) -> None:
+    """`-o wide` adds the peer, TrafficFlowing, the CHILD SA's received bytes and when
+    Ready last changed: a person triages a tunnel without Grafana."""
+    create_tunnel(kubectl, namespace)
+    status = ready_status()
+    status["child"]["bytesIn"] = 123456
+    status["conditions"].append(
+        {
+            "type": "TrafficFlowing",
+            "status": "False",
+            "reason": "NoTrafficReceived",
+            "message": "nothing received for 120 s",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }
+    )
+    patch_status(kubectl, namespace, status)
     wide = kubectl("get", "vpnt", "-n", namespace, "-o", "wide").stdout.splitlines()
-    assert "REMOTE" in wide[0].split()
-    assert "2001:db8:0:2::1" in wide[1].split()
+    assert wide[0].split() == [
+        "NAME", "NODE", "INTERFACE", "REMOTE", "IKE", "CHILD", "TRAFFIC", "BYTES-IN",
+        "READY", "REASON", "LAST-TRANSITION", "AGE",
+    ]  # fmt: skip
+    row = wide[1].split()
+    assert row[:10] == [
+        "site-b", "node-a", "vti1", "2001:db8:0:2::1", "ESTABLISHED", "INSTALLED", "False",
+        "123456", "True", "Established",
+    ]  # fmt: skip
+    assert re.fullmatch(r"\d+[smhdy]\w*", row[10]), row  # a date column shows its age
+    # without -o wide the table stays as it was
+    narrow = kubectl("get", "vpnt", "-n", namespace).stdout.splitlines()
+    assert "TRAFFIC" not in narrow[0].split() and "LAST-TRANSITION" not in narrow[0].split()
 
 
 def _flat(text: str) -> str:

@@ -29,7 +29,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "separate-agent-namespace": {
         "agent": {"namespace": "routevpn-agent"},
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
+            "dashboard": {"enabled": True},
+        },
     },
     "minimal": {
         "operator": {
@@ -64,6 +68,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "bindAddress": "192.0.2.7",
             "createNamespace": False,
             "namespace": "existing-agent-ns",
+        },
+        "metrics": {
+            "prometheusRule": {
+                "enabled": True,
+                "tunnelDownFor": "10m",
+                "operatorJob": "routevpn-operator",
+                "runbookBaseUrl": "https://docs.example.org/routevpn/alerts",
+            },
+            "dashboard": {"enabled": True, "namespace": "grafana", "labels": {"dash": "yes"}},
         },
     },
 }
@@ -156,8 +169,9 @@ def kubeconform(manifests: str, crd_dir: Path) -> subprocess.CompletedProcess[st
             "-schema-location",
             f"{crd_dir}/{CRD_TEMPLATE}",
             # The Prometheus Operator's CRDs are not ours to ship; everything else must match.
+            # (promtool checks the PrometheusRule's rules: tests/unit/chart/test_chart_alerts.py)
             "-skip",
-            "monitoring.coreos.com/v1/ServiceMonitor",
+            "monitoring.coreos.com/v1/ServiceMonitor,monitoring.coreos.com/v1/PrometheusRule",
             "-",
         ],
         input=manifests,

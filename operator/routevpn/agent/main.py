@@ -45,7 +45,7 @@ def proc_sys() -> Path:
 
 async def serve(opts: Options) -> None:
     """Run the agent until SIGTERM/SIGINT."""
-    metrics = Metrics()
+    metrics = Metrics(opts.settings.node)
     kube = KubeClient(
         connect(opts.kubeconfig),
         FIELD_MANAGER,

@@ -1,15 +1,22 @@
-"""Prometheus metrics of the agent (controller-runtime-like names) and per-tunnel gauges.
+"""Prometheus metrics of the agent (controller-runtime-like names) and per-tunnel series.
 
 Counters of bytes and packets are charon's per-SA counters, which restart at zero on
-every rekey, so they are exported as gauges of the current SA, not as counters.
+every rekey, so they are exported as gauges of the current CHILD SA, not as counters.
+
+Every per-tunnel series carries `namespace`, `name` (the tunnel) and `node` (this
+agent's node), plus at most one label of a small fixed set (`state`, `sa`): no SPI,
+address or reason, whose values are unbounded. The reason a tunnel is down is in its
+status, where `kubectl get vpnt -o wide` shows it.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from routevpn.api.status import RouteState
 from routevpn.dataplane.facts import ChildSaFacts, IkeSaFacts
 
 IKE_STATES = (
@@ -37,24 +44,31 @@ CHILD_STATES = (
     "DESTROYING",
     "DOWN",
 )
+ROUTE_STATES = tuple(s.value for s in RouteState)
+#: Which SA a rekey was of (`routevpn_tunnel_rekeys_total{sa}`).
+SA_KINDS = ("ike", "child")
+TUNNEL_LABELS = ("namespace", "name", "node")
 
 
 class Metrics:
-    """One registry with everything the agent exports on /metrics."""
+    """One registry with everything the agent of `node` exports on /metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: str) -> None:
+        self.node = node
         self.registry = CollectorRegistry(auto_describe=True)
         # Declared in this order, which is the order /metrics lists them in.
         self._declare_passes(self.registry)
         self._declare_writes(self.registry)
         self._declare_tunnels(self.registry)
+        self._declare_events(self.registry)
         self._known: set[tuple[str, str]] = set()
+        self._demoted: set[tuple[str, str]] = set()
 
     def _declare_passes(self, r: CollectorRegistry) -> None:
         """How many reconcile passes ran, how they ended, how long they took."""
         self.reconcile_total = Counter(
             "routevpn_agent_reconcile",
-            "Reconcile passes of one tunnel, by result.",
+            "Reconcile passes of one tunnel, by result (success, error).",
             ["result"],
             registry=r,
         )
@@ -72,7 +86,7 @@ class Metrics:
         """What the passes changed: writes to the API server, changes to the node."""
         self.api_writes_total = Counter(
             "routevpn_agent_api_writes",
-            "Writes to the API server, by kind (status, finalizer, event).",
+            "Writes to the API server, by kind (status, finalizer, event, lease).",
             ["kind"],
             registry=r,
         )
@@ -84,9 +98,11 @@ class Metrics:
         )
 
     def _declare_tunnels(self, r: CollectorRegistry) -> None:
-        """How many tunnels, and per tunnel (namespace, name): SA states and counters."""
-        self.tunnels = Gauge("routevpn_agent_tunnels", "Tunnels this agent configures.", registry=r)
-        labels = ["namespace", "name"]
+        """How many tunnels, and per tunnel: SA states and counters."""
+        self.tunnels = Gauge(
+            "routevpn_agent_tunnels", "Tunnels this agent configures.", ["node"], registry=r
+        )
+        labels = TUNNEL_LABELS
         self.ike_state = Gauge(
             "routevpn_tunnel_ike_state",
             "1 for the IKE SA's current state (DOWN without an SA), 0 for the others.",
@@ -99,25 +115,71 @@ class Metrics:
             [*labels, "state"],
             registry=r,
         )
-        self.bytes_in = Gauge(
-            "routevpn_tunnel_bytes_in", "Bytes received on the current CHILD SA.", labels,
+        self.received_bytes = Gauge(
+            "routevpn_tunnel_child_sa_received_bytes",
+            "Bytes received on the current CHILD SA (restarts at 0 on each rekey).",
+            labels,
             registry=r,
-        )  # fmt: skip
-        self.bytes_out = Gauge(
-            "routevpn_tunnel_bytes_out", "Bytes sent on the current CHILD SA.", labels,
+        )
+        self.sent_bytes = Gauge(
+            "routevpn_tunnel_child_sa_sent_bytes",
+            "Bytes sent on the current CHILD SA (restarts at 0 on each rekey).",
+            labels,
             registry=r,
-        )  # fmt: skip
-        self.packets_in = Gauge(
-            "routevpn_tunnel_packets_in", "Packets received on the current CHILD SA.", labels,
+        )
+        self.received_packets = Gauge(
+            "routevpn_tunnel_child_sa_received_packets",
+            "Packets received on the current CHILD SA (restarts at 0 on each rekey).",
+            labels,
             registry=r,
-        )  # fmt: skip
-        self.packets_out = Gauge(
-            "routevpn_tunnel_packets_out", "Packets sent on the current CHILD SA.", labels,
+        )
+        self.sent_packets = Gauge(
+            "routevpn_tunnel_child_sa_sent_packets",
+            "Packets sent on the current CHILD SA (restarts at 0 on each rekey).",
+            labels,
             registry=r,
-        )  # fmt: skip
+        )
         self.established = Gauge(
             "routevpn_tunnel_established_timestamp_seconds",
             "Unix time the IKE SA was established (absent while down).",
+            labels,
+            registry=r,
+        )
+
+    def _declare_events(self, r: CollectorRegistry) -> None:
+        """On demand or not, routes, and what happened: rekeys, failures, failovers."""
+        labels = TUNNEL_LABELS
+        self.on_demand = Gauge(
+            "routevpn_tunnel_on_demand",
+            "1 when the tunnel comes up only on demand (spec.child.startAction trap or none): "
+            "down while idle by design, so RouteVpnTunnelDown leaves it out; else 0.",
+            labels,
+            registry=r,
+        )
+        self.routes = Gauge(
+            "routevpn_tunnel_routes",
+            "Routes of the tunnel by state: Active (at their metric) or Demoted (the tunnel "
+            "is down and another tunnel to the same destination carries the traffic).",
+            [*labels, "state"],
+            registry=r,
+        )
+        self.rekeys_total = Counter(
+            "routevpn_tunnel_rekeys",
+            "Rekeys charon completed, by SA (ike, child).",
+            [*labels, "sa"],
+            registry=r,
+        )
+        self.ike_failures_total = Counter(
+            "routevpn_tunnel_ike_failures",
+            "IKE negotiation failures charon logged (authentication, proposals, peer not "
+            "answering...); the reason of the latest is in the tunnel's status.",
+            labels,
+            registry=r,
+        )
+        self.failovers_total = Counter(
+            "routevpn_tunnel_failovers",
+            "Times the tunnel's routes were demoted: it went down while another tunnel to "
+            "the same destination was up and took its traffic.",
             labels,
             registry=r,
         )
@@ -129,38 +191,90 @@ class Metrics:
         ike: IkeSaFacts | None,
         child: ChildSaFacts | None,
         now: float,
+        route_states: Iterable[str] = (),
+        *,
+        on_demand: bool = False,
     ) -> None:
-        """Set one tunnel's gauges from the SAs observed at unix time `now`."""
-        self._known.add((namespace, name))
+        """Set one tunnel's series from the SAs observed at unix time `now`, the states of
+        its routes (`RouteState` values) and whether it starts on demand only."""
+        key = (namespace, name)
+        tun = self._start(namespace, name)
         ike_now = ike.state if ike is not None else "DOWN"
         for state in {*IKE_STATES, ike_now}:
-            self.ike_state.labels(namespace, name, state).set(1 if state == ike_now else 0)
+            self.ike_state.labels(*tun, state).set(1 if state == ike_now else 0)
         child_now = child.state if child is not None else "DOWN"
         for state in {*CHILD_STATES, child_now}:
-            self.child_state.labels(namespace, name, state).set(1 if state == child_now else 0)
+            self.child_state.labels(*tun, state).set(1 if state == child_now else 0)
+        self.on_demand.labels(*tun).set(1 if on_demand else 0)
         c = child
-        self.bytes_in.labels(namespace, name).set(c.bytes_in if c else 0)
-        self.bytes_out.labels(namespace, name).set(c.bytes_out if c else 0)
-        self.packets_in.labels(namespace, name).set(c.packets_in if c else 0)
-        self.packets_out.labels(namespace, name).set(c.packets_out if c else 0)
+        self.received_bytes.labels(*tun).set(c.bytes_in if c else 0)
+        self.sent_bytes.labels(*tun).set(c.bytes_out if c else 0)
+        self.received_packets.labels(*tun).set(c.packets_in if c else 0)
+        self.sent_packets.labels(*tun).set(c.packets_out if c else 0)
         if ike is not None and ike.state == "ESTABLISHED" and ike.established is not None:
-            self.established.labels(namespace, name).set(int(now) - ike.established)
+            self.established.labels(*tun).set(int(now) - ike.established)
         else:
-            self._remove(self.established, namespace, name)
+            self._remove(self.established, *tun)
+        self._routes(key, list(route_states))
+
+    def _start(self, namespace: str, name: str) -> tuple[str, str, str]:
+        """The tunnel's label values; its counters exist from the first sight, at 0
+        (increase() and rate() see the first event only with a 0 before it)."""
+        tun = (namespace, name, self.node)
+        if (namespace, name) not in self._known:
+            self._known.add((namespace, name))
+            for sa in SA_KINDS:
+                self.rekeys_total.labels(*tun, sa)
+            self.ike_failures_total.labels(*tun)
+            self.failovers_total.labels(*tun)
+        return tun
+
+    def _routes(self, key: tuple[str, str], states: list[str]) -> None:
+        """Routes by state, and a failover counted when the routes turn Demoted."""
+        tun = (*key, self.node)
+        for state in ROUTE_STATES:
+            self.routes.labels(*tun, state).set(states.count(state))
+        demoted = RouteState.DEMOTED.value in states
+        if demoted and key not in self._demoted:
+            self.failovers_total.labels(*tun).inc()
+        if demoted:
+            self._demoted.add(key)
+        else:
+            self._demoted.discard(key)
+
+    def rekeyed(self, namespace: str, name: str, sa: str) -> None:
+        """charon reported a rekey of the tunnel's IKE or CHILD SA (a tunnel of this node:
+        the caller knows; it may come before the tunnel's first report)."""
+        if sa in SA_KINDS:
+            self.rekeys_total.labels(*self._start(namespace, name), sa).inc()
+
+    def ike_failed(self, namespace: str, name: str) -> None:
+        """charon logged a negotiation failure of a tunnel of this node."""
+        self.ike_failures_total.labels(*self._start(namespace, name)).inc()
 
     def forget(self, namespace: str, name: str) -> None:
         """Remove every series of a tunnel this agent no longer configures."""
         if (namespace, name) not in self._known:
             return
         self._known.discard((namespace, name))
-        for gauge in (self.bytes_in, self.bytes_out, self.packets_in, self.packets_out):
-            self._remove(gauge, namespace, name)
-        self._remove(self.established, namespace, name)
-        for gauge, states in ((self.ike_state, IKE_STATES), (self.child_state, CHILD_STATES)):
-            for state in states:
-                self._remove(gauge, namespace, name, state)
+        self._demoted.discard((namespace, name))
+        tun = (namespace, name, self.node)
+        for metric in (
+            self.received_bytes, self.sent_bytes, self.received_packets, self.sent_packets,
+            self.on_demand, self.established, self.ike_failures_total, self.failovers_total,
+        ):  # fmt: skip
+            self._remove(metric, *tun)
+        per_state: tuple[tuple[Gauge | Counter, tuple[str, ...]], ...] = (
+            (self.ike_state, IKE_STATES),
+            (self.child_state, CHILD_STATES),
+            (self.routes, ROUTE_STATES),
+            (self.rekeys_total, SA_KINDS),
+        )
+        for metric, values in per_state:
+            for value in values:
+                self._remove(metric, *tun, value)
 
     @staticmethod
-    def _remove(gauge: Gauge, *labels: str) -> None:
+    def _remove(metric: Gauge | Counter, *labels: str) -> None:
         with contextlib.suppress(KeyError):
-            gauge.remove(*labels)
+            metric.remove(*labels)

@@ -176,7 +176,7 @@ class AgentReconciler:
         ipsec = after.ipsec if after else None
         await every(self._report(w, ipsec, observed_at) for w in work)
         clock.lap("report")
-        self.metrics.tunnels.set(len(self.state.configured))
+        self.metrics.tunnels.labels(self.settings.node).set(len(self.state.configured))
         log.debug("pass over %d tunnel(s): %s", len(keys), clock)
 
     def _with_siblings(self, keys: set[Key], facts: Facts | None) -> list[Key]:
@@ -323,7 +323,8 @@ class AgentReconciler:
             st.child_status(child, current.get("child"), now, self.settings.counters_period),
             [d.to_wire() for d in w.routes],
         )  # fmt: skip
-        self.metrics.tunnel(ns, name, ike, child, now_ts)
+        routes = [d.state.value for d in w.routes]
+        self.metrics.tunnel(ns, name, ike, child, now_ts, routes, on_demand=start != "start")
         if not st.needs_write(desired, current):
             return
         await self._write(w, conds, desired, current)

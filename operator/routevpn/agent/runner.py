@@ -152,7 +152,15 @@ class Agent:
             return
         parsed = naming.parse_conn_name(conn)
         if parsed is not None and parsed in self.reconciler.state.tunnels:
+            self._count(event, parsed, failed=found is not None)
             self.mark(parsed)
+
+    def _count(self, event: IpsecEvent, key: tuple[str, str], failed: bool) -> None:
+        """Rekeys and negotiation failures of a tunnel of this node, for /metrics."""
+        if failed:
+            self.metrics.ike_failed(*key)
+        elif event.kind in ("ike-rekey", "child-rekey"):
+            self.metrics.rekeyed(*key, event.kind.removesuffix("-rekey"))
 
     # -- tasks ----------------------------------------------------------------------
 

@@ -32,14 +32,25 @@ JsonDict = dict[str, Any]
 _DROP: Final = frozenset({"title", "default", "$defs"})
 
 _READY = '.status.conditions[?(@.type=="Ready")]'
+_TRAFFIC = '.status.conditions[?(@.type=="TrafficFlowing")]'
 PRINTER_COLUMNS: Final = (
     {"name": "Node", "type": "string", "jsonPath": ".status.node"},
     {"name": "Interface", "type": "string", "jsonPath": ".status.interface.name"},
     {"name": "Remote", "type": "string", "jsonPath": ".spec.remote.address", "priority": 1},
     {"name": "IKE", "type": "string", "jsonPath": ".status.ike.state"},
     {"name": "CHILD", "type": "string", "jsonPath": ".status.child.state"},
+    # -o wide: enough to triage without Grafana (TrafficFlowing, bytes of the current
+    # CHILD SA, when Ready last changed). BGP has no column: routevpn has no BGP yet.
+    {"name": "Traffic", "type": "string", "jsonPath": f"{_TRAFFIC}.status", "priority": 1},
+    {"name": "Bytes-In", "type": "integer", "jsonPath": ".status.child.bytesIn", "priority": 1},
     {"name": "Ready", "type": "string", "jsonPath": f"{_READY}.status"},
     {"name": "Reason", "type": "string", "jsonPath": f"{_READY}.reason"},
+    {
+        "name": "Last-Transition",
+        "type": "date",
+        "jsonPath": f"{_READY}.lastTransitionTime",
+        "priority": 1,
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 )
 

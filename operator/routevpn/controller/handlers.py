@@ -25,7 +25,7 @@ import kopf
 
 from routevpn.api import naming
 from routevpn.api.policy import POLICY_PLURAL
-from routevpn.controller import agents, leader
+from routevpn.controller import agents, gauges, leader
 from routevpn.controller.decide import OperatorSettings
 from routevpn.controller.metrics import API_WRITES, REGISTRY
 from routevpn.controller.model import node_from_body, tunnel_from_body
@@ -185,7 +185,7 @@ def _follow_secrets(rt: Runtime, kube: KubeClient, reconciler: OperatorReconcile
 
 async def _gauge(reconciler: OperatorReconciler) -> None:
     while True:
-        reconciler.count_ready()
+        gauges.refresh(reconciler.store)
         await asyncio.sleep(5)  # a gauge, not a deadline
 
 

@@ -1,4 +1,8 @@
-"""Prometheus metrics of the operator, in a registry of its own (no process-global state)."""
+"""Prometheus metrics of the operator, in a registry of its own (no process-global state).
+
+Gauges of the view (`controller.gauges` refreshes them) carry `node`, and `ready` or
+nothing else: per-node counts, never a series per tunnel (the agents export those).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,18 @@ API_WRITES = Counter(
     registry=REGISTRY,
 )
 TUNNELS = Gauge(
-    "routevpn_tunnels", "VpnTunnels by their Ready condition.", ["ready"], registry=REGISTRY
+    "routevpn_tunnels",
+    "VpnTunnels by the node they are placed on (empty: none yet) and their Ready "
+    "condition (True, False, Unknown).",
+    ["node", "ready"],
+    registry=REGISTRY,
+)
+AGENT_LIVE = Gauge(
+    "routevpn_node_agent_live",
+    "1 while the node's agent renews its liveness Lease, 0 once it ran out or is gone; "
+    "for every node with a Lease or with tunnels placed on it.",
+    ["node"],
+    registry=REGISTRY,
 )
 LEADER = Gauge(
     "routevpn_operator_leader",

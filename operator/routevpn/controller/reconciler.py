@@ -16,14 +16,12 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from routevpn.api import naming
-from routevpn.api.conditions import ConditionType
 from routevpn.controller import bundle
 from routevpn.controller.decide import Decision, OperatorSettings, World, decide
 from routevpn.controller.metrics import (
     RECONCILE_DURATION,
     RECONCILE_ERRORS,
     RECONCILE_TOTAL,
-    TUNNELS,
 )
 from routevpn.controller.model import (
     TunnelKey,
@@ -313,18 +311,6 @@ class OperatorReconciler:
             except Exception as e:
                 # An Event that can't be posted must not undo the decision: logged above.
                 log.warning("%s: event %s not posted: %s", rec.ref, reason, type(e).__name__)
-
-    def count_ready(self) -> None:
-        """Refresh the routevpn_tunnels gauge from the view."""
-        counts = {"True": 0, "False": 0, "Unknown": 0}
-        for key in self.store.tunnels:
-            ready = "Unknown"
-            for c in self.store.effective(key).get("conditions") or []:
-                if c.get("type") == ConditionType.READY:
-                    ready = str(c.get("status", "Unknown"))
-            counts[ready if ready in counts else "Unknown"] += 1
-        for value, n in counts.items():
-            TUNNELS.labels(value).set(n)
 
 
 def _finalizers(current: tuple[str, ...], d: Decision) -> list[str] | None:

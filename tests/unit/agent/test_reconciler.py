@@ -143,8 +143,8 @@ def setup(
     api = MemoryApi({KEY: obj})
     # the node reaches the peer through its underlay, so ::/0 into the tunnel is no loop
     drv = driver or FakeDriver(host_routes=[UNDERLAY])
-    rec = AgentReconciler(AgentSettings(node=NODE, namespace="routevpn"), api, api, drv, Metrics(),
-                     clock=lambda: 1_800_000_000.0)  # fmt: skip
+    settings = AgentSettings(node=NODE, namespace="routevpn")
+    rec = AgentReconciler(settings, api, api, drv, Metrics(NODE), clock=lambda: 1_800_000_000.0)
     rec.state.tunnels[KEY] = copy.deepcopy(obj)
     rec.state.secrets[KEY] = secret()
     return rec, api, drv
