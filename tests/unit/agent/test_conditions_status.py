@@ -91,6 +91,36 @@ def test_all_up_route_mode_makes_ready_true() -> None:
     assert summarize_ready(observed, 3).status is Status.TRUE
 
 
+def _ready_with(traffic: c.Traffic | None, mode: str = "route") -> str:
+    """Ready's message for an up tunnel whose TrafficFlowing is `traffic`."""
+    sa = ike(children=(child(),))
+    obs = c.Observation(mode=mode, plan=seed_plan(), ike=sa, traffic=traffic)  # type: ignore[arg-type]
+    observed = [Observed(x.type, x.status, x.reason, x.message, 3) for x in c.compute(obs, CONN)]
+    observed.append(Observed("Scheduled", "True", "Placed", "", 3))
+    summary = summarize_ready(observed, 3)
+    assert summary.status is Status.TRUE
+    return summary.message
+
+
+def test_ready_never_claims_traffic_the_sa_did_not_count() -> None:
+    """An SA that has counted 0 bytes in: Ready says the tunnel is up, not that it
+    carries traffic (it said "the tunnel is up and carrying traffic")."""
+    fresh = c.Traffic(Status.UNKNOWN, Reason.PENDING, "no packet received yet")
+    msg = _ready_with(fresh)
+    assert msg == (
+        "IKE SA established, CHILD SA installed and its routes are installed; "
+        "no traffic received through it yet"
+    )
+    assert "carrying" not in msg and "arrive" not in msg
+    assert "yet" in _ready_with(None)
+    quiet = c.Traffic(Status.FALSE, Reason.NO_TRAFFIC_RECEIVED, "nothing for 120s")
+    assert _ready_with(quiet).endswith("no traffic received through it lately (see TrafficFlowing)")
+    flowing = c.Traffic(Status.TRUE, Reason.FLOWING, "40 packets in 60s")
+    assert _ready_with(flowing).endswith("; packets arrive through the tunnel")
+    policy = _ready_with(flowing, mode="policy")
+    assert "the kernel's IPsec policies select its traffic" in policy
+
+
 def test_blocked_plan_reports_pending_and_nothing_further() -> None:
     obs = c.Observation(
         mode="route",
