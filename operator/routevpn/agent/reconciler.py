@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from routevpn.agent import conditions as cond
 from routevpn.agent import failover as fo
 from routevpn.agent import status as st
-from routevpn.agent.budget import DEFAULT_STATUS_BURST, DEFAULT_STATUS_QPS, WriteBudget
+from routevpn.agent.budget import WriteBudget
 from routevpn.agent.decide import Action, decide, delivered
 from routevpn.agent.desired import (
     Blocked,
@@ -31,9 +31,12 @@ from routevpn.agent.desired import (
     local_address,
     underlay_of,
 )
+from routevpn.agent.eventlimit import EventLimiter
 from routevpn.agent.finalizer import has_finalizer, set_finalizer
 from routevpn.agent.metrics import Metrics
 from routevpn.agent.passclock import PassClock, every
+from routevpn.agent.settings import AgentSettings
+from routevpn.agent.traffic import TrafficTracker
 from routevpn.api import naming
 from routevpn.api.conditions import Reason, Status
 from routevpn.api.tunnel import VpnTunnel
@@ -53,19 +56,6 @@ _T = TypeVar("_T")
 # pass over 200 new tunnels is not 200 round trips end to end, and the API server sees
 # no more than a client applying a manifest would send.
 API_CONCURRENCY = 8
-
-
-@dataclass(frozen=True, slots=True)
-class AgentSettings:
-    """The agent's knobs (flags of `routevpn agent`)."""
-
-    node: str
-    namespace: str
-    resync_seconds: float = 30.0
-    counters_period: float = st.DEFAULT_COUNTERS_PERIOD
-    quiet_seconds: float = cond.DEFAULT_QUIET_SECONDS
-    status_qps: float = DEFAULT_STATUS_QPS
-    status_burst: int = DEFAULT_STATUS_BURST
 
 
 @dataclass
@@ -111,7 +101,8 @@ class AgentReconciler:
         self.reasons = reasons or ReasonTracker()
         self.clock = clock
         self.state = State()
-        self.traffic = cond.TrafficTracker(settings.quiet_seconds)
+        self.traffic = TrafficTracker(settings.traffic)
+        self.event_limit = EventLimiter(settings.event_interval)
         self.charon_ok = False
         self.gc_done = False
         #: The node's tunnels as failover saw them last (routes, which carry traffic).
@@ -339,6 +330,9 @@ class AgentReconciler:
             return  # gone meanwhile
         self._remember(w.key, updated)
         for c in moved:
+            if not self.event_limit.allow(naming.tunnel_ref(*w.key), str(c["type"]), self.clock()):
+                self.metrics.events_limited_total.labels(str(c["type"])).inc()
+                continue  # status has it; the Event would repeat a recent one
             message = f"{c['type']} is {c['status']}: {c['message']}"
             await self._call(self.events.post(updated, st.event_type(c), str(c["reason"]), message))
 
@@ -394,4 +388,5 @@ class AgentReconciler:
     def _forget(self, key: Key) -> None:
         self.state.configured.discard(key)
         self.traffic.forget(naming.tunnel_ref(*key))
+        self.event_limit.forget(naming.tunnel_ref(*key))
         self.metrics.forget(*key)

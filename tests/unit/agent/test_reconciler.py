@@ -18,7 +18,8 @@ from typing import Any
 from routevpn.agent.budget import WriteBudget
 from routevpn.agent.desired import DeliveredMaterial, build_plan
 from routevpn.agent.metrics import Metrics
-from routevpn.agent.reconciler import AgentReconciler, AgentSettings
+from routevpn.agent.reconciler import AgentReconciler
+from routevpn.agent.settings import AgentSettings
 from routevpn.api import naming
 from routevpn.api.tunnel import VpnTunnel
 from routevpn.dataplane import safety
