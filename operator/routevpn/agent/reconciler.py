@@ -34,6 +34,8 @@ from routevpn.agent.desired import (
 from routevpn.agent.eventlimit import EventLimiter
 from routevpn.agent.finalizer import has_finalizer, set_finalizer
 from routevpn.agent.metrics import Metrics
+from routevpn.agent.mtu import follow as follow_mtu
+from routevpn.agent.mtu import inner_mtu
 from routevpn.agent.passclock import PassClock, every
 from routevpn.agent.settings import AgentSettings
 from routevpn.agent.traffic import TrafficTracker
@@ -69,6 +71,7 @@ class _Work:
     problem: cond.Problem | None = None
     problem_status: Status = Status.FALSE
     routes: tuple[fo.RouteDecision, ...] = ()
+    inner_mtu: int | None = None
 
 
 @dataclass
@@ -227,7 +230,8 @@ class AgentReconciler:
             w.problem, w.problem_status = cond.Problem(made.reason, made.message), made.status
         else:
             w.routes = fo.decide_routes(key, made, self.node_routes)
-            w.plan = fo.apply_decisions(made, w.routes)
+            w.inner_mtu = inner_mtu(made, facts)
+            w.plan = follow_mtu(fo.apply_decisions(made, w.routes), w.tunnel, w.inner_mtu, facts)
         return w
 
     def _secret(self, key: Key) -> DeliveredMaterial | None:
@@ -311,7 +315,8 @@ class AgentReconciler:
         desired = st.desired_status(conds) if problem is not None else st.desired_status(
             conds,
             st.ike_status(ike, current.get("ike"), now),
-            st.child_status(child, current.get("child"), now, self.settings.counters_period),
+            st.child_status(child, current.get("child"), now, self.settings.counters_period,
+                            w.inner_mtu),
             [d.to_wire() for d in w.routes],
         )  # fmt: skip
         self.metrics.tunnel(ns, name, ike, child, now_ts)
