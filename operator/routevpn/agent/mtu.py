@@ -5,8 +5,9 @@ proposal and encapsulation over the MTU of the interface holding the local addre
 (the underlay; a smaller MTU further along the path is not known here). It reaches
 `status.child.innerMtu`, and the tunnel interface's MTU follows it unless
 `spec.interface.mtu` is set. Before the first CHILD SA is installed the interface has
-the documented default (1400), and while none is (the peer is down) it keeps the MTU
-it has; an IPv6 interface never goes below 1280, which IPv6 requires (packets between
+the documented default (1400); while none is (the peer is down), or a pass could not
+observe the node (charon restarting), it keeps the inner MTU seen last, or the MTU it
+has; an IPv6 interface never goes below 1280, which IPv6 requires (packets between
 the two are fragmented outside instead).
 """
 
@@ -48,8 +49,9 @@ def follow(
 ) -> TunnelPlan:
     """`plan` with the interface MTU following `inner`, unless the spec sets one.
 
-    While no CHILD SA is installed (`inner` is None) an existing interface keeps the MTU
-    it has: a peer that is down for a while must not make the MTU go back and forth.
+    With `inner` None (no CHILD SA installed: the peer is down) an existing interface
+    keeps the MTU it has: a peer that is down for a while must not make it go back and
+    forth.
     """
     spec = tunnel.spec.interface
     if plan.link is None or (spec is not None and spec.mtu):
@@ -67,3 +69,28 @@ def follow(
         v6 = any(a.version == 6 for a in plan.addresses)
         mtu = max(inner, IPV6_MIN_MTU if v6 else 68)
     return plan if mtu == plan.link.mtu else replace(plan, link=replace(plan.link, mtu=mtu))
+
+
+class MtuFollower:
+    """Follows each tunnel's inner MTU across passes that could not see it.
+
+    A pass whose observation failed (charon restarting: no facts at all) or that finds
+    no CHILD SA installed uses the inner MTU seen last, so the interface MTU does not
+    fall back to the default while the SAs in the kernel still carry traffic.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+
+    def follow(
+        self, plan: TunnelPlan, tunnel: VpnTunnel, facts: Facts | None
+    ) -> tuple[TunnelPlan, int | None]:
+        """(`plan` with its interface MTU, the inner MTU observed now or None)."""
+        inner = inner_mtu(plan, facts)
+        if inner is not None:
+            self._last[plan.ref] = inner
+        return follow(plan, tunnel, inner or self._last.get(plan.ref), facts), inner
+
+    def forget(self, ref: str) -> None:
+        """Drop what is known of tunnel `ref`."""
+        self._last.pop(ref, None)

@@ -34,8 +34,7 @@ from routevpn.agent.desired import (
 from routevpn.agent.eventlimit import EventLimiter
 from routevpn.agent.finalizer import has_finalizer, set_finalizer
 from routevpn.agent.metrics import Metrics
-from routevpn.agent.mtu import follow as follow_mtu
-from routevpn.agent.mtu import inner_mtu
+from routevpn.agent.mtu import MtuFollower
 from routevpn.agent.passclock import PassClock, every
 from routevpn.agent.settings import AgentSettings
 from routevpn.agent.traffic import TrafficTracker
@@ -106,6 +105,7 @@ class AgentReconciler:
         self.state = State()
         self.traffic = TrafficTracker(settings.traffic)
         self.event_limit = EventLimiter(settings.event_interval)
+        self.mtu = MtuFollower()
         self.charon_ok = False
         self.gc_done = False
         #: The node's tunnels as failover saw them last (routes, which carry traffic).
@@ -230,8 +230,9 @@ class AgentReconciler:
             w.problem, w.problem_status = cond.Problem(made.reason, made.message), made.status
         else:
             w.routes = fo.decide_routes(key, made, self.node_routes)
-            w.inner_mtu = inner_mtu(made, facts)
-            w.plan = follow_mtu(fo.apply_decisions(made, w.routes), w.tunnel, w.inner_mtu, facts)
+            w.plan, w.inner_mtu = self.mtu.follow(
+                fo.apply_decisions(made, w.routes), w.tunnel, facts
+            )
         return w
 
     def _secret(self, key: Key) -> DeliveredMaterial | None:
@@ -394,4 +395,5 @@ class AgentReconciler:
         self.state.configured.discard(key)
         self.traffic.forget(naming.tunnel_ref(*key))
         self.event_limit.forget(naming.tunnel_ref(*key))
+        self.mtu.forget(naming.tunnel_ref(*key))
         self.metrics.forget(*key)

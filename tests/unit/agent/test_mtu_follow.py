@@ -99,3 +99,17 @@ def test_inner_mtu_reaches_status() -> None:
     wire = st.child_status(child, None, datetime(2026, 1, 1, tzinfo=UTC), 60, 1426)
     assert wire["innerMtu"] == 1426
     assert "innerMtu" not in st.child_status(child, None, datetime(2026, 1, 1, tzinfo=UTC), 60)
+
+
+def test_a_pass_that_could_not_observe_keeps_the_inner_mtu_seen_last() -> None:
+    """charon restarting: no facts at all, yet the SAs in the kernel carry traffic, so
+    the interface must not fall back to the default MTU meanwhile."""
+    tunnel, plan = seed()
+    follower = mtu.MtuFollower()
+    seen, inner = follower.follow(plan, tunnel, facts(1400))
+    assert inner == 1326 and seen.link is not None and seen.link.mtu == 1326
+    blind, inner = follower.follow(plan, tunnel, None)
+    assert inner is None and blind.link is not None and blind.link.mtu == 1326
+    follower.forget(plan.ref)
+    fresh, _ = follower.follow(plan, tunnel, None)
+    assert fresh.link is not None and fresh.link.mtu == DEFAULT_MTU
