@@ -54,8 +54,9 @@ BASE_ID = 4096
 AGENT_DEFAULTS = ("--resync-seconds", "30", "--counters-period", "60", "--quiet-seconds", "120")
 CHARON_DEFAULTS = {"retransmit_tries": "5", "retransmit_timeout": "4.0"}
 # After all are up, before the quiet window: until every tunnel's TrafficFlowing has
-# turned False (no packet for the agent's quiet period of 120 s; the kernel's own IPv6
-# chatter on a new interface counts as traffic), at most this long; then one resync.
+# turned False (fewer than 30 packets within 60 s for the agent's quiet period of 120 s:
+# the kernel's own IPv6 packets on a new interface stay below that, docs/status.md), at
+# most this long; then one resync.
 SETTLE_S = 420.0
 RESYNC_S = 30.0
 GROUP, VERSION, PLURAL = "routevpn.io", "v1alpha1", "vpntunnels"
