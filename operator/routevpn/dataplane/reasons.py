@@ -163,9 +163,10 @@ class ReasonTracker:
 
     def feed(self, event: IpsecEvent) -> tuple[str, IkeFailure] | None:
         """Account for one event; returns (conn, reason) when it set a new reason."""
+        if event.kind == "ike-updown":  # up, or gone: its requests are answered or moot
+            self.exchanges.forget(event.ike_uniqueid)
         if event.kind in ("ike-updown", "child-updown") and event.up:
             self._reasons.pop(event.conn, None)
-            self.exchanges.forget(event.ike_uniqueid)
             return None
         if event.kind != "log":
             return None

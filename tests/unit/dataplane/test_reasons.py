@@ -159,3 +159,14 @@ def test_followed_ike_sas_are_bounded() -> None:
     assert ex.get("0") is None and ex.get(str(MAX_TRACKED + 9)) is not None
     ex.feed("x", "sending packet: from a to b (1 bytes)")  # not asked anything: not kept
     assert ex.get("x") is None
+
+
+def test_an_ike_sa_that_comes_up_or_goes_is_no_longer_followed() -> None:
+    t = ReasonTracker()
+    t.feed(log(AUTH_SILENT[1]))
+    assert t.exchanges.get("1") is not None
+    t.feed(IpsecEvent(kind="ike-updown", conn=CONN, up=False, ike_uniqueid="1"))
+    assert t.exchanges.get("1") is None
+    t.feed(log(AUTH_SILENT[1], uid="2"))
+    t.feed(IpsecEvent(kind="ike-updown", conn=CONN, up=True, ike_uniqueid="2"))
+    assert t.exchanges.get("2") is None
