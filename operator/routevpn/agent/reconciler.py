@@ -336,10 +336,11 @@ class AgentReconciler:
             return  # gone meanwhile
         self._remember(w.key, updated)
         for c in moved:
-            if not self.event_limit.allow(naming.tunnel_ref(*w.key), str(c["type"]), self.clock()):
-                self.metrics.events_limited_total.labels(str(c["type"])).inc()
+            ctype, status = str(c["type"]), str(c["status"])
+            if not self.event_limit.allow(naming.tunnel_ref(*w.key), ctype, status, self.clock()):
+                self.metrics.events_limited_total.labels(ctype).inc()
                 continue  # status has it; the Event would repeat a recent one
-            message = f"{c['type']} is {c['status']}: {c['message']}"
+            message = f"{ctype} is {status}: {c['message']}"
             await self._call(self.events.post(updated, st.event_type(c), str(c["reason"]), message))
 
     def _remember(self, key: Key, obj: Obj) -> None:

@@ -411,13 +411,13 @@ def test_traffic_flowing_changes_reach_status_and_their_events_are_limited() -> 
     assert look(50, 20) == ("True", "Flowing")
     assert look(90, 20) == ("False", "NoTrafficReceived")
     traffic_events = [e for e in api.events if e[1] in ("Flowing", "NoTrafficReceived")]
-    assert traffic_events == []  # the first visit's Event (Pending) used the interval
+    assert traffic_events == [("Normal", "Flowing")]  # the first verdict; then the limit
     limited = [
         (sample.labels["type"], sample.value)
         for m in rec.metrics.events_limited_total.collect()
         for sample in m.samples
         if sample.name.endswith("_total")
     ]
-    assert limited == [("TrafficFlowing", 4.0)]
+    assert limited == [("TrafficFlowing", 3.0)]
     assert look(700, 40) == ("True", "Flowing")
-    assert api.events[-1] == ("Normal", "Flowing")  # the interval is over: posted
+    assert api.events[-1] == ("Normal", "Flowing")  # the interval (from t=5) is over

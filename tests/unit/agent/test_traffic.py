@@ -163,11 +163,14 @@ def test_thresholds_derive_from_the_flags() -> None:
 
 def test_traffic_flowing_events_are_limited_per_tunnel() -> None:
     limit = EventLimiter(interval=600.0)
-    assert limit.allow("a/x", "TrafficFlowing", 0.0)
-    assert not limit.allow("a/x", "TrafficFlowing", 599.0)
-    assert limit.allow("a/y", "TrafficFlowing", 1.0)  # another tunnel: its own budget
-    assert limit.allow("a/x", "IkeEstablished", 2.0)  # routevpn's own state: never limited
-    assert limit.allow("a/x", "IkeEstablished", 3.0)
-    assert limit.allow("a/x", "TrafficFlowing", 600.0)
+    assert limit.allow("a/x", "TrafficFlowing", "Unknown", 0.0)  # the SA is new: free
+    assert limit.allow("a/x", "TrafficFlowing", "False", 1.0)  # the first verdict
+    assert not limit.allow("a/x", "TrafficFlowing", "True", 599.0)
+    assert not limit.allow("a/x", "TrafficFlowing", "False", 600.0)
+    assert limit.allow("a/x", "TrafficFlowing", "Unknown", 300.0)  # the SA went: free
+    assert limit.allow("a/y", "TrafficFlowing", "True", 2.0)  # another tunnel: its own
+    assert limit.allow("a/x", "IkeEstablished", "False", 2.0)  # routevpn's own state
+    assert limit.allow("a/x", "IkeEstablished", "True", 3.0)
+    assert limit.allow("a/x", "TrafficFlowing", "True", 601.0)
     limit.forget("a/x")
-    assert limit.allow("a/x", "TrafficFlowing", 601.0)
+    assert limit.allow("a/x", "TrafficFlowing", "False", 602.0)
