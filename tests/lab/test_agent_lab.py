@@ -226,7 +226,8 @@ def lab_world(
              "--vici-socket", str(left.charon.vici_socket if left.charon else ""),
              "--http-port", "19478", "--bind-address", "127.0.0.1",
              "--kubeconfig", str(agent_kc), "--resync-seconds", str(RESYNC),
-             "--counters-period", "5", "--quiet-seconds", "30", "--log-level", "DEBUG",
+             "--counters-period", "5", "--quiet-seconds", "30", "--traffic-min-packets", "3",
+             "--log-level", "DEBUG",
              *agent_flags],
             tmp / "agent.log",
             19478,
@@ -384,6 +385,34 @@ def test_seed_example_comes_up_and_carries_ipv6(lab: Lab) -> None:
     assert f"alias routevpn:{lab.tunnel_ns}/{SEED}" in link, link
     default = lab.left.ns.ip("-6", "route", "show", "default")
     assert "via 2001:db8:100::1 dev vti1 proto 157" in default, default
+
+
+def test_inner_mtu_is_reported_and_the_interface_follows_it(lab: Lab) -> None:
+    """IPv6 outer over a 1500-byte WAN, AES-GCM-16, no NAT-T: 1500 - 40 (IPv6) - 8 (ESP
+    header) - 8 (IV) - 16 (ICV) = 1428, aligned to 4, less the 2-byte trailer: 1426.
+    The kernel agrees: a 1427-byte inner packet gets "packet too big, mtu 1426"."""
+    assert "mtu 1500" in lab.left.ns.ip("link", "show", lab.left.wan)
+    obj = get(lab, SEED)
+    assert obj is not None
+    child = obj["status"]["child"]
+    assert child["algorithms"]["encryption"] == "AES_GCM_16-256", child
+    assert child.get("innerMtu") == 1426, child
+
+    def vti_mtu() -> str:
+        return lab.left.ns.ip("link", "show", "vti1").split(" mtu ")[1].split()[0]
+
+    wait_until(lambda: vti_mtu() == "1426", timeout=30, interval=0.5, what="vti1 mtu 1426")
+    # 1426 bytes inner (1378 of ICMPv6 payload + 8 + 40) cross with DF; one more doesn't
+    ping = ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "3", "-M", "do", "-I", LEFT.host6]
+    ok = subprocess.run(lab.left.ns.argv(*ping, "-s", "1378", RIGHT.host6),
+                        capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lab.left.ns.ip("link", "set", "vti1", "mtu", "1500")  # drift, and room to try
+    big = subprocess.run(lab.left.ns.argv(*ping, "-s", "1379", RIGHT.host6),
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert big.returncode != 0 and "mtu=1426" in big.stdout + big.stderr, big.stdout
+    # the agent repairs the drift within a resync
+    wait_until(lambda: vti_mtu() == "1426", timeout=RESYNC * 5, interval=0.5, what="repair")
 
 
 def test_kill_9_of_the_agent_loses_no_packet_and_keeps_the_spis(lab: Lab) -> None:

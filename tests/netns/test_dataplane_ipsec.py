@@ -296,6 +296,38 @@ def test_failure_produces_its_reason(pair: Pair, case: str) -> None:
     assert reason.reason == want, reason
 
 
+def test_silent_peer_is_reported_as_not_answering_ike_sa_init(pair: Pair) -> None:
+    """Nothing answers at the peer's address: the message names IKE_SA_INIT."""
+    reason = run(_initiate_until_reason(pair))
+    assert reason.reason == "PeerUnreachable"
+    assert reason.message.startswith("the peer does not answer IKE_SA_INIT"), reason
+
+
+def test_peer_silent_during_ike_auth_is_told_apart(pair: Pair) -> None:
+    """The peer answers IKE_SA_INIT, then its namespace drops our IKE_AUTH (UDP packets
+    of IKE_AUTH's size: a path that drops large or fragmented packets looks like this)."""
+    if shutil.which("iptables") is None:
+        missing("iptables (the far end's packet filter)")
+    pair.start_peer([peer_conn()])
+    # IKE_SA_INIT is 268 bytes on the wire here, IKE_AUTH with a PSK 380
+    drop = ["INPUT", "-p", "udp", "-m", "length", "--length", "320:65535", "-j", "DROP"]
+    pair.peer.run("iptables", "-A", *drop)
+    reason = run(_initiate_until_reason(pair))
+    assert reason.reason == "PeerUnreachable"
+    assert "answered IKE_SA_INIT, then went silent during IKE_AUTH" in reason.message
+    assert "does not answer" not in reason.message
+    assert f"IKE_AUTH request to {PEER}[" in reason.message
+
+
+async def _initiate_until_reason(pair: Pair) -> IkeFailure:
+    ad = IpsecAdapter(str(pair.node_charon.vici_socket))
+    await ad.load(node_plan())
+    try:
+        return await wait_reason(ad, ReasonTracker(), lambda: ad.initiate(CONN))
+    finally:
+        ad.close()
+
+
 def test_peer_with_unexpected_identity_is_reported(pair: Pair) -> None:
     """The peer initiates as 'impostor.example'; the node expects 'peer.example'."""
     daemon = pair.start_peer([peer_conn(local_id="impostor.example")])

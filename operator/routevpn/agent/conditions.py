@@ -14,13 +14,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from routevpn.agent.traffic import Traffic
 from routevpn.api.conditions import ConditionType, Reason, Status
 from routevpn.dataplane import errors
 from routevpn.dataplane.facts import ChildSaFacts, IkeSaFacts
 from routevpn.dataplane.plan import TunnelPlan
-
-#: Seconds without bytes_in growth, with the CHILD SA installed, before TrafficFlowing=False.
-DEFAULT_QUIET_SECONDS = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,15 +35,6 @@ class Cond:
 class Problem:
     """Why the node could not be made to match the plan: reason and message."""
 
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Traffic:
-    """TrafficFlowing as the traffic tracker judged it."""
-
-    status: Status
     reason: str
     message: str
 
@@ -252,53 +241,3 @@ def compute(obs: Observation, conn: str) -> list[Cond]:
     ike = _ike(obs, configured)
     child = _child(obs, ike, conn)
     return [configured, ike, child, _routes(obs, configured), _traffic(obs, child)]
-
-
-@dataclass
-class _Seen:
-    spi_in: str
-    bytes_in: int
-    since: float  # when bytes_in last grew (or the SA was first seen)
-    grew: bool
-
-
-class TrafficTracker:
-    """Judges TrafficFlowing from bytes_in over time, per tunnel. Pure: `now` is passed in.
-
-    A new inbound SPI (rekey, re-establishment) restarts the count; the counter of a
-    fresh SA starting at zero is "not yet", not "no traffic", for `quiet` seconds.
-    """
-
-    def __init__(self, quiet: float = DEFAULT_QUIET_SECONDS) -> None:
-        self.quiet = quiet
-        self._seen: dict[str, _Seen] = {}
-
-    def forget(self, ref: str) -> None:
-        """Drop what is known of tunnel `ref`."""
-        self._seen.pop(ref, None)
-
-    def judge(self, ref: str, child: ChildSaFacts | None, now: float) -> Traffic | None:
-        """TrafficFlowing for `ref` given its CHILD SA now; None when there is no SA."""
-        if child is None or child.state != "INSTALLED":
-            self._seen.pop(ref, None)
-            return None
-        seen = self._seen.get(ref)
-        if seen is None or seen.spi_in != child.spi_in:
-            seen = _Seen(child.spi_in, child.bytes_in, now, child.bytes_in > 0)
-            self._seen[ref] = seen
-        elif child.bytes_in > seen.bytes_in:
-            seen.bytes_in, seen.since, seen.grew = child.bytes_in, now, True
-        quiet_for = now - seen.since
-        if quiet_for < self.quiet:
-            if seen.grew:
-                return Traffic(Status.TRUE, Reason.FLOWING, "packets arrive through the tunnel")
-            return Traffic(
-                Status.UNKNOWN, Reason.PENDING, "the CHILD SA is new; no packet received yet"
-            )
-        return Traffic(
-            Status.FALSE,
-            Reason.NO_TRAFFIC_RECEIVED,
-            f"nothing received through the tunnel for {int(quiet_for)}s while the SA is "
-            "installed: check that the peer routes traffic into its side of the tunnel "
-            "(and that DPD or a monitoring ping runs if the link should never be idle)",
-        )

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from routevpn.agent.liveness import LivenessLease
 from routevpn.agent.metrics import Metrics
-from routevpn.agent.reconciler import AgentSettings
 from routevpn.agent.runner import Agent, http_app
+from routevpn.agent.settings import AgentSettings
+from routevpn.agent.traffic import TrafficPolicy
 from routevpn.dataplane.ipsec import IpsecAdapter
 from routevpn.dataplane.netlink import NetlinkAdapter
 from routevpn.dataplane.real import RealDriver
@@ -93,7 +94,8 @@ def options(args: argparse.Namespace) -> Options:
         namespace=args.namespace,
         resync_seconds=args.resync_seconds,
         counters_period=args.counters_period,
-        quiet_seconds=args.quiet_seconds,
+        traffic=TrafficPolicy(quiet=args.quiet_seconds, on_packets=args.traffic_min_packets),
+        event_interval=args.event_interval,
         status_qps=args.status_qps,
         status_burst=args.status_burst,
     )

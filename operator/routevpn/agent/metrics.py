@@ -90,6 +90,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.events_limited_total = Counter(
+            "routevpn_agent_events_limited",
+            "Events left out by the per-tunnel limit (status carried the change), by type.",
+            ["type"],
+            registry=r,
+        )
         self.dataplane_changes_total = Counter(
             "routevpn_agent_dataplane_changes",
             "Changes made to the node (netlink, charon), by what was changed.",

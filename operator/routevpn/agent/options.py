@@ -57,7 +57,22 @@ def _add_status_arguments(parser: argparse.ArgumentParser) -> None:
         "--quiet-seconds",
         type=float,
         default=120.0,
-        help="TrafficFlowing turns False after this long without received bytes",
+        help="TrafficFlowing turns False after this long with (almost) nothing received "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--traffic-min-packets",
+        type=int,
+        default=30,
+        help="TrafficFlowing turns True when this many packets arrive within "
+        "--quiet-seconds / 2; the kernel's own background packets stay below it "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--event-interval",
+        type=float,
+        default=600.0,
+        help="seconds between two TrafficFlowing Events of one tunnel (default: %(default)s)",
     )
     parser.add_argument(
         "--status-qps",

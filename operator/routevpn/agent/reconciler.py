@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from routevpn.agent import conditions as cond
 from routevpn.agent import failover as fo
 from routevpn.agent import status as st
-from routevpn.agent.budget import DEFAULT_STATUS_BURST, DEFAULT_STATUS_QPS, WriteBudget
+from routevpn.agent.budget import WriteBudget
 from routevpn.agent.decide import Action, decide, delivered
 from routevpn.agent.desired import (
     Blocked,
@@ -31,9 +31,13 @@ from routevpn.agent.desired import (
     local_address,
     underlay_of,
 )
+from routevpn.agent.eventlimit import EventLimiter
 from routevpn.agent.finalizer import has_finalizer, set_finalizer
 from routevpn.agent.metrics import Metrics
+from routevpn.agent.mtu import MtuFollower
 from routevpn.agent.passclock import PassClock, every
+from routevpn.agent.settings import AgentSettings
+from routevpn.agent.traffic import TrafficTracker
 from routevpn.api import naming
 from routevpn.api.conditions import Reason, Status
 from routevpn.api.tunnel import VpnTunnel
@@ -55,19 +59,6 @@ _T = TypeVar("_T")
 API_CONCURRENCY = 8
 
 
-@dataclass(frozen=True, slots=True)
-class AgentSettings:
-    """The agent's knobs (flags of `routevpn agent`)."""
-
-    node: str
-    namespace: str
-    resync_seconds: float = 30.0
-    counters_period: float = st.DEFAULT_COUNTERS_PERIOD
-    quiet_seconds: float = cond.DEFAULT_QUIET_SECONDS
-    status_qps: float = DEFAULT_STATUS_QPS
-    status_burst: int = DEFAULT_STATUS_BURST
-
-
 @dataclass
 class _Work:
     """One tunnel's state within a pass."""
@@ -79,6 +70,7 @@ class _Work:
     problem: cond.Problem | None = None
     problem_status: Status = Status.FALSE
     routes: tuple[fo.RouteDecision, ...] = ()
+    inner_mtu: int | None = None
 
 
 @dataclass
@@ -111,7 +103,9 @@ class AgentReconciler:
         self.reasons = reasons or ReasonTracker()
         self.clock = clock
         self.state = State()
-        self.traffic = cond.TrafficTracker(settings.quiet_seconds)
+        self.traffic = TrafficTracker(settings.traffic)
+        self.event_limit = EventLimiter(settings.event_interval)
+        self.mtu = MtuFollower()
         self.charon_ok = False
         self.gc_done = False
         #: The node's tunnels as failover saw them last (routes, which carry traffic).
@@ -236,7 +230,9 @@ class AgentReconciler:
             w.problem, w.problem_status = cond.Problem(made.reason, made.message), made.status
         else:
             w.routes = fo.decide_routes(key, made, self.node_routes)
-            w.plan = fo.apply_decisions(made, w.routes)
+            w.plan, w.inner_mtu = self.mtu.follow(
+                fo.apply_decisions(made, w.routes), w.tunnel, facts
+            )
         return w
 
     def _secret(self, key: Key) -> DeliveredMaterial | None:
@@ -320,7 +316,8 @@ class AgentReconciler:
         desired = st.desired_status(conds) if problem is not None else st.desired_status(
             conds,
             st.ike_status(ike, current.get("ike"), now),
-            st.child_status(child, current.get("child"), now, self.settings.counters_period),
+            st.child_status(child, current.get("child"), now, self.settings.counters_period,
+                            w.inner_mtu),
             [d.to_wire() for d in w.routes],
         )  # fmt: skip
         routes = [d.state.value for d in w.routes]
@@ -340,7 +337,11 @@ class AgentReconciler:
             return  # gone meanwhile
         self._remember(w.key, updated)
         for c in moved:
-            message = f"{c['type']} is {c['status']}: {c['message']}"
+            ctype, status = str(c["type"]), str(c["status"])
+            if not self.event_limit.allow(naming.tunnel_ref(*w.key), ctype, status, self.clock()):
+                self.metrics.events_limited_total.labels(ctype).inc()
+                continue  # status has it; the Event would repeat a recent one
+            message = f"{ctype} is {status}: {c['message']}"
             await self._call(self.events.post(updated, st.event_type(c), str(c["reason"]), message))
 
     def _remember(self, key: Key, obj: Obj) -> None:
@@ -395,4 +396,6 @@ class AgentReconciler:
     def _forget(self, key: Key) -> None:
         self.state.configured.discard(key)
         self.traffic.forget(naming.tunnel_ref(*key))
+        self.event_limit.forget(naming.tunnel_ref(*key))
+        self.mtu.forget(naming.tunnel_ref(*key))
         self.metrics.forget(*key)

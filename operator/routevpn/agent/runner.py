@@ -25,7 +25,8 @@ from aiohttp import web
 
 from routevpn.agent.liveness import LivenessLease
 from routevpn.agent.metrics import Metrics
-from routevpn.agent.reconciler import AgentReconciler, AgentSettings, Key
+from routevpn.agent.reconciler import AgentReconciler, Key
+from routevpn.agent.settings import AgentSettings
 from routevpn.api import naming
 from routevpn.dataplane.driver import Driver
 from routevpn.dataplane.vici_facts import IpsecEvent

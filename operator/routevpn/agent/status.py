@@ -106,6 +106,7 @@ def child_status(
     prev: Mapping[str, Any] | None,
     now: datetime,
     counters_period: float = DEFAULT_COUNTERS_PERIOD,
+    inner_mtu: int | None = None,
 ) -> Wire:
     """`status.child`; counters refreshed from `child` only once `counters_period` passed.
 
@@ -131,6 +132,7 @@ def child_status(
         "algorithms": _algs(child.encr_alg, child.encr_keysize, child.integ_alg, child.dh_group),
         "rekeyAt": _stable(prev, "rekeyAt", at(child.rekey_time, +1)),
         "expiresAt": _stable(prev, "expiresAt", at(child.life_time, +1)),
+        "innerMtu": inner_mtu,
     }
     fresh = {
         "bytesIn": child.bytes_in,

@@ -179,4 +179,26 @@ def summarize_ready(conditions: Iterable[Observed], generation: int) -> Summary:
         if cond.status != Status.TRUE:
             status = Status.FALSE if cond.status == Status.FALSE else Status.UNKNOWN
             return Summary(status, cond.reason or Reason.PENDING, f"{ctype}: {cond.message}")
-    return Summary(Status.TRUE, Reason.READY, "the tunnel is up and carrying traffic")
+    return Summary(Status.TRUE, Reason.READY, _ready_message(by_type))
+
+
+def _ready_message(by_type: Mapping[str, Observed]) -> str:
+    """What was seen, no more: the SAs and routes are up; traffic only as TrafficFlowing saw.
+
+    Ready means traffic can flow. Whether any did is TrafficFlowing's to say (it counts
+    packets received through the CHILD SA): a tunnel whose SA counted nothing in is "up",
+    never "carrying traffic".
+    """
+    routes = by_type.get(ConditionType.ROUTES_INSTALLED)
+    selects = (
+        "the kernel's IPsec policies select its traffic"
+        if routes is not None and routes.reason == Reason.NOT_APPLICABLE
+        else "its routes are installed"
+    )
+    up = f"IKE SA established, CHILD SA installed and {selects}"
+    traffic = by_type.get(ConditionType.TRAFFIC_FLOWING)
+    if traffic is not None and traffic.status == Status.TRUE:
+        return f"{up}; packets arrive through the tunnel"
+    if traffic is not None and traffic.status == Status.FALSE:
+        return f"{up}; no traffic received through it lately (see TrafficFlowing)"
+    return f"{up}; no traffic received through it yet"

@@ -84,7 +84,10 @@ class Interface(ApiModel):
         default=None,
         ge=576,
         le=9000,
-        description="Interface MTU. Default: 1400 (room for ESP and the outer header).",
+        description="Interface MTU. Default: the effective inner MTU of the installed CHILD "
+        "SA (status.child.innerMtu: the local address's interface MTU less the negotiated "
+        "proposal's ESP, UDP and outer IP overhead; at least 1280 with IPv6), 1400 until "
+        "the first CHILD SA is installed.",
     )
     addresses: list[Cidr] | None = Field(
         default=None,

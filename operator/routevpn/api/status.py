@@ -79,6 +79,16 @@ class ChildSaStatus(ApiModel):
     )
     rekey_at: datetime | None = Field(default=None, description="When the next rekey is due.")
     expires_at: datetime | None = Field(default=None, description="When the SA expires.")
+    inner_mtu: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Effective inner MTU: the largest inner packet one outer packet carries, "
+        "the MTU of the interface holding the local address less the negotiated proposal's "
+        "overhead (outer IP header 20/40, UDP 8 with NAT-T, ESP header 8, IV, padding to the "
+        "cipher's block, ESP trailer 2, ICV). The tunnel interface's MTU follows it unless "
+        "spec.interface.mtu is set.",
+    )
 
 
 class RouteState(StrEnum):

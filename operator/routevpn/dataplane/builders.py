@@ -192,7 +192,12 @@ def build_sysctls(plan: TunnelPlan) -> tuple[SysctlPlan, ...]:
       so loose here still works when the node runs strict (1) globally, where strict
       would drop inside traffic whose source is routed elsewhere (asymmetric, ECMP).
     - IPv6 inside addresses or routes: `disable_ipv6=0`, since nodes that turn IPv6 off
-      by default (`default.disable_ipv6=1`) would refuse the address.
+      by default (`default.disable_ipv6=1`) would refuse the address; and
+      `router_solicitations=0`: a tunnel has no router to discover, and the kernel's
+      solicitations (unlimited since Linux 4.9, backing off to one an hour) are packets
+      the far end counts as received on an otherwise idle tunnel. The link-local
+      address stays (routing daemons peer over it), and so do MLD and DAD, which a
+      tunnel interface (NOARP) mostly skips anyway: only this interface is touched.
     `disable_xfrm` stays untouched: VTI and XFRM interfaces do their own marked lookup on
     transmit, and the lab proved traffic flows without it.
     """
@@ -205,7 +210,9 @@ def build_sysctls(plan: TunnelPlan) -> tuple[SysctlPlan, ...]:
         wanted[f"{conf4}/rp_filter"] = "2"
         v6 = any(a.version == 6 for a in plan.addresses) or any(r.family == 6 for r in plan.routes)
         if v6:
-            wanted[f"net/ipv6/conf/{link.name}/disable_ipv6"] = "0"
+            conf6 = f"net/ipv6/conf/{link.name}"
+            wanted[f"{conf6}/disable_ipv6"] = "0"
+            wanted[f"{conf6}/router_solicitations"] = "0"
     for extra in plan.sysctls:
         wanted[extra.path] = extra.value
     return tuple(SysctlPlan(path, value) for path, value in wanted.items())

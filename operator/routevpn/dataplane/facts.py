@@ -95,6 +95,8 @@ class ChildSaFacts:
     install_time: int | None = None
     rekey_time: int | None = None
     life_time: int | None = None
+    #: ESP in UDP (NAT-T): charon's `encap` flag.
+    encap: bool = False
     local_ts: tuple[str, ...] = ()
     remote_ts: tuple[str, ...] = ()
 

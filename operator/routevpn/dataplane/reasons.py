@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from routevpn.dataplane.exchanges import Exchanges, unanswered
 from routevpn.dataplane.vici_facts import IpsecEvent
 
 
@@ -101,6 +102,7 @@ RULES: tuple[_Rule, ...] = (
     _rule(
         r"giving up after \d+ retransmits|establishing IKE_SA failed, peer not responding",
         "PeerUnreachable",
+        # the tracker names the exchange that went unanswered when it followed it
         "the peer does not answer IKE (UDP 500/4500): check the remote address, "
         "firewalls on the path, and that the peer's IKE daemon is running",
     ),
@@ -137,6 +139,7 @@ _LOOKING = re.compile(
     r"(?P<peer_host>\S+?)\[(?P<peer>[^\]]*)\]"
 )
 _NO_CONFIG = "no matching peer config found"
+_GAVE_UP_FOR_GOOD = "establishing IKE_SA failed"
 
 
 class ReasonTracker:
@@ -152,6 +155,7 @@ class ReasonTracker:
         self.expected: dict[str, str] = {}
         self._reasons: dict[str, IkeFailure] = {}
         self._pending: dict[str, tuple[str, str]] = {}
+        self.exchanges = Exchanges()
 
     def get(self, conn: str) -> IkeFailure | None:
         """The latest reason `conn` is not up, or None."""
@@ -159,11 +163,14 @@ class ReasonTracker:
 
     def feed(self, event: IpsecEvent) -> tuple[str, IkeFailure] | None:
         """Account for one event; returns (conn, reason) when it set a new reason."""
+        if event.kind == "ike-updown":  # up, or gone: its requests are answered or moot
+            self.exchanges.forget(event.ike_uniqueid)
         if event.kind in ("ike-updown", "child-updown") and event.up:
             self._reasons.pop(event.conn, None)
             return None
         if event.kind != "log":
             return None
+        self.exchanges.feed(event.ike_uniqueid, event.message)
         looking = _LOOKING.search(event.message)
         if looking and event.ike_uniqueid:
             self._pending[event.ike_uniqueid] = (looking["peer_host"], looking["peer"])
@@ -184,5 +191,10 @@ class ReasonTracker:
         found = classify(event.message)
         if found is None or not event.conn or event.conn == "(unnamed)":
             return None
+        if found.reason == "PeerUnreachable":
+            exact = unanswered(self.exchanges.get(event.ike_uniqueid))
+            found = IkeFailure(found.reason, exact or found.message)
+            if _GAVE_UP_FOR_GOOD in event.message:
+                self.exchanges.forget(event.ike_uniqueid)
         self._reasons[event.conn] = found
         return event.conn, found

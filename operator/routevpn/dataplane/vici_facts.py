@@ -61,6 +61,7 @@ def child_sa(data: Mapping[str, Any]) -> ChildSaFacts:
         install_time=_int(data.get("install-time")),
         rekey_time=_int(data.get("rekey-time")),
         life_time=_int(data.get("life-time")),
+        encap=text(data.get("encap")) == "yes",
         local_ts=texts(data.get("local-ts")),
         remote_ts=texts(data.get("remote-ts")),
     )

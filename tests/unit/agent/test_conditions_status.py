@@ -10,6 +10,7 @@ import yaml
 from routevpn.agent import conditions as c
 from routevpn.agent import status as s
 from routevpn.agent.desired import DeliveredMaterial, build_plan
+from routevpn.agent.traffic import Traffic
 from routevpn.api.conditions import ConditionType, Observed, Reason, Status, summarize_ready
 from routevpn.api.timefmt import k8s_time
 from routevpn.api.tunnel import VpnTunnel
@@ -74,7 +75,7 @@ def test_all_up_route_mode_makes_ready_true() -> None:
         mode="route",
         plan=seed_plan(),
         ike=sa,
-        traffic=c.Traffic(Status.TRUE, Reason.FLOWING, "ok"),
+        traffic=Traffic(Status.TRUE, Reason.FLOWING, "ok"),
     )
     conds = c.compute(obs, CONN)
     assert [x.type for x in conds] == [
@@ -89,6 +90,36 @@ def test_all_up_route_mode_makes_ready_true() -> None:
     observed = [Observed(x.type, x.status, x.reason, x.message, 3) for x in conds]
     observed.append(Observed("Scheduled", "True", "Placed", "", 3))
     assert summarize_ready(observed, 3).status is Status.TRUE
+
+
+def _ready_with(traffic: Traffic | None, mode: str = "route") -> str:
+    """Ready's message for an up tunnel whose TrafficFlowing is `traffic`."""
+    sa = ike(children=(child(),))
+    obs = c.Observation(mode=mode, plan=seed_plan(), ike=sa, traffic=traffic)  # type: ignore[arg-type]
+    observed = [Observed(x.type, x.status, x.reason, x.message, 3) for x in c.compute(obs, CONN)]
+    observed.append(Observed("Scheduled", "True", "Placed", "", 3))
+    summary = summarize_ready(observed, 3)
+    assert summary.status is Status.TRUE
+    return summary.message
+
+
+def test_ready_never_claims_traffic_the_sa_did_not_count() -> None:
+    """An SA that has counted 0 bytes in: Ready says the tunnel is up, not that it
+    carries traffic (it said "the tunnel is up and carrying traffic")."""
+    fresh = Traffic(Status.UNKNOWN, Reason.PENDING, "no packet received yet")
+    msg = _ready_with(fresh)
+    assert msg == (
+        "IKE SA established, CHILD SA installed and its routes are installed; "
+        "no traffic received through it yet"
+    )
+    assert "carrying" not in msg and "arrive" not in msg
+    assert "yet" in _ready_with(None)
+    quiet = Traffic(Status.FALSE, Reason.NO_TRAFFIC_RECEIVED, "nothing for 120s")
+    assert _ready_with(quiet).endswith("no traffic received through it lately (see TrafficFlowing)")
+    flowing = Traffic(Status.TRUE, Reason.FLOWING, "40 packets in 60s")
+    assert _ready_with(flowing).endswith("; packets arrive through the tunnel")
+    policy = _ready_with(flowing, mode="policy")
+    assert "the kernel's IPsec policies select its traffic" in policy
 
 
 def test_blocked_plan_reports_pending_and_nothing_further() -> None:
@@ -142,19 +173,6 @@ def test_best_ike_prefers_established_then_newest() -> None:
     other = IkeSaFacts(conn="other", uniqueid="9", state="ESTABLISHED")
     assert c.best_ike([a, b, other], CONN) is b
     assert c.best_ike([other], CONN) is None
-
-
-def test_traffic_tracker_flowing_then_quiet_then_new_sa() -> None:
-    t = c.TrafficTracker(quiet=60)
-    first = t.judge("a", child(bytes_in=0), 0.0)
-    assert first is not None and first.reason == Reason.PENDING
-    flowing = t.judge("a", child(bytes_in=100), 10.0)
-    assert flowing is not None and flowing.status is Status.TRUE
-    quiet = t.judge("a", child(bytes_in=100), 75.0)
-    assert quiet is not None and quiet.reason == Reason.NO_TRAFFIC_RECEIVED
-    rekeyed = t.judge("a", child(spi="c0000009", bytes_in=0), 80.0)
-    assert rekeyed is not None and rekeyed.status is Status.UNKNOWN
-    assert t.judge("a", None, 81.0) is None
 
 
 def test_merge_keeps_transition_time_while_status_is_unchanged() -> None:

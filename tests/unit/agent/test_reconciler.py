@@ -18,7 +18,9 @@ from typing import Any
 from routevpn.agent.budget import WriteBudget
 from routevpn.agent.desired import DeliveredMaterial, build_plan
 from routevpn.agent.metrics import Metrics
-from routevpn.agent.reconciler import AgentReconciler, AgentSettings
+from routevpn.agent.reconciler import AgentReconciler
+from routevpn.agent.settings import AgentSettings
+from routevpn.agent.traffic import TrafficPolicy
 from routevpn.api import naming
 from routevpn.api.tunnel import VpnTunnel
 from routevpn.dataplane import safety
@@ -378,3 +380,44 @@ def test_status_writes_over_budget_are_deferred_but_routes_are_not() -> None:
     # both tunnels' routes are in place already: only the API hears later
     assert _metrics(drv, KEY) == [100 + 2**31]
     assert _metrics(drv, BACKUP_KEY) == [200]
+
+
+def test_traffic_flowing_changes_reach_status_and_their_events_are_limited() -> None:
+    """Traffic that starts and stops every few tens of seconds: status follows each
+    change (after the hold), the Events are one per tunnel per --event-interval."""
+    now = [1_800_000_000.0]
+    api = MemoryApi({KEY: tunnel()})
+    drv = FakeDriver(host_routes=[UNDERLAY])
+    settings = AgentSettings(
+        node=NODE,
+        namespace="routevpn",
+        traffic=TrafficPolicy(quiet=20.0, on_packets=3),  # on: 3 within 10 s; hold 10 s
+        event_interval=600.0,
+    )
+    rec = AgentReconciler(settings, api, api, drv, Metrics(), clock=lambda: now[0])
+    rec.state.tunnels[KEY] = tunnel()
+    rec.state.secrets[KEY] = secret()
+
+    def look(at: float, packets_in: int) -> tuple[str, str]:
+        now[0] = 1_800_000_000.0 + at
+        child = ChildSaFacts(CONN, "1", "INSTALLED", spi_in="c1", packets_in=packets_in)
+        drv.sas = [IkeSaFacts(CONN, "1", "ESTABLISHED", children=(child,))]
+        run(rec, api)
+        return conds(api)["TrafficFlowing"]
+
+    assert look(0, 0) == ("Unknown", "Pending")
+    assert look(5, 10) == ("True", "Flowing")
+    assert look(40, 10) == ("False", "NoTrafficReceived")
+    assert look(50, 20) == ("True", "Flowing")
+    assert look(90, 20) == ("False", "NoTrafficReceived")
+    traffic_events = [e for e in api.events if e[1] in ("Flowing", "NoTrafficReceived")]
+    assert traffic_events == [("Normal", "Flowing")]  # the first verdict; then the limit
+    limited = [
+        (sample.labels["type"], sample.value)
+        for m in rec.metrics.events_limited_total.collect()
+        for sample in m.samples
+        if sample.name.endswith("_total")
+    ]
+    assert limited == [("TrafficFlowing", 3.0)]
+    assert look(700, 40) == ("True", "Flowing")
+    assert api.events[-1] == ("Normal", "Flowing")  # the interval (from t=5) is over

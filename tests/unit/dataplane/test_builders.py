@@ -295,6 +295,8 @@ def test_sysctls_vti_with_ipv6_inside_and_plan_override() -> None:
         SysctlPlan("net/ipv4/conf/vti4096/disable_policy", "1"),
         SysctlPlan("net/ipv4/conf/vti4096/rp_filter", "0"),
         SysctlPlan("net/ipv6/conf/vti4096/disable_ipv6", "0"),
+        # no router solicitations: they would reach the far end as "received traffic"
+        SysctlPlan("net/ipv6/conf/vti4096/router_solicitations", "0"),
     )
 
 
