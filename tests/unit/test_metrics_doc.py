@@ -16,7 +16,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 #: Labels a series may carry: the tunnel and its node, and small fixed sets of values.
 #: Anything else (an address, an SPI, a reason, a message) has unbounded values.
 IDENTITY = {"namespace", "name", "node"}
-BOUNDED = {"state", "ready", "result", "kind", "what", "sa"}
+BOUNDED = {"state", "ready", "result", "kind", "what", "sa", "condition"}
 BASE_UNITS = ("seconds", "bytes", "packets")
 NON_BASE = re.compile(
     r"_(milli|micro|nano)?(ms|us|ns|minutes?|hours?|days?|kb|mb|gb|kib|mib|gib)(_|$)"

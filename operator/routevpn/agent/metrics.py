@@ -92,8 +92,8 @@ class Metrics:
         )
         self.events_limited_total = Counter(
             "routevpn_agent_events_limited",
-            "Events left out by the per-tunnel limit (status carried the change), by type.",
-            ["type"],
+            "Events left out by the per-tunnel limit (status carried the change), by condition.",
+            ["condition"],
             registry=r,
         )
         self.dataplane_changes_total = Counter(

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -38,48 +37,24 @@ from routevpn.agent.mtu import MtuFollower
 from routevpn.agent.passclock import PassClock, every
 from routevpn.agent.settings import AgentSettings
 from routevpn.agent.traffic import TrafficTracker
+from routevpn.agent.work import Key, State, Work
 from routevpn.api import naming
 from routevpn.api.conditions import Reason, Status
 from routevpn.api.tunnel import VpnTunnel
 from routevpn.dataplane.driver import Driver
 from routevpn.dataplane.errors import DataplaneError
 from routevpn.dataplane.facts import Facts, IpsecFacts
-from routevpn.dataplane.plan import TunnelPlan
 from routevpn.dataplane.reasons import ReasonTracker
 from routevpn.kube.client import ConflictError, Obj, TunnelApi
 from routevpn.kube.events import EventSink
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
 _T = TypeVar("_T")
 # API requests of one pass in flight at once (finalizers, status writes, events): a
 # pass over 200 new tunnels is not 200 round trips end to end, and the API server sees
 # no more than a client applying a manifest would send.
 API_CONCURRENCY = 8
-
-
-@dataclass
-class _Work:
-    """One tunnel's state within a pass."""
-
-    key: Key
-    obj: Obj
-    tunnel: VpnTunnel | None = None
-    plan: TunnelPlan | None = None
-    problem: cond.Problem | None = None
-    problem_status: Status = Status.FALSE
-    routes: tuple[fo.RouteDecision, ...] = ()
-    inner_mtu: int | None = None
-
-
-@dataclass
-class State:
-    """What the agent knows: the watched objects and what it has configured."""
-
-    tunnels: dict[Key, Obj] = field(default_factory=dict)
-    secrets: dict[Key, Obj] = field(default_factory=dict)
-    configured: set[Key] = field(default_factory=set)
 
 
 class AgentReconciler:
@@ -130,7 +105,7 @@ class AgentReconciler:
         keys = set(keys)
         if not keys and self.gc_done:
             return  # nothing to look at: no dump of the node, no VICI listing
-        work: list[_Work] = []
+        work: list[Work] = []
         released: list[tuple[Key, Obj]] = []
         clock = PassClock()
         # One observation for the whole pass: the driver keeps it current with its own
@@ -192,7 +167,7 @@ class AgentReconciler:
         self.charon_ok = True
         return facts
 
-    async def _garbage_collect(self, work: list[_Work]) -> None:
+    async def _garbage_collect(self, work: list[Work]) -> None:
         """Once, after the first full list: remove what we own that no tunnel wants.
 
         A tunnel of this node that can't be planned at this moment (no Secret yet, an
@@ -212,8 +187,8 @@ class AgentReconciler:
 
     # -- configure ------------------------------------------------------------------
 
-    def _plan(self, key: Key, obj: Obj, facts: Facts | None) -> _Work:
-        w = _Work(key, obj)
+    def _plan(self, key: Key, obj: Obj, facts: Facts | None) -> Work:
+        w = Work(key, obj)
         ref = naming.tunnel_ref(*key)
         try:
             w.tunnel = VpnTunnel.from_wire(obj)
@@ -239,7 +214,7 @@ class AgentReconciler:
         obj = self.state.secrets.get(key)
         return delivered(obj) if obj is not None else None
 
-    async def _ensure_finalizer(self, w: _Work) -> None:
+    async def _ensure_finalizer(self, w: Work) -> None:
         if has_finalizer(w.obj):
             return
         try:
@@ -253,7 +228,7 @@ class AgentReconciler:
         w.obj = updated
         self.state.tunnels[w.key] = updated
 
-    async def _apply(self, w: _Work) -> None:
+    async def _apply(self, w: Work) -> None:
         ref = naming.tunnel_ref(*w.key)
         plan = w.plan
         if plan is None:
@@ -281,7 +256,7 @@ class AgentReconciler:
 
     # -- report ---------------------------------------------------------------------
 
-    async def _report(self, w: _Work, ipsec: IpsecFacts | None, now_ts: float) -> None:
+    async def _report(self, w: Work, ipsec: IpsecFacts | None, now_ts: float) -> None:
         ns, name = w.key
         conn = naming.conn_name(ns, name)
         now = datetime.fromtimestamp(now_ts, UTC)
@@ -326,7 +301,7 @@ class AgentReconciler:
             return
         await self._write(w, conds, desired, current)
 
-    async def _write(self, w: _Work, conds: list[st.Wire], desired: st.Wire, current: Obj) -> None:
+    async def _write(self, w: Work, conds: list[st.Wire], desired: st.Wire, current: Obj) -> None:
         """Apply the agent's status (within the write budget) and an Event per transition."""
         if not self.budget.take():
             self.deferred.add(w.key)

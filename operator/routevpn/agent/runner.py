@@ -25,8 +25,9 @@ from aiohttp import web
 
 from routevpn.agent.liveness import LivenessLease
 from routevpn.agent.metrics import Metrics
-from routevpn.agent.reconciler import AgentReconciler, Key
+from routevpn.agent.reconciler import AgentReconciler
 from routevpn.agent.settings import AgentSettings
+from routevpn.agent.work import Key
 from routevpn.api import naming
 from routevpn.dataplane.driver import Driver
 from routevpn.dataplane.vici_facts import IpsecEvent

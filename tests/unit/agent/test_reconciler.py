@@ -394,7 +394,7 @@ def test_traffic_flowing_changes_reach_status_and_their_events_are_limited() -> 
         traffic=TrafficPolicy(quiet=20.0, on_packets=3),  # on: 3 within 10 s; hold 10 s
         event_interval=600.0,
     )
-    rec = AgentReconciler(settings, api, api, drv, Metrics(), clock=lambda: now[0])
+    rec = AgentReconciler(settings, api, api, drv, Metrics(NODE), clock=lambda: now[0])
     rec.state.tunnels[KEY] = tunnel()
     rec.state.secrets[KEY] = secret()
 
@@ -413,7 +413,7 @@ def test_traffic_flowing_changes_reach_status_and_their_events_are_limited() -> 
     traffic_events = [e for e in api.events if e[1] in ("Flowing", "NoTrafficReceived")]
     assert traffic_events == [("Normal", "Flowing")]  # the first verdict; then the limit
     limited = [
-        (sample.labels["type"], sample.value)
+        (sample.labels["condition"], sample.value)
         for m in rec.metrics.events_limited_total.collect()
         for sample in m.samples
         if sample.name.endswith("_total")

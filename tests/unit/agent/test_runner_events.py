@@ -8,8 +8,8 @@ from typing import Any, cast
 import pytest
 
 from routevpn.agent.metrics import Metrics
-from routevpn.agent.reconciler import AgentSettings
 from routevpn.agent.runner import Agent
+from routevpn.agent.settings import AgentSettings
 from routevpn.api import naming
 from routevpn.dataplane.vici_facts import IpsecEvent
 from support.fakedriver import FakeDriver
