@@ -31,7 +31,7 @@ RESULTS_ENV = "ROUTEVPN_LAB_RESULTS"
 # The whole tier in one guest; override for slow machines.
 LAB_TIMEOUT = float(os.environ.get("ROUTEVPN_LAB_TIMEOUT", "1800"))
 # Lab tests that talk to an API server (see `_host_api_server`), and how they learn it.
-API_TESTS = ("test_agent_lab.py", "test_failover_lab.py")
+API_TESTS = ("test_agent_lab.py", "test_failover_lab.py", "test_faults_lab.py")
 GUEST_KUBECONFIG_ENV = "ROUTEVPN_LAB_KUBECONFIG"
 API_NOTE_KEY = pytest.StashKey[str]()
 
@@ -112,6 +112,8 @@ class LabItem(pytest.Item):
             pytest.xfail(outcome.text)
         if outcome.status != labreport.PASSED:
             raise LabFailureError(f"in the lab guest ({outcome.status}):\n{outcome.text}")
+        if outcome.text:
+            print(outcome.text, end="")  # the figures it printed in the guest (`-rP`)
 
     def repr_failure(
         self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None

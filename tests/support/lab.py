@@ -29,7 +29,7 @@ QEMU = "qemu-system-x86_64"
 BUSYBOX = Path("/bin/busybox")
 QBOOT = Path("/usr/share/qemu/qboot.rom")
 # Environment the guest inherits from the host (everything else is set fresh).
-PASS_ENV = ("CI", "ROUTEVPN_REQUIRE_ALL", "TERM", "PYTEST_ADDOPTS")
+PASS_ENV = ("CI", "ROUTEVPN_REQUIRE_ALL", "TERM", "PYTEST_ADDOPTS", "ROUTEVPN_SOAK_FULL")
 
 
 class LabUnavailableError(RuntimeError):

@@ -43,6 +43,9 @@ def encode(
         text = longreprtext
     if outcome == FAILED:
         text += "".join(f"\n----- {title} -----\n{body}" for title, body in sections)
+    elif outcome == PASSED and when == "call":
+        # what a passing test printed (its figures), for the host's `-rP`
+        text = "".join(body for title, body in sections if title == "Captured stdout call")
     rec = {
         "nodeid": nodeid,
         "when": when,
@@ -88,6 +91,7 @@ def fold(lines: Iterable[str]) -> dict[str, Outcome]:
             else:
                 out[nodeid] = Outcome(SKIPPED, str(r["text"]), duration)
         elif any(r["when"] == "call" for r in recs):
-            out[nodeid] = Outcome(PASSED, "", duration)
+            printed = "".join(str(r.get("text") or "") for r in recs if r["when"] == "call")
+            out[nodeid] = Outcome(PASSED, printed, duration)
         # setup passed but no call report: the guest died mid-test; leave it unreported
     return out

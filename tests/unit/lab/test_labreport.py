@@ -81,3 +81,12 @@ def test_garbage_and_truncated_lines_are_ignored() -> None:
     assert set(lr.fold(["", "not json", '{"nodeid": "t.py::b", "wh', "[1, 2]", good])) == {
         "t.py::a"
     }
+
+
+def test_a_passing_test_carries_what_it_printed() -> None:
+    lines = [
+        rec(NODE, "setup", "passed", sections=(("Captured stdout setup", "booting"),)),
+        rec(NODE, "call", "passed", sections=(("Captured stdout call", "lost 0 pings\n"),)),
+        rec(NODE, "teardown", "passed"),
+    ]
+    assert lr.fold(lines)[NODE] == lr.Outcome(lr.PASSED, "lost 0 pings\n", 1.5)
