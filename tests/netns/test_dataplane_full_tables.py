@@ -65,14 +65,28 @@ def load_foreign(ns: Netns, tmp: Path) -> None:
     ns.ip("-batch", str(batch))
 
 
+def _addrconf(row: dict[str, object]) -> bool:
+    """A route IPv6 address configuration adds by itself once a link has carrier (its
+    link-local address and route, the multicast route): a bridge without ports gets
+    carrier some time after it is set up, so these come and go with timing, not with
+    anything anyone did."""
+    dst = str(row.get("dst", ""))
+    return row.get("protocol") == "kernel" and dst.startswith(("fe80:", "ff00:"))
+
+
 def foreign_routes(ns: Netns) -> list[str]:
-    """Every route not routevpn's (text of `ip route show table all`, both families)."""
+    """Every route not routevpn's (text of `ip route show table all`, both families),
+    but IPv6's own link-local and multicast routes (`_addrconf`)."""
     out: list[str] = []
     for family in ("-4", "-6"):
         rows: list[dict[str, object]] = json.loads(
             ns.ip("-j", family, "route", "show", "table", "all")
         )
-        out += [json.dumps(r, sort_keys=True) for r in rows if r.get("protocol") != PROTO]
+        out += [
+            json.dumps(r, sort_keys=True)
+            for r in rows
+            if r.get("protocol") != PROTO and not _addrconf(r)
+        ]
     return sorted(out)
 
 
