@@ -29,9 +29,14 @@ LAB_DIR = Path(__file__).resolve().parent
 IN_LAB = os.environ.get(labspec.IN_LAB_ENV) == "1"
 RESULTS_ENV = "ROUTEVPN_LAB_RESULTS"
 # The whole tier in one guest; override for slow machines.
-LAB_TIMEOUT = float(os.environ.get("ROUTEVPN_LAB_TIMEOUT", "1800"))
+LAB_TIMEOUT = float(os.environ.get("ROUTEVPN_LAB_TIMEOUT", "3000"))
 # Lab tests that talk to an API server (see `_host_api_server`), and how they learn it.
-API_TESTS = ("test_agent_lab.py", "test_failover_lab.py", "test_faults_lab.py")
+API_TESTS = (
+    "test_agent_lab.py",
+    "test_failover_lab.py",
+    "test_faults_lab.py",
+    "test_rekeys_lab.py",
+)
 GUEST_KUBECONFIG_ENV = "ROUTEVPN_LAB_KUBECONFIG"
 API_NOTE_KEY = pytest.StashKey[str]()
 

@@ -125,14 +125,22 @@ class Gateway:
     charon: Charon
     conf: Path
 
-    def load(self, psk: str) -> None:
+    def load(
+        self,
+        psk: str,
+        *,
+        ike_extra: tuple[tuple[str, str], ...] = (),
+        child_extra: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         """Write and load the responder's connection (a VTI child bound to PEER_KEY), as
         an HA far end should be: its own DPD (it finds a node that vanished), and
         `unique = replace` (a node that re-initiates replaces its old IKE SA at once: an
         IKE SA the node gave up while this end completed it would otherwise keep its
         CHILD SA bound to the same mark, and replies would go into it)."""
         p = self.plan
-        child = sw.Child("ha", esp_proposals=ESP_PROPOSALS, mark=PEER_KEY, dpd_action="clear")
+        child = sw.Child(
+            "ha", esp_proposals=ESP_PROPOSALS, mark=PEER_KEY, dpd_action="clear", extra=child_extra
+        )
         conn = sw.Conn(
             "ha",
             p.outer,
@@ -144,6 +152,7 @@ class Gateway:
             proposals=IKE_PROPOSALS,
             dpd_delay=f"{DPD_DELAY_S}s",
             unique="replace",
+            extra=ike_extra,
         )
         sw.write_and_load(self.ns, self.charon.uri, self.conf, [conn])
 

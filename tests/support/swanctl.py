@@ -31,6 +31,8 @@ class Child:
     if_id: int | None = None
     updown: str | None = None
     dpd_action: str | None = None
+    # any further `children.<name>` settings, e.g. (("rekey_time", "30s"),)
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class Conn:
     proposals: str = "aes256-sha256-x25519"
     dpd_delay: str | None = None
     unique: str | None = None
+    # any further connection settings, e.g. (("reauth_time", "90s"),)
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 def _block(name: str, items: Sequence[tuple[str, str]], body: Sequence[str] = ()) -> list[str]:
@@ -80,6 +84,7 @@ def render(conns: Sequence[Conn]) -> str:
                 items.append(("updown", ch.updown))
             if ch.dpd_action is not None:
                 items.append(("dpd_action", ch.dpd_action))
+            items += ch.extra
             children += _block(ch.name, items)
         items = [
             ("version", str(c.version)),
@@ -91,6 +96,7 @@ def render(conns: Sequence[Conn]) -> str:
             items.append(("dpd_delay", c.dpd_delay))
         if c.unique is not None:
             items.append(("unique", c.unique))
+        items += c.extra
         body = [
             *_block("local", [("auth", "psk"), ("id", c.local_id)]),
             *_block("remote", [("auth", "psk"), ("id", c.remote_id)]),
