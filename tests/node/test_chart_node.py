@@ -2,9 +2,9 @@
 
 ``helm install`` of charts/routevpn with values that only point at the local images
 (``imagePullPolicy: Never``: nothing can be pulled here); the operator Deployment's
-pods and the agent DaemonSet's pod must become Running and Ready through the chart's own
-probes, and the live agent Pod must carry the chart's security context, read back from
-the Pod object (nothing overridden for the test).
+pods and the agent's and charon's DaemonSet pods must become Running and Ready through
+the chart's own probes, and the live Pods must carry the chart's security context, read
+back from the Pod objects (nothing overridden for the test).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = labnode.CHART
 RELEASE = "routevpn"
 NAMESPACE = "routevpn-system"
+#: charon's VICI socket directory on the node (the chart's, for this release).
+VICI_DIR = f"/run/routevpn/{NAMESPACE}/{RELEASE}"
 AGENT_NAMESPACE = labnode.CHART_VALUES["agent"]["namespace"]
 VALUES = labnode.CHART_VALUES
 # Emulated CPUs: Python start-up and kopf's first sync take a while.
@@ -120,13 +122,17 @@ def installed(
 
         def all_ready() -> bool:
             ops = inst.pods(NAMESPACE, "operator")
-            agents = inst.pods(AGENT_NAMESPACE, "agent")
-            return len(ops) == 2 and len(agents) == 1 and all(map(_ready, ops + agents))
+            node_pods = inst.pods(AGENT_NAMESPACE, "agent") + inst.pods(AGENT_NAMESPACE, "charon")
+            return len(ops) == 2 and len(node_pods) == 2 and all(map(_ready, ops + node_pods))
 
         try:
             wait_until(all_ready, timeout=PODS_READY_TIMEOUT, interval=2.0, what="chart pods Ready")
         except TimeoutError as e:
-            pods = inst.pods(NAMESPACE, "operator") + inst.pods(AGENT_NAMESPACE, "agent")
+            pods = [
+                *inst.pods(NAMESPACE, "operator"),
+                *inst.pods(AGENT_NAMESPACE, "agent"),
+                *inst.pods(AGENT_NAMESPACE, "charon"),
+            ]
             events = kubectl("get", "events", "-A", check=False).stdout[-4000:]
             raise TimeoutError(
                 f"{e}\n{_pod_summary(pods)}\n{events}\n{lab_node.diagnostics()}"
@@ -141,53 +147,74 @@ def installed(
         kubectl("delete", "namespace", NAMESPACE, AGENT_NAMESPACE, "--wait=false", check=False)
 
 
-def test_operator_and_agent_pods_run_ready(installed: Installed) -> None:
+def test_operator_agent_and_charon_pods_run_ready(installed: Installed) -> None:
     ops = installed.pods(NAMESPACE, "operator")
     agents = installed.pods(AGENT_NAMESPACE, "agent")
+    charons = installed.pods(AGENT_NAMESPACE, "charon")
     assert len(ops) == 2 and all(map(_ready, ops)), _pod_summary(ops)
     assert len(agents) == 1 and _ready(agents[0]), _pod_summary(agents)
-    agent = agents[0]
-    assert agent["spec"]["nodeName"] == labnode.NODE_NAME
+    assert len(charons) == 1 and _ready(charons[0]), _pod_summary(charons)
+    agent, charon = agents[0], charons[0]
+    assert agent["spec"]["nodeName"] == charon["spec"]["nodeName"] == labnode.NODE_NAME
     # Ready came from the chart's own probes, not from a missing probe
-    by_name = {c["name"]: c for c in agent["spec"]["containers"]}
-    assert by_name["agent"]["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert by_name["agent"]["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert "exec" in by_name["charon"]["livenessProbe"]
+    (agent_c,) = agent["spec"]["containers"]
+    assert agent_c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert agent_c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    (charon_c,) = charon["spec"]["containers"]
+    assert "swanctl" in charon_c["readinessProbe"]["exec"]["command"]
+    assert "swanctl" in charon_c["livenessProbe"]["exec"]["command"]
     for p in ops:
         c = p["spec"]["containers"][0]
         assert "readinessProbe" in c, c
         images = {s["name"]: s["image"] for s in p["status"]["containerStatuses"]}
         assert images == {c["name"]: "docker.io/library/routevpn:dev"}, images
-    statuses = {s["name"]: s for s in agent["status"]["containerStatuses"]}
-    assert statuses["agent"]["image"] == "docker.io/library/routevpn:dev"
-    assert statuses["charon"]["image"] == "docker.io/library/routevpn-charon:dev"
+    (agent_s,) = agent["status"]["containerStatuses"]
+    assert agent_s["image"] == "docker.io/library/routevpn:dev"
+    (charon_s,) = charon["status"]["containerStatuses"]
+    assert charon_s["image"] == "docker.io/library/routevpn-charon:dev"
     inits = agent["status"].get("initContainerStatuses", [])
     assert [s["state"].get("terminated", {}).get("exitCode") for s in inits] == [0], inits
 
 
-def test_live_agent_pod_security_context(installed: Installed) -> None:
-    """The chart's security context as the API server stored it on the running Pod."""
-    (agent,) = installed.pods(AGENT_NAMESPACE, "agent")
-    spec = agent["spec"]
-    assert spec["hostNetwork"] is True
-    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert not spec.get("hostPID") and not spec.get("hostIPC")
+def test_live_agent_and_charon_pod_security_context(installed: Installed) -> None:
+    """The chart's security context as the API server stored it on the running Pods."""
     want = {
         "agent": ["NET_ADMIN"],
         "charon": ["NET_ADMIN", "NET_BIND_SERVICE"],
         "load-kernel-modules": ["SYS_MODULE"],
     }
     seen = {}
-    for c in spec["containers"] + spec.get("initContainers", []):
-        sc = c["securityContext"]
-        assert not sc.get("privileged", False), c["name"]
-        assert sc["allowPrivilegeEscalation"] is False, c["name"]
-        assert sc["readOnlyRootFilesystem"] is True, c["name"]
-        assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
-        seen[c["name"]] = sorted(sc["capabilities"]["add"])
-        # the pod-level RuntimeDefault is not undone per container
-        assert sc.get("seccompProfile", {"type": "RuntimeDefault"}) == {"type": "RuntimeDefault"}
+    for component in ("agent", "charon"):
+        (pod,) = installed.pods(AGENT_NAMESPACE, component)
+        spec = pod["spec"]
+        assert spec["hostNetwork"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert not spec.get("hostPID") and not spec.get("hostIPC")
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert not sc.get("privileged", False), c["name"]
+            assert sc["allowPrivilegeEscalation"] is False, c["name"]
+            assert sc["readOnlyRootFilesystem"] is True, c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+            seen[c["name"]] = sorted(sc["capabilities"]["add"])
+            # the pod-level RuntimeDefault is not undone per container
+            seccomp = sc.get("seccompProfile", {"type": "RuntimeDefault"})
+            assert seccomp == {"type": "RuntimeDefault"}
     assert seen == want
+    (charon,) = installed.pods(AGENT_NAMESPACE, "charon")
+    assert charon["spec"]["automountServiceAccountToken"] is False
+
+
+def test_the_socket_directory_is_roots_alone(installed: Installed) -> None:
+    """charon's VICI socket on the node: in the release's own directory, 0700 root's,
+    the socket itself not open to others; the agent reached it through its read-only
+    mount (it is Ready, which needs charon)."""
+    out = installed.node.run(f"stat -c '%a %u %g %F' {VICI_DIR} {VICI_DIR}/charon.vici")
+    directory, sock = out.splitlines()
+    assert directory == "700 0 0 directory", out
+    mode, uid, _, kind = sock.split(" ", 3)
+    assert (uid, kind) == ("0", "socket"), out
+    assert int(mode, 8) & 0o007 == 0, out
 
 
 def test_operator_pods_run_as_non_root(installed: Installed) -> None:
@@ -326,17 +353,80 @@ def test_no_drift_after_status_was_written(installed: Installed, seed: Seed) -> 
     assert res.returncode == 0 and not res.stdout.strip(), res.stdout + res.stderr
 
 
-def _agent_pod(installed: Installed) -> dict[str, Any] | None:
-    pods = installed.pods(AGENT_NAMESPACE, "agent")
+#: Every other example: each in a namespace of its own (two share a Secret's name), in
+#: which no VpnTunnelPolicy grants anything (their addresses are not this node's and
+#: their peers don't exist): the operator refuses or can't place them, and writes that to
+#: their status, with its finalizer and labels; the diff must still be empty.
+OTHER_EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p != SEED)
+
+
+def _served_docs(node: labnode.LabNode, path: Path) -> tuple[str, list[str]]:
+    """`path`'s objects of kinds this cluster serves (as YAML), and the kinds left out
+    (cert-manager's Certificate: no cert-manager here)."""
+    keep: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
+        if node.kubectl("explain", doc["kind"], check=False).returncode == 0:
+            keep.append(doc)
+        else:
+            skipped.append(doc["kind"])
+    return yaml.safe_dump_all(keep), skipped
+
+
+def _operator_wrote(node: labnode.LabNode, namespace: str, names: list[str]) -> bool:
+    for name in names:
+        res = node.kubectl("get", "vpnt", name, "-n", namespace, "-o", "json", check=False)
+        if res.returncode != 0 or "Ready" not in _conditions(json.loads(res.stdout)):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("example", OTHER_EXAMPLES, ids=lambda p: p.stem)
+def test_no_drift_in_the_other_examples(
+    installed: Installed, seed: Seed, example: Path, tmp_path: Path
+) -> None:
+    node = installed.node
+    text, skipped = _served_docs(node, example)
+    assert set(skipped) <= {"Certificate"}, skipped
+    manifest = tmp_path / example.name
+    manifest.write_text(text)
+    tunnels = [d["metadata"]["name"] for d in yaml.safe_load_all(text) if d["kind"] == "VpnTunnel"]
+    assert tunnels, example
+    namespace = f"drift-{example.stem}"
+    node.kubectl("create", "namespace", namespace)
+    try:
+        node.kubectl(
+            "apply", "--server-side", f"--field-manager={FIELD_MANAGER}",
+            "-n", namespace, "-f", str(manifest),
+        )  # fmt: skip
+        wait_until(
+            lambda: _operator_wrote(node, namespace, tunnels),
+            timeout=TUNNEL_READY_TIMEOUT,
+            interval=2.0,
+            what=f"the operator's status on {example.name}",
+        )
+        res = node.kubectl(
+            "diff", "--server-side", f"--field-manager={FIELD_MANAGER}",
+            "-n", namespace, "-f", str(manifest), check=False,
+        )  # fmt: skip
+        assert res.returncode == 0 and not res.stdout.strip(), res.stdout + res.stderr
+    finally:
+        # the operator lets its finalizer go: the namespace goes away whole
+        node.kubectl("delete", "namespace", namespace, "--wait=true", timeout=300, check=False)
+    assert node.kubectl("get", "namespace", namespace, check=False).returncode != 0
+
+
+def _one_pod(installed: Installed, component: str) -> dict[str, Any] | None:
+    pods = installed.pods(AGENT_NAMESPACE, component)
     return pods[0] if len(pods) == 1 else None
 
 
-def _wait_new_agent_and_tunnel(installed: Installed, old_pod: str) -> None:
+def _wait_new_pod_and_tunnel(installed: Installed, component: str, old_pod: str) -> None:
     def replaced() -> bool:
-        pod = _agent_pod(installed)
+        pod = _one_pod(installed, component)
         return pod is not None and pod["metadata"]["name"] != old_pod and _ready(pod)
 
-    wait_until(replaced, timeout=PODS_READY_TIMEOUT, interval=1.0, what="new agent pod Ready")
+    wait_until(replaced, timeout=PODS_READY_TIMEOUT, interval=1.0, what=f"new {component} Ready")
     wait_until(
         lambda: _conditions(_tunnel(installed.node)).get("Ready") == "True",
         timeout=TUNNEL_READY_TIMEOUT,
@@ -345,32 +435,31 @@ def _wait_new_agent_and_tunnel(installed: Installed, old_pod: str) -> None:
     )
 
 
+def _restarts(pod: dict[str, Any]) -> int:
+    return sum(int(c["restartCount"]) for c in pod["status"]["containerStatuses"])
+
+
 # A ping that outlasts an agent pod's replacement on emulated CPUs.
 CONTINUOUS_PING = f"ping -6 -i 0.2 -w 180 -I {farend.NODE_LAN} {farend.FAR_LAN} | tail -n 3"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="charon runs in the agent's pod: a DaemonSet roll replaces it, the SAs are "
-    "re-negotiated (new SPIs) and pings are lost (Ready again after 35 s to 2 min); "
-    "a zero-re-key upgrade needs charon outside the rolled pod template",
-)
 def test_helm_upgrade_rolls_the_agent_and_keeps_the_tunnel(
     installed: Installed, seed: Seed
 ) -> None:
-    """A new agent pod template (the DaemonSet rolls its pod): the tunnel keeps its SPIs
-    and a continuous ping through it loses no packet."""
+    """A new agent pod template (the DaemonSet rolls its pod): charon's pod stays, the
+    tunnel keeps its SPIs and a continuous ping through it loses no packet."""
     node = installed.node
     before = (_tunnel(node) or {})["status"]["child"]
-    old = _agent_pod(installed)
-    assert old is not None
+    old = _one_pod(installed, "agent")
+    charon = _one_pod(installed, "charon")
+    assert old is not None and charon is not None
     ping = node.spawn(CONTINUOUS_PING)
     t0 = time.monotonic()
     installed.run_helm(
         "upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE, "-f", str(installed.values),
         "--set-string", "agent.podAnnotations.routevpn\\.io/test-roll=1",
     )  # fmt: skip
-    _wait_new_agent_and_tunnel(installed, old["metadata"]["name"])
+    _wait_new_pod_and_tunnel(installed, "agent", old["metadata"]["name"])
     node.figures["helm upgrade → new agent pod and tunnel Ready"] = time.monotonic() - t0
     out = node.result(ping, timeout=300, check=False)
     after = (_tunnel(node) or {})["status"]["child"]
@@ -379,21 +468,31 @@ def test_helm_upgrade_rolls_the_agent_and_keeps_the_tunnel(
         after,
     )
     assert " 0% packet loss" in out, out
+    # the same charon, never restarted, and the SAs in the kernel are the ones it had
+    still = _one_pod(installed, "charon")
+    assert still is not None
+    assert still["metadata"]["uid"] == charon["metadata"]["uid"]
+    assert _restarts(still) == _restarts(charon)
+    xfrm = node.run("ip xfrm state")
+    for spi in (before["spiIn"], before["spiOut"]):
+        assert f"spi 0x{int(spi, 16):08x}" in xfrm, (spi, xfrm)
 
 
-def test_deleting_the_agent_pod_is_repaired(installed: Installed, seed: Seed) -> None:
-    """charon lives in the agent's pod: deleting the pod kills it; the DaemonSet's new pod
-    brings the tunnel back, and traffic flows again."""
+def test_deleting_the_charon_pod_is_repaired(installed: Installed, seed: Seed) -> None:
+    """charon's pod deleted (its SAs go with it): the DaemonSet's new charon starts, the
+    agent loads the tunnel into it, and traffic flows again."""
     node = installed.node
-    old = _agent_pod(installed)
+    old = _one_pod(installed, "charon")
     assert old is not None
     t0 = time.monotonic()
     node.kubectl("delete", "pod", "-n", AGENT_NAMESPACE, old["metadata"]["name"], "--wait=false")
-    _wait_new_agent_and_tunnel(installed, old["metadata"]["name"])
+    _wait_new_pod_and_tunnel(installed, "charon", old["metadata"]["name"])
     repaired = time.monotonic() - t0
-    node.figures["agent pod deleted → tunnel Ready again"] = repaired
+    node.figures["charon pod deleted → tunnel Ready again"] = repaired
     out = node.run(farend.ping_script(farend.FAR_LAN, farend.NODE_LAN, far=False), timeout=60)
     assert " 0% packet loss" in out, out
+    agent = _one_pod(installed, "agent")
+    assert agent is not None and _ready(agent)
 
 
 NODE_STATE = """
@@ -421,13 +520,15 @@ def test_deleting_the_tunnel_then_uninstalling_leaves_the_node_clean(
     )
     wait_until(lambda: node.run(NODE_STATE) == clean, timeout=120, interval=2.0, what="node clean")
     # charon (still running) holds no routevpn connection
-    conns = node.run(
-        "sock=$(find /var/lib/kubelet/pods -name charon.vici | head -n 1); "
-        'swanctl --list-conns --uri "unix://$sock"'
-    )
+    conns = node.run(f"swanctl --list-conns --uri unix://{VICI_DIR}/charon.vici")
     assert "routevpn" not in conns, conns
     installed.run_helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "12m")
     wait_until(
-        lambda: not installed.pods(AGENT_NAMESPACE, "agent"), timeout=300, what="agent pod gone"
+        lambda: (
+            not installed.pods(AGENT_NAMESPACE, "agent")
+            and not installed.pods(AGENT_NAMESPACE, "charon")
+        ),
+        timeout=300,
+        what="agent and charon pods gone",
     )
     assert node.run(NODE_STATE) == clean
