@@ -478,21 +478,99 @@ def test_helm_upgrade_rolls_the_agent_and_keeps_the_tunnel(
         assert f"spi 0x{int(spi, 16):08x}" in xfrm, (spi, xfrm)
 
 
+def _spis(node: labnode.LabNode) -> tuple[str, str] | None:
+    child = ((_tunnel(node) or {}).get("status") or {}).get("child") or {}
+    return (child["spiIn"], child["spiOut"]) if child.get("spiIn") else None
+
+
+def _wait_new_charon_and_rekeyed(installed: Installed, old_pod: str, old: tuple[str, str]) -> None:
+    """A new charon pod Ready, and the tunnel Ready on SAs it negotiated (new SPIs: a
+    Ready left over from the old charon does not count)."""
+    node = installed.node
+
+    def replaced() -> bool:
+        pod = _one_pod(installed, "charon")
+        return pod is not None and pod["metadata"]["name"] != old_pod and _ready(pod)
+
+    def rekeyed() -> bool:
+        spis = _spis(node)
+        ready = _conditions(_tunnel(node)).get("Ready") == "True"
+        return ready and spis is not None and spis[0] != old[0] and spis[1] != old[1]
+
+    wait_until(replaced, timeout=PODS_READY_TIMEOUT, interval=1.0, what="new charon Ready")
+    wait_until(rekeyed, timeout=TUNNEL_READY_TIMEOUT, interval=1.0, what="tunnel re-keyed, Ready")
+
+
 def test_deleting_the_charon_pod_is_repaired(installed: Installed, seed: Seed) -> None:
     """charon's pod deleted (its SAs go with it): the DaemonSet's new charon starts, the
     agent loads the tunnel into it, and traffic flows again."""
     node = installed.node
     old = _one_pod(installed, "charon")
-    assert old is not None
+    old_spis = _spis(node)
+    assert old is not None and old_spis is not None
     t0 = time.monotonic()
     node.kubectl("delete", "pod", "-n", AGENT_NAMESPACE, old["metadata"]["name"], "--wait=false")
-    _wait_new_pod_and_tunnel(installed, "charon", old["metadata"]["name"])
-    repaired = time.monotonic() - t0
-    node.figures["charon pod deleted → tunnel Ready again"] = repaired
+    _wait_new_charon_and_rekeyed(installed, old["metadata"]["name"], old_spis)
+    node.figures["charon pod deleted → tunnel Ready on new SAs"] = time.monotonic() - t0
     out = node.run(farend.ping_script(farend.FAR_LAN, farend.NODE_LAN, far=False), timeout=60)
     assert " 0% packet loss" in out, out
+    new_spis = _spis(node)
+    assert new_spis is not None
+    xfrm = node.run("ip xfrm state")
+    for spi in new_spis:
+        assert f"spi 0x{int(spi, 16):08x}" in xfrm, (spi, xfrm)
     agent = _one_pod(installed, "agent")
     assert agent is not None and _ready(agent)
+
+
+#: The agent's /readyz as kubelet asks it (the node's address, the chart's port), body
+#: and all; python3 is the host's, seen by the guest.
+READYZ = f"""python3 - <<'EOF'
+import urllib.error, urllib.request
+try:
+    url = "http://{labnode.NODE_IP}:9478/readyz"
+    print(urllib.request.urlopen(url, timeout=10).read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+EOF"""
+
+
+def test_the_agent_reports_a_missing_charon(installed: Installed, seed: Seed) -> None:
+    """charon kept off the node for a while (its DaemonSet's nodeSelector matches no
+    node): the agent stays live (no restart: restarting it would not bring charon back)
+    but is not Ready, and its /readyz says why; charon back, so is the tunnel."""
+    node = installed.node
+    ds = f"{RELEASE}-routevpn-charon"
+    label = "routevpn.io/test-nowhere"
+    old = _one_pod(installed, "charon")
+    agent = _one_pod(installed, "agent")
+    old_spis = _spis(node)
+    assert old is not None and agent is not None and old_spis is not None
+    away = {"spec": {"template": {"spec": {"nodeSelector": {label: "true"}}}}}
+    back = [
+        {"op": "remove", "path": f"/spec/template/spec/nodeSelector/{label.replace('/', '~1')}"}
+    ]
+    node.kubectl("patch", "ds", ds, "-n", AGENT_NAMESPACE, "--type=merge", "-p", json.dumps(away))
+    try:
+        wait_until(
+            lambda: not installed.pods(AGENT_NAMESPACE, "charon"), timeout=300, what="no charon"
+        )
+
+        def agent_not_ready() -> dict[str, Any] | None:
+            pod = _one_pod(installed, "agent")
+            return pod if pod is not None and not _ready(pod) else None
+
+        # a resync (30 s) finds charon gone; three failed probes (10 s apart) follow
+        unready = wait_until(agent_not_ready, timeout=240, interval=2.0, what="agent not Ready")
+        assert node.run(READYZ).strip() == "503 not ready: charon unreachable"
+        assert unready["metadata"]["uid"] == agent["metadata"]["uid"]
+        assert _restarts(unready) == _restarts(agent)
+    finally:
+        node.kubectl(
+            "patch", "ds", ds, "-n", AGENT_NAMESPACE, "--type=json", "-p", json.dumps(back)
+        )
+    _wait_new_charon_and_rekeyed(installed, old["metadata"]["name"], old_spis)
+    wait_until(lambda: _ready(_one_pod(installed, "agent") or {}), timeout=120, what="agent Ready")
 
 
 NODE_STATE = """
