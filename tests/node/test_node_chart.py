@@ -1,208 +1,75 @@
-"""The chart, as released, on the lab node: real pods from the locally built images.
+"""The chart on the lab node, where only the node's own shell can tell: traffic and ESP
+counters through the seed tunnel, the kernel's SAs, charon's socket directory, the
+examples' drift, a `helm upgrade` that rolls the agent without re-keying, charon's pod
+deleted or kept away, and a clean node after the tunnel's deletion and `helm uninstall`.
 
-``helm install`` of charts/routevpn with values that only point at the local images
-(``imagePullPolicy: Never``: nothing can be pulled here); the operator Deployment's
-pods and the agent's and charon's DaemonSet pods must become Running and Ready through
-the chart's own probes, and the live Pods must carry the chart's security context, read
-back from the Pod objects (nothing overridden for the test).
+The release is the session's (``installed``, ``seed``: tests/node/conftest.py);
+what any real cluster can show through kubectl alone is in test_e2e.py, which runs
+first. This module runs last: its last test uninstalls.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from support import farend
+from support import farend, release
 from support import node as labnode
 from support.kube import wait_until
-from support.tiers import missing
+from support.node_release import (
+    AGENT_NAMESPACE,
+    CHART,
+    NAMESPACE,
+    PODS_READY_TIMEOUT,
+    RELEASE,
+    ROOT,
+    SEED,
+    TUNNEL,
+    TUNNEL_NS,
+    TUNNEL_READY_TIMEOUT,
+    Installed,
+    Seed,
+)
+from support.release import FIELD_MANAGER
 
-# One boot of the node and one install serve the module; the first test pays for both.
+# One boot of the node and one install serve the session; the first test may pay for both.
 pytestmark = pytest.mark.timeout(2400)
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = labnode.CHART
-RELEASE = "routevpn"
-NAMESPACE = "routevpn-system"
 #: charon's VICI socket directory on the node (the chart's, for this release).
 VICI_DIR = f"/run/routevpn/{NAMESPACE}/{RELEASE}"
-AGENT_NAMESPACE = labnode.CHART_VALUES["agent"]["namespace"]
-VALUES = labnode.CHART_VALUES
-# Emulated CPUs: Python start-up and kopf's first sync take a while.
-PODS_READY_TIMEOUT = 600.0
-
-
-def _helm_binary() -> Path:
-    path = labnode.helm_binary()
-    if path is None:
-        missing("helm: run hack/tools.sh build")
-    return path
-
-
-@dataclass(frozen=True)
-class Installed:
-    """The release on the lab node."""
-
-    node: labnode.LabNode
-    helm: Path
-    values: Path
-    started: float  # monotonic clock at `helm install`
-    install_seconds: float
-
-    def run_helm(self, *args: str, check: bool = True) -> str:
-        res = subprocess.run(
-            [str(self.helm), "--kubeconfig", str(self.node.kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=600,
-        )
-        assert res.returncode == 0 or not check, (
-            f"helm {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-        )
-        return res.stdout
-
-    def pods(self, namespace: str, component: str) -> list[dict[str, Any]]:
-        out = self.node.kubectl(
-            "get",
-            "pods",
-            "-n",
-            namespace,
-            "-l",
-            f"app.kubernetes.io/component={component}",
-            "-o",
-            "json",
-        ).stdout
-        items: list[dict[str, Any]] = json.loads(out)["items"]
-        return items
 
 
 def _ready(pod: dict[str, Any]) -> bool:
-    status = pod.get("status", {})
-    conds = {c["type"]: c["status"] for c in status.get("conditions", [])}
-    return status.get("phase") == "Running" and conds.get("Ready") == "True"
+    return release.ready(pod)
 
 
-def _pod_summary(pods: list[dict[str, Any]]) -> str:
-    lines = []
-    for p in pods:
-        st = p.get("status", {})
-        waiting = [
-            f"{c['name']}: {c.get('state')}"
-            for c in st.get("containerStatuses", [])
-            if not c.get("ready")
-        ]
-        lines.append(f"{p['metadata']['name']} {st.get('phase')} {waiting}")
-    return "\n".join(lines)
+def _tunnel(node: labnode.LabNode) -> dict[str, Any] | None:
+    return release.tunnel(node.kubectl, TUNNEL_NS, TUNNEL)
 
 
-@pytest.fixture(scope="module")
-def installed(
-    lab_node: labnode.LabNode, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Installed]:
-    helm = _helm_binary()
-    values = Path(tmp_path_factory.mktemp("chart-node")) / "values.yaml"
-    values.write_text(yaml.safe_dump(VALUES))
-    kubectl = lab_node.kubectl
-    kubectl("create", "namespace", NAMESPACE)
-    # the operator's namespace enforces `restricted`, as docs/install.md says to
-    kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
-    t0 = time.monotonic()
-    inst = Installed(lab_node, helm, values, t0, 0.0)
-    inst.run_helm("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "-f", str(values))
-    try:
-
-        def all_ready() -> bool:
-            ops = inst.pods(NAMESPACE, "operator")
-            node_pods = inst.pods(AGENT_NAMESPACE, "agent") + inst.pods(AGENT_NAMESPACE, "charon")
-            return len(ops) == 2 and len(node_pods) == 2 and all(map(_ready, ops + node_pods))
-
-        try:
-            wait_until(all_ready, timeout=PODS_READY_TIMEOUT, interval=2.0, what="chart pods Ready")
-        except TimeoutError as e:
-            pods = [
-                *inst.pods(NAMESPACE, "operator"),
-                *inst.pods(AGENT_NAMESPACE, "agent"),
-                *inst.pods(AGENT_NAMESPACE, "charon"),
-            ]
-            events = kubectl("get", "events", "-A", check=False).stdout[-4000:]
-            raise TimeoutError(
-                f"{e}\n{_pod_summary(pods)}\n{events}\n{lab_node.diagnostics()}"
-            ) from e
-        yield Installed(lab_node, helm, values, t0, time.monotonic() - t0)
-    finally:
-        # the last test uninstalls (and checks the node after it); this is the safety net
-        inst.run_helm(
-            "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "5m",
-            "--ignore-not-found", check=False,
-        )  # fmt: skip
-        kubectl("delete", "namespace", NAMESPACE, AGENT_NAMESPACE, "--wait=false", check=False)
+def _conditions(tunnel: dict[str, Any] | None) -> dict[str, str]:
+    return release.conditions(tunnel)
 
 
-def test_operator_agent_and_charon_pods_run_ready(installed: Installed) -> None:
-    ops = installed.pods(NAMESPACE, "operator")
-    agents = installed.pods(AGENT_NAMESPACE, "agent")
-    charons = installed.pods(AGENT_NAMESPACE, "charon")
-    assert len(ops) == 2 and all(map(_ready, ops)), _pod_summary(ops)
-    assert len(agents) == 1 and _ready(agents[0]), _pod_summary(agents)
-    assert len(charons) == 1 and _ready(charons[0]), _pod_summary(charons)
-    agent, charon = agents[0], charons[0]
-    assert agent["spec"]["nodeName"] == charon["spec"]["nodeName"] == labnode.NODE_NAME
-    # Ready came from the chart's own probes, not from a missing probe
-    (agent_c,) = agent["spec"]["containers"]
-    assert agent_c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert agent_c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    (charon_c,) = charon["spec"]["containers"]
-    assert "swanctl" in charon_c["readinessProbe"]["exec"]["command"]
-    assert "swanctl" in charon_c["livenessProbe"]["exec"]["command"]
-    for p in ops:
-        c = p["spec"]["containers"][0]
-        assert "readinessProbe" in c, c
-        images = {s["name"]: s["image"] for s in p["status"]["containerStatuses"]}
-        assert images == {c["name"]: "docker.io/library/routevpn:dev"}, images
-    (agent_s,) = agent["status"]["containerStatuses"]
-    assert agent_s["image"] == "docker.io/library/routevpn:dev"
-    (charon_s,) = charon["status"]["containerStatuses"]
-    assert charon_s["image"] == "docker.io/library/routevpn-charon:dev"
-    inits = agent["status"].get("initContainerStatuses", [])
-    assert [s["state"].get("terminated", {}).get("exitCode") for s in inits] == [0], inits
-
-
-def test_live_agent_and_charon_pod_security_context(installed: Installed) -> None:
-    """The chart's security context as the API server stored it on the running Pods."""
+def test_pods_run_the_local_images(installed: Installed) -> None:
+    """The archives hack/images.sh built, imported into containerd: nothing pulled."""
     want = {
-        "agent": ["NET_ADMIN"],
-        "charon": ["NET_ADMIN", "NET_BIND_SERVICE"],
-        "load-kernel-modules": ["SYS_MODULE"],
+        "operator": "docker.io/library/routevpn:dev",
+        "agent": "docker.io/library/routevpn:dev",
+        "charon": "docker.io/library/routevpn-charon:dev",
     }
-    seen = {}
-    for component in ("agent", "charon"):
-        (pod,) = installed.pods(AGENT_NAMESPACE, component)
-        spec = pod["spec"]
-        assert spec["hostNetwork"] is True
-        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert not spec.get("hostPID") and not spec.get("hostIPC")
-        for c in spec["containers"] + spec.get("initContainers", []):
-            sc = c["securityContext"]
-            assert not sc.get("privileged", False), c["name"]
-            assert sc["allowPrivilegeEscalation"] is False, c["name"]
-            assert sc["readOnlyRootFilesystem"] is True, c["name"]
-            assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
-            seen[c["name"]] = sorted(sc["capabilities"]["add"])
-            # the pod-level RuntimeDefault is not undone per container
-            seccomp = sc.get("seccompProfile", {"type": "RuntimeDefault"})
-            assert seccomp == {"type": "RuntimeDefault"}
-    assert seen == want
-    (charon,) = installed.pods(AGENT_NAMESPACE, "charon")
-    assert charon["spec"]["automountServiceAccountToken"] is False
+    for component, image in want.items():
+        pods = installed.pods(component)
+        assert pods, component
+        for pod in pods:
+            assert pod["spec"]["nodeName"] == labnode.NODE_NAME
+            seen = {s["image"] for s in pod["status"]["containerStatuses"]}
+            assert seen == {image}, (component, seen)
 
 
 def test_the_socket_directory_is_roots_alone(installed: Installed) -> None:
@@ -215,48 +82,6 @@ def test_the_socket_directory_is_roots_alone(installed: Installed) -> None:
     mode, uid, _, kind = sock.split(" ", 3)
     assert (uid, kind) == ("0", "socket"), out
     assert int(mode, 8) & 0o007 == 0, out
-
-
-def test_operator_pods_run_as_non_root(installed: Installed) -> None:
-    for pod in installed.pods(NAMESPACE, "operator"):
-        spec = pod["spec"]
-        for c in spec["containers"]:
-            sc = {**spec.get("securityContext", {}), **c.get("securityContext", {})}
-            assert sc.get("runAsNonRoot") is True, sc
-            assert sc.get("runAsUser") == 65532, sc
-            assert sc.get("privileged", False) is False
-            assert sc["capabilities"]["drop"] == ["ALL"], sc
-            assert "add" not in sc["capabilities"], sc
-
-
-# --- the seed example through the chart ------------------------------------------------
-
-SEED = ROOT / "examples" / "seed-ipv6-vti.yaml"
-TUNNEL = "site-b"
-TUNNEL_NS = "default"
-#: What the cluster admin grants the seed's namespace (docs/policy.md): the chart denies
-#: tunnels in a namespace no VpnTunnelPolicy selects.
-SEED_POLICY = ROOT / "examples" / "tenancy" / "seed-policy.yaml"
-# Argo CD applies server-side with its own field manager; the drift check does the same.
-FIELD_MANAGER = "argocd-controller"
-TUNNEL_READY_TIMEOUT = 300.0
-
-
-def _seed_psk() -> str:
-    for doc in yaml.safe_load_all(SEED.read_text()):
-        if doc and doc.get("kind") == "Secret":
-            return str(doc["stringData"]["psk"])
-    raise AssertionError(f"{SEED.name} holds no Secret")
-
-
-def _tunnel(node: labnode.LabNode) -> dict[str, Any] | None:
-    res = node.kubectl("get", "vpnt", TUNNEL, "-n", TUNNEL_NS, "-o", "json", check=False)
-    return json.loads(res.stdout) if res.returncode == 0 else None
-
-
-def _conditions(tunnel: dict[str, Any] | None) -> dict[str, str]:
-    conds = ((tunnel or {}).get("status") or {}).get("conditions") or []
-    return {c["type"]: c["status"] for c in conds}
 
 
 def _esp_counters(node: labnode.LabNode) -> tuple[int, int]:
@@ -273,47 +98,6 @@ def _esp_counters(node: labnode.LabNode) -> tuple[int, int]:
     return total_bytes, total_packets
 
 
-@dataclass
-class Seed:
-    """The seed tunnel applied on the node, against the far end set up by hand."""
-
-    tunnel: dict[str, Any]
-    install_to_ready: float
-
-
-@pytest.fixture(scope="module")
-def seed(installed: Installed) -> Iterator[Seed]:
-    node = installed.node
-    node.run(farend.setup_script(_seed_psk()))
-    policy = SEED_POLICY
-    try:
-        node.kubectl("apply", "--server-side", "-f", str(policy))
-        node.kubectl(
-            "apply", "--server-side", f"--field-manager={FIELD_MANAGER}",
-            "-n", TUNNEL_NS, "-f", str(SEED),
-        )  # fmt: skip
-
-        def ready() -> dict[str, Any] | None:
-            t = _tunnel(node)
-            return t if _conditions(t).get("Ready") == "True" else None
-
-        try:
-            tunnel = wait_until(
-                ready, timeout=TUNNEL_READY_TIMEOUT, interval=2.0, what="seed Ready"
-            )
-        except TimeoutError as e:
-            raise TimeoutError(f"{e}\n{json.dumps(_tunnel(node), indent=1)[-3000:]}") from e
-        seed = Seed(tunnel, time.monotonic() - installed.started)
-        node.figures["helm install → pods Ready"] = installed.install_seconds
-        node.figures["helm install → seed tunnel Ready"] = seed.install_to_ready
-        yield seed
-    finally:
-        node.kubectl("delete", "-n", TUNNEL_NS, "-f", str(SEED), "--wait=true", check=False,
-                     timeout=300)  # fmt: skip
-        node.run(farend.teardown_script(), check=False)
-        node.kubectl("delete", "-f", str(policy), "--ignore-not-found", check=False)
-
-
 def test_seed_example_carries_traffic_both_ways(installed: Installed, seed: Seed) -> None:
     node = installed.node
     before = _esp_counters(node)
@@ -327,36 +111,18 @@ def test_seed_example_carries_traffic_both_ways(installed: Installed, seed: Seed
     assert after[0] > before[0], (before, after)
 
 
-def test_kubectl_get_vpnt_shows_sa_facts(installed: Installed, seed: Seed) -> None:
-    node = installed.node
-    table = node.kubectl("get", "vpnt", TUNNEL, "-n", TUNNEL_NS).stdout
-    assert "ESTABLISHED" in table and "INSTALLED" in table and "True" in table, table
-    status = (_tunnel(node) or {})["status"]
-    assert status["node"] == labnode.NODE_NAME
-    assert status["ike"]["state"] == "ESTABLISHED"
-    child = status["child"]
-    assert child["state"] == "INSTALLED"
-    assert child["spiIn"] and child["spiOut"], child
-    # the SPIs the status names are the kernel's own
-    xfrm = node.run("ip xfrm state")
+def test_the_kernel_holds_the_sas_the_status_names(installed: Installed, seed: Seed) -> None:
+    child = (_tunnel(installed.node) or {})["status"]["child"]
+    xfrm = installed.node.run("ip xfrm state")
     for spi in (child["spiIn"], child["spiOut"]):
         assert f"spi 0x{int(spi, 16):08x}" in xfrm, (spi, xfrm)
 
 
-def test_no_drift_after_status_was_written(installed: Installed, seed: Seed) -> None:
-    """As Argo CD sees it: the manifest applied server-side, the controllers' status
-    written since, and a server-side diff shows nothing."""
-    res = installed.node.kubectl(
-        "diff", "--server-side", f"--field-manager={FIELD_MANAGER}",
-        "-n", TUNNEL_NS, "-f", str(SEED), check=False,
-    )  # fmt: skip
-    assert res.returncode == 0 and not res.stdout.strip(), res.stdout + res.stderr
-
-
 #: Every other example: each in a namespace of its own (two share a Secret's name), in
 #: which no VpnTunnelPolicy grants anything (their addresses are not this node's and
-#: their peers don't exist): the operator refuses or can't place them, and writes that to
-#: their status, with its finalizer and labels; the diff must still be empty.
+#: their peers don't exist): they can't come up here. The operator refuses or can't place
+#: them and writes that to their status (with whatever metadata it adds); the server-side
+#: diff must still be empty. The seed, Ready, is test_e2e.py's.
 OTHER_EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p != SEED)
 
 
@@ -417,7 +183,7 @@ def test_no_drift_in_the_other_examples(
 
 
 def _one_pod(installed: Installed, component: str) -> dict[str, Any] | None:
-    pods = installed.pods(AGENT_NAMESPACE, component)
+    pods = installed.pods(component)
     return pods[0] if len(pods) == 1 else None
 
 
@@ -552,9 +318,7 @@ def test_the_agent_reports_a_missing_charon(installed: Installed, seed: Seed) ->
     ]
     node.kubectl("patch", "ds", ds, "-n", AGENT_NAMESPACE, "--type=merge", "-p", json.dumps(away))
     try:
-        wait_until(
-            lambda: not installed.pods(AGENT_NAMESPACE, "charon"), timeout=300, what="no charon"
-        )
+        wait_until(lambda: not installed.pods("charon"), timeout=300, what="no charon")
 
         def agent_not_ready() -> dict[str, Any] | None:
             pod = _one_pod(installed, "agent")
@@ -602,10 +366,7 @@ def test_deleting_the_tunnel_then_uninstalling_leaves_the_node_clean(
     assert "routevpn" not in conns, conns
     installed.run_helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "12m")
     wait_until(
-        lambda: (
-            not installed.pods(AGENT_NAMESPACE, "agent")
-            and not installed.pods(AGENT_NAMESPACE, "charon")
-        ),
+        lambda: not installed.pods("agent") and not installed.pods("charon"),
         timeout=300,
         what="agent and charon pods gone",
     )
