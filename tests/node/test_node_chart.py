@@ -306,12 +306,14 @@ def test_the_agent_reports_a_missing_charon(installed: Installed, seed: Seed) ->
     node): the agent stays live (no restart: restarting it would not bring charon back)
     but is not Ready, and its /readyz says why; charon back, so is the tunnel."""
     node = installed.node
-    ds = f"{RELEASE}-routevpn-charon"
     label = "routevpn.io/test-nowhere"
     old = _one_pod(installed, "charon")
     agent = _one_pod(installed, "agent")
     old_spis = _spis(node)
     assert old is not None and agent is not None and old_spis is not None
+    (owner,) = old["metadata"]["ownerReferences"]
+    assert owner["kind"] == "DaemonSet"
+    ds = owner["name"]
     away = {"spec": {"template": {"spec": {"nodeSelector": {label: "true"}}}}}
     back = [
         {"op": "remove", "path": f"/spec/template/spec/nodeSelector/{label.replace('/', '~1')}"}
