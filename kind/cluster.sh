@@ -8,8 +8,10 @@
 #   load      load both images into the kind nodes
 #   install   helm install the chart (kind/values.yaml); operator namespace `restricted`
 #   peer      the far-end IPsec peer: a charon container at 198.51.100.100 with a PSK
-#   example   the PSK Secret and kind/example-tunnel.yaml; wait until it is Ready
-#   e2e       the cluster test suite against this cluster (ROUTEVPN_KUBECONFIG)
+#   example   kind/policy.yaml (the admin's grant), the PSK Secret and kind/example-tunnel.yaml
+#             (applied server-side, as Argo CD would); wait until it is Ready
+#   e2e       the end-to-end module the node tier runs on the lab node (tests/node/test_e2e.py)
+#             and the cluster test suite, against this cluster (ROUTEVPN_KUBECONFIG)
 #   down      delete the cluster, the peer and the networks
 #
 # --dry-run prints every command instead of running it (nothing needs Docker then).
@@ -173,13 +175,22 @@ step_example() {
             kubectl label --local -f - routevpn.io/usage=ike -o yaml |
             kubectl --kubeconfig "$KUBECONFIG_FILE" apply -f -
     fi
-    kube apply -f "$ROOT/kind/example-tunnel.yaml"
+    kube apply --server-side -f "$ROOT/kind/policy.yaml"
+    kube apply --server-side --field-manager=argocd-controller -f "$ROOT/kind/example-tunnel.yaml"
     kube -n default wait --for=condition=Ready vpntunnel/kind-peer --timeout=300s
     kube -n default get vpntunnel kind-peer -o wide
 }
 
 step_e2e() {
-    log "cluster suite against $CLUSTER"
+    log "end-to-end module and cluster suite against $CLUSTER"
+    # The same module the node tier runs against the lab node; here it is told where the
+    # release and the example tunnel are (these are also its defaults).
+    run env ROUTEVPN_KUBECONFIG="$KUBECONFIG_FILE" \
+        ROUTEVPN_KUBECTL="$(command -v kubectl || echo kubectl)" \
+        ROUTEVPN_E2E_RELEASE="$RELEASE" ROUTEVPN_E2E_NAMESPACE="$NAMESPACE" \
+        ROUTEVPN_E2E_AGENT_NAMESPACE=routevpn-agent ROUTEVPN_E2E_TUNNEL=default/kind-peer \
+        ROUTEVPN_E2E_MANIFEST="$ROOT/kind/example-tunnel.yaml" \
+        "$ROOT/.venv/bin/pytest" "$ROOT/tests/node/test_e2e.py" -m node
     run env ROUTEVPN_KUBECONFIG="$KUBECONFIG_FILE" \
         ROUTEVPN_KUBECTL="$(command -v kubectl || echo kubectl)" \
         "$ROOT/.venv/bin/pytest" "$ROOT/tests/cluster" -m cluster

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Generator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -95,16 +96,24 @@ def test_agent_pod_is_admitted_in_its_privileged_namespace(
     node = f"gw-{release.name}"
     make_node(node, {"kubernetes.io/os": "linux"})
 
-    def agent_pod() -> Any:
-        for p in _pods(kube, release.agent_namespace, "agent"):
+    def pod_on_node(component: str) -> Any:
+        for p in _pods(kube, release.agent_namespace, component):
             if p.spec.affinity and node in json.dumps(p.spec.affinity.to_dict()):
                 return p
         return None
 
-    pod = wait_until(agent_pod, timeout=60, what=f"agent pod for node {node}")
-    assert pod.spec.host_network is True
-    caps = {c.name: c.security_context.capabilities.add for c in pod.spec.containers}
+    caps: dict[str, list[str]] = {}
+    vici_dirs: set[str] = set()
+    for component in ("agent", "charon"):
+        pod = wait_until(
+            partial(pod_on_node, component), timeout=60, what=f"{component} pod for {node}"
+        )
+        assert pod.spec.host_network is True
+        caps |= {c.name: c.security_context.capabilities.add for c in pod.spec.containers}
+        vici_dirs |= {v.host_path.path for v in pod.spec.volumes if v.name == "vici"}
     assert caps == {"agent": ["NET_ADMIN"], "charon": ["NET_ADMIN", "NET_BIND_SERVICE"]}
+    # one node directory for the release's pair, named after the release
+    assert vici_dirs == {f"/run/routevpn/{release.namespace}/{release.name}"}
 
 
 def test_agent_in_a_restricted_namespace_is_refused(
@@ -344,6 +353,10 @@ def test_upgrade_with_changed_values_then_uninstall(
         ds = apps.read_namespaced_daemon_set(f"{rel.name}-routevpn-agent", rel.agent_namespace)
         env = {e.name: e.value for e in ds.spec.template.spec.containers[0].env}
         assert env["ROUTEVPN_LOG_LEVEL"] == "debug"
+        # the agent's new template is charon's old one: its DaemonSet was not changed
+        charon = apps.read_namespaced_daemon_set(f"{rel.name}-routevpn-charon", rel.agent_namespace)
+        assert charon.metadata.generation == 1
+        assert charon.spec.update_strategy.type == "OnDelete"
         admission: Any = client.AdmissionregistrationV1Api(kube)
         policies = admission.list_validating_admission_policy()
         ours = [p.metadata.name for p in policies.items if p.metadata.name.startswith(rel.name)]

@@ -3,9 +3,13 @@
 ``test_images.py`` looks into the OCI archives ``hack/images.sh build`` made (host only).
 The other tests share ONE lab node for the session (``lab_node``): a control plane on
 the host and a QEMU guest running containerd and a kubelet that registered with it
-(``support.node``). Every test talks to it from the host with the pinned kubectl/helm, as
-an operator of a real cluster would. Missing parts skip on a developer machine and fail
-in CI (``missing()``).
+(``support.node``), with ONE install of the chart (``installed``) and the seed example up
+through it (``seed``, ``support.node_release``). Every test talks to it from the host with
+the pinned kubectl/helm, as an operator of a real cluster would. ``test_e2e.py`` runs
+against ``target``: that release, or the cluster ``ROUTEVPN_KUBECONFIG`` names (then no
+lab node boots). Modules run in name order: test_e2e, test_images, test_node, and
+test_node_chart last, whose last test uninstalls. Missing parts skip on a developer
+machine and fail in CI (``missing()``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import pytest
 
 from support import node as labnode
+from support import node_release, release
 from support.tiers import missing
 
 NODE_KEY = pytest.StashKey[labnode.LabNode]()
@@ -52,6 +57,32 @@ def lab_node(
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def installed(
+    lab_node: labnode.LabNode, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[node_release.Installed]:
+    """The chart installed on the lab node, every pod Ready (uninstalled at the end)."""
+    yield from node_release.install(lab_node, tmp_path_factory.mktemp("chart-node"))
+
+
+@pytest.fixture(scope="session")
+def seed(installed: node_release.Installed) -> Iterator[node_release.Seed]:
+    """The seed example Ready through the chart, against the far end set up by hand."""
+    yield from node_release.bring_up_seed(installed)
+
+
+@pytest.fixture(scope="session")
+def target(request: pytest.FixtureRequest) -> release.Target:
+    """What test_e2e.py checks: the cluster ROUTEVPN_KUBECONFIG names, else the lab
+    node's release with the seed up (booted and installed on first use)."""
+    external = release.external_target()
+    if external is not None:
+        return external
+    request.getfixturevalue("seed")
+    installed: node_release.Installed = request.getfixturevalue("installed")
+    return installed.target
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -173,7 +174,9 @@ class LabNode:
         for name in images.NAMES:
             path = images.archive(name)
             assert path is not None
-            (archives / f"{name}.oci.tar").symlink_to(path)
+            # A copy, not a link: the cache is shared, and a build of other inputs (another
+            # worktree) supersedes, i.e. deletes, this archive while the guest imports it.
+            shutil.copyfile(path, archives / f"{name}.oci.tar")
         g = labspec.GUEST_SCRATCH
         command = [
             "bash",

@@ -83,10 +83,14 @@ def test_dry_run_prints_every_step_in_order() -> None:
         "docker run -d --name routevpn-kind-peer --network routevpn-kind --ip 198.51.100.100",
         "docker network connect --ip 192.0.2.129 routevpn-kind-lan routevpn-kind-peer",
         "kubectl -n default create secret generic kind-peer-psk",
-        f"apply -f {ROOT}/kind/example-tunnel.yaml",
+        f"apply --server-side -f {ROOT}/kind/policy.yaml",
+        f"apply --server-side --field-manager=argocd-controller -f {ROOT}/kind/example-tunnel.yaml",
         "wait --for=condition=Ready vpntunnel/kind-peer",
         "get vpntunnel kind-peer -o wide",
-        "ROUTEVPN_KUBECONFIG=/nonexistent-cache/kind/routevpn/kubeconfig",
+        # the node tier's end-to-end module, then the cluster suite, against kind
+        f"ROUTEVPN_E2E_TUNNEL=default/kind-peer ROUTEVPN_E2E_MANIFEST={ROOT}/kind/example-"
+        f"tunnel.yaml {ROOT}/.venv/bin/pytest {ROOT}/tests/node/test_e2e.py -m node",
+        f"{ROOT}/.venv/bin/pytest {ROOT}/tests/cluster -m cluster",
         "kind delete cluster --name routevpn",
         "docker rm -f routevpn-kind-peer",
         "docker network rm routevpn-kind-lan routevpn-kind",
@@ -96,6 +100,11 @@ def test_dry_run_prints_every_step_in_order() -> None:
         hits = [i for i in range(pos, len(commands)) if want in commands[i]]
         assert hits, f"step not printed (in order): {want!r}\n{out}"
         pos = hits[0] + 1
+    suites = [c for c in commands if "/bin/pytest " in c]
+    assert len(suites) == 2
+    assert all(
+        "ROUTEVPN_KUBECONFIG=/nonexistent-cache/kind/routevpn/kubeconfig" in c for c in suites
+    )
 
 
 def test_dry_run_runs_nothing(tmp_path: Path) -> None:

@@ -42,6 +42,24 @@ Call with (dict "base" "..." "suffix" "...").
 {{- include "routevpn.componentName" (dict "root" . "component" "agent") }}
 {{- end }}
 
+{{- define "routevpn.charonName" -}}
+{{- include "routevpn.componentName" (dict "root" . "component" "charon") }}
+{{- end }}
+
+{{/* charon's whole strongswan.conf: the value, or the chart's file. */}}
+{{- define "routevpn.strongswanConf" -}}
+{{- default (.Files.Get "files/strongswan.conf") .Values.charon.strongswanConf }}
+{{- end }}
+
+{{/*
+The node's directory holding charon's VICI socket, shared by the release's charon and
+agent pods (hostPath) and by nothing else: one per release (namespace and name), so two
+releases never reach each other's charon. Mounted at /run/routevpn in both pods.
+*/}}
+{{- define "routevpn.viciHostDir" -}}
+{{- printf "/run/routevpn/%s/%s" .Release.Namespace .Release.Name }}
+{{- end }}
+
 {{/* Where the agent runs: its own namespace when asked for, else the release's. */}}
 {{- define "routevpn.agentNamespace" -}}
 {{- default .Release.Namespace .Values.agent.namespace }}
@@ -62,6 +80,19 @@ app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 app.kubernetes.io/part-of: routevpn
 {{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+charon's pod template labels: the selector's and the stable ones only. The chart's and
+the app's version change with every release; in the template they would make a
+RollingUpdate of charon (which re-keys every tunnel of the node) follow each chart upgrade.
+*/}}
+{{- define "routevpn.charonPodLabels" -}}
+{{ include "routevpn.selectorLabels" (dict "root" . "component" "charon") }}
+app.kubernetes.io/part-of: routevpn
+{{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}

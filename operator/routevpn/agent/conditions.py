@@ -64,7 +64,7 @@ def problem_of(exc: errors.DataplaneError) -> Problem:
     if isinstance(exc, errors.CharonUnavailableError):
         return Problem(
             Reason.CHARON_UNAVAILABLE,
-            f"{exc}; is the charon container running and its VICI socket shared?",
+            f"{exc}; is the node's charon running and its VICI socket shared with the agent?",
         )
     if isinstance(exc, errors.LinkNotOwnedError):
         return Problem(Reason.INTERFACE_NAME_IN_USE, str(exc))

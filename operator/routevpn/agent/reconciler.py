@@ -266,8 +266,8 @@ class AgentReconciler:
         if problem is None and ipsec is None:
             problem = cond.Problem(
                 Reason.CHARON_UNAVAILABLE,
-                f"tunnel {ns}/{name}: charon's VICI socket does not answer; is the charon "
-                "container running?",
+                f"tunnel {ns}/{name}: charon's VICI socket does not answer; is the node's "
+                "charon running?",
             )
         failure = self.reasons.get(conn)
         mode = w.tunnel.spec.effective_mode.value if w.tunnel is not None else "route"

@@ -117,3 +117,17 @@ def test_the_seed_examples_policy_admits_the_seed_example() -> None:
         if d and d["kind"] == "VpnTunnel"
     )
     assert grant_violation(parse_spec(seed["spec"]), policy) is None
+
+
+def test_the_kind_policy_admits_the_kind_example() -> None:
+    """kind/policy.yaml is what kind/cluster.sh applies before kind/example-tunnel.yaml."""
+    from routevpn.api.spec import parse_spec
+    from routevpn.controller.policy import grant_violation
+
+    doc = yaml.safe_load((ROOT / "kind" / "policy.yaml").read_text())
+    policy = VpnTunnelPolicySpec.model_validate(doc["spec"])
+    assert policy.namespace_selector is not None
+    assert policy.namespace_selector.matches({"kubernetes.io/metadata.name": "default"})
+    tunnel = yaml.safe_load((ROOT / "kind" / "example-tunnel.yaml").read_text())
+    assert tunnel["metadata"]["namespace"] == "default"
+    assert grant_violation(parse_spec(tunnel["spec"]), policy) is None

@@ -38,8 +38,13 @@ def instruction(stage: list[str], name: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def daemonset(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    return find(render({}, tmp_path_factory.mktemp("r")), "DaemonSet", "agent")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[Manifest]:
+    return render({}, tmp_path_factory.mktemp("r"))
+
+
+@pytest.fixture(scope="module")
+def daemonset(rendered: list[Manifest]) -> Manifest:
+    return find(rendered, "DaemonSet", "agent")
 
 
 def test_app_image_is_multi_stage_and_slim() -> None:
@@ -62,10 +67,14 @@ def test_both_images_are_debian_bookworm() -> None:
         assert "FROM ${DEBIAN_IMAGE}" in args
 
 
-def test_charon_image_matches_the_chart(daemonset: Manifest) -> None:
+def test_charon_image_matches_the_chart(rendered: list[Manifest]) -> None:
     (stage,) = stages(CHARON_DOCKERFILE)
-    charon = containers(daemonset)["charon"]
-    assert json.loads(instruction(stage, "ENTRYPOINT")[0]) == charon["command"]
+    charon = containers(find(rendered, "DaemonSet", "charon"))["charon"]
+    # the image's entrypoint, exec'd (PID 1) after the socket directory is made private
+    (entrypoint,) = json.loads(instruction(stage, "ENTRYPOINT")[0])
+    shell, flag, script = charon["command"]
+    assert (shell, flag) == ("/bin/sh", "-c")
+    assert script.endswith(f" && exec {entrypoint}"), script
     (env,) = instruction(stage, "ENV")
     image_conf = env.split("=", 1)[1]
     chart_env = {e["name"]: e["value"] for e in charon["env"]}

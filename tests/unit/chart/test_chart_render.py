@@ -12,7 +12,9 @@ from support.chart import (
     CHART,
     LONG_RELEASE,
     VALUE_SETS,
+    containers,
     crd_schemas,
+    find,
     helm,
     kubeconform,
     render,
@@ -140,9 +142,17 @@ def test_agent_and_charon_share_the_vici_socket_path(tmp_path: Path) -> None:
         *("random", "nonce", "aes", "sha1", "sha2", "hmac", "gmp", "pem", "pkcs1", "pkcs8"),
         *("pubkey", "x509", "kdf", "openssl", "kernel-netlink", "socket-default", "vici"),
     ]
-    ds = next(d for d in docs if d["kind"] == "DaemonSet")
-    agent = next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "agent")
+    agent = containers(find(docs, "DaemonSet", "agent"))["agent"]
     assert agent["args"][agent["args"].index("--vici-socket") + 1] == "/run/routevpn/charon.vici"
+    # the directory is mounted at /run/routevpn in both pods, from the same node path
+    host_dirs = set()
+    for component in ("agent", "charon"):
+        ds = find(docs, "DaemonSet", component)
+        (mount,) = [m for m in containers(ds)[component]["volumeMounts"] if m["name"] == "vici"]
+        assert mount["mountPath"] == "/run/routevpn"
+        (vol,) = [v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "vici"]
+        host_dirs.add(vol["hostPath"]["path"])
+    assert host_dirs == {"/run/routevpn/routevpn-system/rv"}
 
 
 def test_strongswan_conf_override(tmp_path: Path) -> None:
@@ -156,10 +166,11 @@ def test_kind_values_render_with_the_locally_loaded_images(tmp_path: Path, crd_d
     text = render_text(values, tmp_path, include_crds=True)
     assert kubeconform(text, crd_dir).returncode == 0
     docs = [d for d in yaml.safe_load_all(text) if d]
-    ds = next(d for d in docs if d["kind"] == "DaemonSet")
-    assert ds["metadata"]["namespace"] == "routevpn-agent"
-    pod = ds["spec"]["template"]["spec"]
-    assert pod["nodeSelector"]["routevpn.io/gateway"] == "true"
-    images = {(c["image"], c["imagePullPolicy"]) for c in pod["containers"]}
+    images = set()
+    for ds in (d for d in docs if d["kind"] == "DaemonSet"):
+        assert ds["metadata"]["namespace"] == "routevpn-agent"
+        pod = ds["spec"]["template"]["spec"]
+        assert pod["nodeSelector"]["routevpn.io/gateway"] == "true"
+        images |= {(c["image"], c["imagePullPolicy"]) for c in pod["containers"]}
     # `kind load` puts these in the nodes; Never makes a missing load fail loudly.
     assert images == {("routevpn:dev", "Never"), ("routevpn-charon:dev", "Never")}

@@ -144,13 +144,16 @@ def test_operator_pod_meets_restricted(docs: list[Manifest]) -> None:
     assert deploy["spec"]["replicas"] == 2
 
 
-def test_agent_pod_capabilities(docs: list[Manifest]) -> None:
-    ds = find(docs, "DaemonSet", "agent")
-    pod = ds["spec"]["template"]["spec"]
-    assert ds["metadata"]["namespace"] == "routevpn-agent"
-    assert pod["hostNetwork"] is True
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    by_name = containers(ds)
+def test_agent_and_charon_pod_capabilities(docs: list[Manifest]) -> None:
+    by_name: dict[str, Manifest] = {}
+    for component in ("agent", "charon"):
+        ds = find(docs, "DaemonSet", component)
+        pod = ds["spec"]["template"]["spec"]
+        assert ds["metadata"]["namespace"] == "routevpn-agent"
+        assert pod["hostNetwork"] is True
+        assert not pod.get("hostPID") and not pod.get("hostIPC")
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        by_name.update(containers(ds))
     added = {
         name: set(c["securityContext"]["capabilities"].get("add", []))
         for name, c in by_name.items()
@@ -182,39 +185,94 @@ def test_agent_pod_capabilities(docs: list[Manifest]) -> None:
     assert env["ROUTEVPN_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     # The HTTP port binds the node's primary address, not every address of the node.
     assert env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
-    assert by_name["charon"]["command"] == ["/usr/lib/ipsec/charon"]
+    assert by_name["charon"]["command"][-1].endswith("exec /usr/lib/ipsec/charon")
+
+
+def test_charon_pod_has_no_api_access(docs: list[Manifest]) -> None:
+    """charon never talks to the API server: no token in its pod, no RBAC of its own."""
+    pod = find(docs, "DaemonSet", "charon")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod
+    names = [d["metadata"]["name"] for d in docs if d["kind"].endswith(("Role", "RoleBinding"))]
+    assert not [n for n in names if "charon" in n]
+
+
+#: The node directory of release "rv" in routevpn-system holding charon's VICI socket.
+VICI_DIR = "/run/routevpn/routevpn-system/rv"
+
+
+def _host_paths(ds: Manifest) -> dict[str, str]:
+    pod = ds["spec"]["template"]["spec"]
+    return {vol["name"]: vol["hostPath"]["path"] for vol in pod["volumes"] if "hostPath" in vol}
+
+
+def _host_mounts(ds: Manifest) -> dict[tuple[str, str], bool]:
+    """(container, volume) -> read-only, for the hostPath volumes."""
+    host = _host_paths(ds)
+    return {
+        (name, m["name"]): m.get("readOnly", False)
+        for name, c in containers(ds).items()
+        for m in c.get("volumeMounts", [])
+        if m["name"] in host
+    }
 
 
 def test_agent_host_mounts_are_the_minimum(docs: list[Manifest]) -> None:
     ds = find(docs, "DaemonSet", "agent")
-    pod = ds["spec"]["template"]["spec"]
-    host = {vol["name"]: vol["hostPath"]["path"] for vol in pod["volumes"] if "hostPath" in vol}
-    assert host == {"proc-sys-net": "/proc/sys/net", "lib-modules": "/lib/modules"}
-    by_name = containers(ds)
-    mounts = {
-        (name, m["name"]): m.get("readOnly", False)
-        for name, c in by_name.items()
-        for m in c.get("volumeMounts", [])
-        if m["name"] in host
+    assert _host_paths(ds) == {
+        "proc-sys-net": "/proc/sys/net",
+        "lib-modules": "/lib/modules",
+        "vici": VICI_DIR,
     }
     # /lib/modules read-only, and only where modules are loaded; /proc/sys/net only in
-    # the agent, which sets per-interface sysctls.
-    assert mounts == {
+    # the agent, which sets per-interface sysctls; charon's socket directory read-only
+    # (connecting works; replacing the socket or planting files does not).
+    assert _host_mounts(ds) == {
         ("load-kernel-modules", "lib-modules"): True,
         ("agent", "proc-sys-net"): False,
+        ("agent", "vici"): True,
     }
-    # charon's /run (PID file) is private; the VICI socket directory is shared.
-    charon_mounts = {m["mountPath"]: m["name"] for m in by_name["charon"]["volumeMounts"]}
-    agent_mounts = {m["mountPath"]: m["name"] for m in by_name["agent"]["volumeMounts"]}
-    assert charon_mounts["/run"] == "charon-run" and "/run" not in agent_mounts
-    assert charon_mounts["/run/routevpn"] == agent_mounts["/run/routevpn"] == "vici"
 
 
-def test_minimal_agent_has_no_host_paths_and_no_extra_capabilities(tmp_path: Path) -> None:
+def test_charon_host_mounts_are_the_socket_directory_only(docs: list[Manifest]) -> None:
+    ds = find(docs, "DaemonSet", "charon")
+    assert _host_paths(ds) == {"vici": VICI_DIR}
+    assert _host_mounts(ds) == {("charon", "vici"): False}
+    (vol,) = [v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "vici"]
+    assert vol["hostPath"]["type"] == "DirectoryOrCreate"
+    charon = containers(ds)["charon"]
+    # charon's /run (PID file) is private; the socket directory is made 0700 (root's,
+    # the kubelet creates it 0755) before charon starts.
+    mounts = {m["mountPath"]: m["name"] for m in charon["volumeMounts"]}
+    assert mounts == {"/run": "run", "/run/routevpn": "vici", "/etc/routevpn/charon": "conf"}
+    assert "emptyDir" in next(
+        v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "run"
+    )
+    assert charon["command"][-1].startswith("chmod 0700 /run/routevpn && ")
+
+
+def test_each_release_has_its_own_socket_directory(tmp_path: Path) -> None:
+    """Another release (another name, or the same name in another namespace) never
+    mounts this release's charon socket."""
+    dirs = set()
+    for release, namespace in (("rv", "a"), ("rv", "b"), ("other", "a")):
+        for ds in (d for d in render({}, tmp_path, release=release, namespace=namespace)
+                   if d["kind"] == "DaemonSet"):  # fmt: skip
+            dirs.add((ds["metadata"]["name"], _host_paths(ds)["vici"]))
+    assert {d for _, d in dirs} == {
+        "/run/routevpn/a/rv",
+        "/run/routevpn/b/rv",
+        "/run/routevpn/a/other",
+    }
+
+
+def test_minimal_agent_has_only_the_socket_directory_and_no_extra_capabilities(
+    tmp_path: Path,
+) -> None:
     docs = render(VALUE_SETS["minimal"], tmp_path)
     ds = find(docs, "DaemonSet", "agent")
-    assert all("hostPath" not in vol for vol in ds["spec"]["template"]["spec"]["volumes"])
-    assert set(containers(ds)) == {"agent", "charon"}
+    assert _host_paths(ds) == {"vici": VICI_DIR}
+    assert set(containers(ds)) == {"agent"}
     kinds = {d["kind"] for d in docs}
     assert not kinds & {
         "PodDisruptionBudget",
