@@ -32,12 +32,14 @@ _IN_SUBNET_MSG: Final = (
     "end's inside address) and not this end's own address"
 )
 #: CEL (at the spec): the address is in one of the interface's subnets, and not ours.
+#: (Equality of two computed IPs or strings is beyond the API server's cost budget; the
+#: address as a /32 or /128 not holding ours is within it.)
 IN_SUBNET_RULE: Final = cel(
-    "!has(self.healthCheck) || !isIP(self.healthCheck.address) || (has(self.interface) && "
-    "has(self.interface.addresses) && self.interface.addresses.exists(a, isCIDR(a) && "
-    "cidr(a).ip().family() == ip(self.healthCheck.address).family() && "
+    "!has(self.healthCheck) || (has(self.interface) && has(self.interface.addresses) && "
+    "isIP(self.healthCheck.address) && self.interface.addresses.exists(a, isCIDR(a) && "
     "cidr(a).containsIP(self.healthCheck.address) && "
-    "cidr(a).ip() != ip(self.healthCheck.address)))",
+    "!cidr(self.healthCheck.address + "
+    "(ip(self.healthCheck.address).family() == 4 ? '/32' : '/128')).containsIP(cidr(a).ip())))",
     _IN_SUBNET_MSG,
     field_path=".healthCheck.address",
 )

@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 from routevpn.api.auth import Auth, LocalEndpoint, RemoteEndpoint
 from routevpn.api.base import ApiModel, cel, rules
 from routevpn.api.fields import DNS_SUBDOMAIN, LABEL_KEY, LABEL_VALUE, Mode
-from routevpn.api.health import HealthCheck, check_in_subnet
+from routevpn.api.health import IN_SUBNET_RULE, HealthCheck, check_in_subnet
 from routevpn.api.link import Interface, Route
 from routevpn.api.sa import Child, Ike
 
@@ -74,6 +74,7 @@ class VpnTunnelSpec(ApiModel):
                 "spec.routes[].via: the interface has no inside address of the next hop's "
                 "family; add one to spec.interface.addresses",
             ),
+            IN_SUBNET_RULE,
         )
     }
 
