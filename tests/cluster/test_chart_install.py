@@ -104,7 +104,7 @@ def test_agent_pod_is_admitted_in_its_privileged_namespace(
     pod = wait_until(agent_pod, timeout=60, what=f"agent pod for node {node}")
     assert pod.spec.host_network is True
     caps = {c.name: c.security_context.capabilities.add for c in pod.spec.containers}
-    assert caps == {"agent": ["NET_ADMIN"], "charon": ["NET_ADMIN", "NET_BIND_SERVICE"]}
+    assert caps == {"agent": ["NET_ADMIN", "NET_RAW"], "charon": ["NET_ADMIN", "NET_BIND_SERVICE"]}
 
 
 def test_agent_in_a_restricted_namespace_is_refused(

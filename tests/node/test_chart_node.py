@@ -173,7 +173,7 @@ def test_live_agent_pod_security_context(installed: Installed) -> None:
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert not spec.get("hostPID") and not spec.get("hostIPC")
     want = {
-        "agent": ["NET_ADMIN"],
+        "agent": ["NET_ADMIN", "NET_RAW"],
         "charon": ["NET_ADMIN", "NET_BIND_SERVICE"],
         "load-kernel-modules": ["SYS_MODULE"],
     }
