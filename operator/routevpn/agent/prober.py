@@ -226,11 +226,8 @@ class ProbeSet:
         probe = self._probes.get(key)
         if probe is None:
             return "no health check"
-        t, tracker = probe.target, probe.tracker
-        return (
-            f"health check: {t.address} via {t.ifname} unanswered {tracker.misses} times in a "
-            f"row (failing after {t.failures})"
-        )
+        t = probe.target  # no running count: the message stays the same while it fails
+        return f"health check: {t.address} via {t.ifname} unanswered {t.failures} times in a row"
 
     async def close(self) -> None:
         """Stop every probe."""
