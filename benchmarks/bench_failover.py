@@ -12,7 +12,10 @@ use the HA settings of docs/ha.md (DPD delay 2 s; retransmit 1.0 s, base 1.4, 2 
   (start_action=start, dpd_action=restart) and an updown script on the primary's child
   that moves its routes to metric 300 on down-client and back to 100 on up-client
   (`ip route replace` the new, then delete the old);
-* routevpn: the real agent and two VpnTunnels (tests/lab/test_failover_lab.py's setup).
+* routevpn: the real agent and two VpnTunnels (tests/lab/test_failover_lab.py's setup),
+  each with a health check (spec.healthCheck: a ping of its gateway's inside address
+  through the tunnel every 1 s, failing after 3 misses), which is what sees ESP dropped
+  while IKE passes; the hand pair has nothing like it and stays blind to that break.
 
 For each break of the primary — its far-end charon SIGKILLed (kernel SAs flushed), ESP
 dropped on its far gateway (iptables), its far gateway's outer link down — a ping every

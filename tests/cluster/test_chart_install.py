@@ -111,7 +111,7 @@ def test_agent_pod_is_admitted_in_its_privileged_namespace(
         assert pod.spec.host_network is True
         caps |= {c.name: c.security_context.capabilities.add for c in pod.spec.containers}
         vici_dirs |= {v.host_path.path for v in pod.spec.volumes if v.name == "vici"}
-    assert caps == {"agent": ["NET_ADMIN"], "charon": ["NET_ADMIN", "NET_BIND_SERVICE"]}
+    assert caps == {"agent": ["NET_ADMIN", "NET_RAW"], "charon": ["NET_ADMIN", "NET_BIND_SERVICE"]}
     # one node directory for the release's pair, named after the release
     assert vici_dirs == {f"/run/routevpn/{release.namespace}/{release.name}"}
 

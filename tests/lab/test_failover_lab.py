@@ -14,6 +14,11 @@ address to the far host (IPv4 and IPv6) runs through each case:
 (b) that charon is restarted with the same configuration: traffic returns to the primary
     without losing a single ping (make before break);
 (c), (d) the same with the primary gateway's outer link down, then up;
+(d1), (d2) the same with the ESP arriving at the primary's gateway dropped while IKE
+    passes (DPD can't see it): the tunnels' health checks (spec.healthCheck, a ping of
+    the far end's inside address every second, failing after 3 misses) move the traffic
+    within interval x failures + 1 s worth of pings (reason ProbeFailed); once ESP passes
+    again, it returns without a ping lost;
 (e) the backup deleted while the primary carries: not a ping lost;
 (f) both far ends crash: nothing leaves the node in clear (tcpdump on both outer links),
     and the tunnels' conditions and status.routes say why nothing flows;
@@ -66,6 +71,10 @@ AGENT_S = 1.0
 LOSS_BUDGET = ha.ping_budget(
     ha.dpd_detection_s(settings=ha.LAB_RETRANSMIT), INTERVAL, CLOCK_GRAIN_S + AGENT_S
 )
+# Each tunnel's health check: a ping of the far end's inside address every PROBE_INTERVAL_S,
+# failing after PROBE_FAILURES misses; the issue's allowance is interval x failures + 1 s.
+PROBE_INTERVAL_S, PROBE_FAILURES = 1, 3
+PROBE_LOSS_BUDGET = ha.ping_budget(PROBE_INTERVAL_S * PROBE_FAILURES, INTERVAL, AGENT_S)
 
 
 @dataclass
@@ -198,6 +207,11 @@ def tunnel(h: Ha, name: str, gw: ha.GwPlan, metric: int) -> dict[str, Any]:
             },
             "child": {"proposals": [ha.ESP_PROPOSALS]},
             "interface": {"addresses": gw.node_inside},
+            "healthCheck": {
+                "address": gw.inside4[1],
+                "interval": f"{PROBE_INTERVAL_S}s",
+                "failures": PROBE_FAILURES,
+            },
             "routes": [
                 {"to": ha.FAR_NET4, "via": gw.inside4[1], "metric": metric},
                 {"to": ha.FAR_NET6, "via": gw.inside6[1], "metric": metric},
@@ -307,9 +321,15 @@ def settled(h: Ha, pings: tuple[ha.Pinger, ha.Pinger], dev: str) -> None:
             p.wait(100, since=time.time())
 
 
-def fail_over(h: Ha, label: str, brk: Callable[[], object]) -> None:
+def fail_over(
+    h: Ha,
+    label: str,
+    brk: Callable[[], object],
+    budget: int = LOSS_BUDGET,
+    reason: str = "SaDown",
+) -> None:
     """Break the primary under the pings: the backup must carry them, having lost at
-    most LOSS_BUDGET, and status must say why."""
+    most `budget`, and status must say why (`reason`)."""
     with pinging(h, label) as pings:
         broke = time.time()
         brk()
@@ -317,13 +337,13 @@ def fail_over(h: Ha, label: str, brk: Callable[[], object]) -> None:
     for p in pings:
         gap = p.gap()
         print(
-            f"{label} {p.dst}: lost {p.lost()} pings (budget {LOSS_BUDGET}), outage "
+            f"{label} {p.dst}: lost {p.lost()} pings (budget {budget}), outage "
             f"{gap.seconds:.2f}s, first reply via the backup {gap.after[0] - broke:.2f}s "
             "after the break"
         )
         # every lost ping counts, not only the longest gap's
-        assert 0 < p.lost() <= LOSS_BUDGET, (p.dst, p.lost(), gap, h.agent.tail())
-    wait_routes(h, PRIMARY, "Demoted", "SaDown")
+        assert 0 < p.lost() <= budget, (p.dst, p.lost(), gap, h.agent.tail())
+    wait_routes(h, PRIMARY, "Demoted", reason)
     wait_routes(h, BACKUP, "Active", "SaInstalled")
 
 
@@ -368,6 +388,20 @@ def test_c_primary_outer_link_down_moves_traffic_to_the_backup(pair: Ha) -> None
 def test_d_primary_outer_link_up_takes_over_again_without_loss(pair: Ha) -> None:
     gwa = pair.world.gws[0]
     fail_back(pair, "link-up", lambda: gwa.ns.ip("link", "set", "wan", "up"))
+
+
+def test_d1_primary_esp_dropped_moves_traffic_to_the_backup(pair: Ha) -> None:
+    gwa = pair.world.gws[0]
+    fail_over(pair, "esp-drop", lambda: gwa.esp(drop=True), PROBE_LOSS_BUDGET, reason="ProbeFailed")
+    # IKE still passes: the primary's CHILD SA is installed all along, only the probe saw
+    conds = tal.conditions(tal.get(pair, PRIMARY))
+    assert conds["ChildSaInstalled"][0] == "True", conds
+    assert "health check" in conds["RoutesInstalled"][2], conds
+
+
+def test_d2_primary_esp_passing_again_takes_over_without_loss(pair: Ha) -> None:
+    gwa = pair.world.gws[0]
+    fail_back(pair, "esp-pass", lambda: gwa.esp(drop=False))
 
 
 def test_e_deleting_the_backup_leaves_the_primary_carrying(pair: Ha) -> None:

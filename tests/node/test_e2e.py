@@ -58,7 +58,7 @@ def test_operator_agent_and_charon_pods_run_ready(target: Target) -> None:
 def test_live_agent_and_charon_pod_security_context(target: Target) -> None:
     """The chart's security context as the API server stored it on the running Pods."""
     want = {
-        "agent": ["NET_ADMIN"],
+        "agent": ["NET_ADMIN", "NET_RAW"],
         "charon": ["NET_ADMIN", "NET_BIND_SERVICE"],
         "load-kernel-modules": ["SYS_MODULE"],
     }

@@ -56,6 +56,7 @@ class Observation:
     ike: IkeSaFacts | None = None
     traffic: Traffic | None = None
     start_action: str = "start"
+    probe: str | None = None  # the health probe's word, when it fails while the SA is up
     children: tuple[ChildSaFacts, ...] = field(default=())
 
 
@@ -193,7 +194,9 @@ def _routes(obs: Observation, configured: Cond) -> Cond:
     if configured.status is Status.TRUE:
         assert obs.plan is not None and obs.plan.link is not None
         routes = ", ".join(str(r.dst) for r in obs.plan.routes) or "none requested"
-        return Cond(t, Status.TRUE, Reason.INSTALLED, f"routes via {obs.plan.link.name}: {routes}")
+        probe = f"; {obs.probe}" if obs.probe else ""
+        msg = f"routes via {obs.plan.link.name}: {routes}{probe}"
+        return Cond(t, Status.TRUE, Reason.INSTALLED, msg)
     if configured.status is Status.FALSE:
         return Cond(t, Status.FALSE, configured.reason, configured.message)
     return Cond(t, Status.UNKNOWN, Reason.PENDING, "waiting until the tunnel is configured")

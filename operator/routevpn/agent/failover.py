@@ -20,6 +20,11 @@ lower metric) as soon as the tunnel is down. Demotion is by metric, so it only m
 traffic between routes of the same destination and table: a longer prefix wins in the
 kernel regardless of metrics.
 
+A tunnel with a health probe (`spec.healthCheck`, `agent.prober`) whose CHILD SA is
+installed but whose probe went unanswered `failures` times in a row counts as down too
+(reason ProbeFailed): DPD can't see ESP dropped on the far side while IKE passes, the
+probe can. While the SA is not installed the probe's verdict doesn't matter (SaDown).
+
 A route moves between its two metrics in the data plane's `ensure_routes`, which adds
 the wanted key before it deletes the stale one (make before break): on fail-back the
 promoted route is in place, with its SA installed, before the demoted one goes.
@@ -49,6 +54,7 @@ Dest = tuple[IPNetwork, int]
 CARRYING_STATES = frozenset({"INSTALLED", "REKEYING", "REKEYED"})
 
 SA_INSTALLED = "SaInstalled"
+PROBE_FAILED = "ProbeFailed"
 SA_DOWN = "SaDown"
 FAIL_CLOSED = "FailClosed"
 
@@ -101,33 +107,46 @@ class NodeRoutes:
     """This node's tunnels as failover sees them in one pass.
 
     `dests`: each tunnel's (destination, table) pairs, of tunnels the agent configures;
-    `up`: the tunnels whose CHILD SA carries traffic.
+    `up`: the tunnels whose CHILD SA carries traffic and whose health probe, if any, is
+    not failing; `probe_failed`: those whose CHILD SA carries but whose probe fails.
     """
 
     dests: Mapping[Key, frozenset[Dest]]
     up: frozenset[Key]
+    probe_failed: frozenset[Key] = frozenset()
 
     @classmethod
     def of(
-        cls, tunnels: Mapping[Key, Mapping[str, Any]], node: str, carrying: frozenset[str]
+        cls,
+        tunnels: Mapping[Key, Mapping[str, Any]],
+        node: str,
+        carrying: frozenset[str],
+        failing: frozenset[Key] = frozenset(),
     ) -> NodeRoutes:
-        """From the watched objects and the connections that carry traffic."""
+        """From the watched objects, the connections that carry traffic and the tunnels
+        whose health probe fails."""
         mine = {k: o for k, o in tunnels.items() if decide(o, node) is Action.CONFIGURE}
+        sa_up = {k for k in mine if naming.conn_name(*k) in carrying}
         return cls(
             dests={k: destinations(o) for k, o in mine.items()},
-            up=frozenset(k for k in mine if naming.conn_name(*k) in carrying),
+            up=frozenset(sa_up - failing),
+            probe_failed=frozenset(sa_up & failing),
         )
 
     def refresh(
-        self, tunnels: Mapping[Key, Mapping[str, Any]], node: str, ipsec: IpsecFacts | None
+        self,
+        tunnels: Mapping[Key, Mapping[str, Any]],
+        node: str,
+        ipsec: IpsecFacts | None,
+        failing: frozenset[Key] = frozenset(),
     ) -> NodeRoutes:
         """The view of a new pass; without a listing of charon's SAs (None) the tunnels
-        that were up stay up: a charon that does not answer is no reason to move routes."""
+        whose SA was up stay so: a charon that does not answer is no reason to move routes."""
         if ipsec is not None:
             carrying = carrying_conns(ipsec)
         else:
-            carrying = frozenset(naming.conn_name(*k) for k in self.up)
-        return NodeRoutes.of(tunnels, node, carrying)
+            carrying = frozenset(naming.conn_name(*k) for k in self.up | self.probe_failed)
+        return NodeRoutes.of(tunnels, node, carrying, failing)
 
     def siblings(self, keys: Iterable[Key]) -> set[Key]:
         """Tunnels that share a (destination, table) with any of `keys` (not `keys`)."""
@@ -158,6 +177,8 @@ def decide_route(key: Key, route: RoutePlan, node: NodeRoutes) -> RouteDecision:
             f"CHILD SA installed: {where} via {route.dev} at metric {metric}",
         )  # fmt: skip
     carriers = node.carriers(key, (route.dst, route.table))
+    if key in node.probe_failed:
+        return _probe_failed(route, carriers, where)
     if not carriers:
         return RouteDecision(
             active, RouteState.ACTIVE, FAIL_CLOSED,
@@ -171,6 +192,24 @@ def decide_route(key: Key, route: RoutePlan, node: NodeRoutes) -> RouteDecision:
         demoted, RouteState.DEMOTED, SA_DOWN,
         f"CHILD SA not installed: {where} demoted to metric {demoted.metric} while {names} "
         "(up) carries it",
+    )  # fmt: skip
+
+
+def _probe_failed(route: RoutePlan, carriers: list[Key], where: str) -> RouteDecision:
+    """A route of a tunnel whose CHILD SA is installed but whose health probe fails."""
+    metric = effective_metric(route)
+    if not carriers:
+        return RouteDecision(
+            route, RouteState.ACTIVE, PROBE_FAILED,
+            f"CHILD SA installed but its health check goes unanswered, and no other tunnel "
+            f"of this node routing {where} is up: kept at metric {metric}",
+        )  # fmt: skip
+    demoted = dataclasses.replace(route, metric=naming.demoted_metric(metric))
+    names = ", ".join(naming.tunnel_ref(*k) for k in carriers)
+    return RouteDecision(
+        demoted, RouteState.DEMOTED, PROBE_FAILED,
+        f"CHILD SA installed but its health check goes unanswered: {where} demoted to "
+        f"metric {demoted.metric} while {names} (up) carries it",
     )  # fmt: skip
 
 

@@ -48,6 +48,7 @@ ROUTE_STATES = tuple(s.value for s in RouteState)
 #: Which SA a rekey was of (`routevpn_tunnel_rekeys_total{sa}`).
 SA_KINDS = ("ike", "child")
 TUNNEL_LABELS = ("namespace", "name", "node")
+PROBE_RESULTS = ("answered", "missed")
 
 
 class Metrics:
@@ -61,6 +62,7 @@ class Metrics:
         self._declare_writes(self.registry)
         self._declare_tunnels(self.registry)
         self._declare_events(self.registry)
+        self._declare_probes(self.registry)
         self._known: set[tuple[str, str]] = set()
         self._demoted: set[tuple[str, str]] = set()
 
@@ -190,6 +192,28 @@ class Metrics:
             registry=r,
         )
 
+    def _declare_probes(self, r: CollectorRegistry) -> None:
+        """Health probes through the tunnels (spec.healthCheck)."""
+        self.probe_failing = Gauge(
+            "routevpn_tunnel_probe_failing",
+            "1 while the tunnel's health check has gone unanswered spec.healthCheck.failures "
+            "times in a row (its routes fail over as if its SA were down), else 0.",
+            TUNNEL_LABELS,
+            registry=r,
+        )
+        self.probes_total = Counter(
+            "routevpn_tunnel_probes",
+            "Health-check probes (ICMP echo through the tunnel) by result: answered, missed.",
+            [*TUNNEL_LABELS, "result"],
+            registry=r,
+        )
+
+    def probed(self, namespace: str, name: str, *, answered: bool, failing: bool) -> None:
+        """One health probe of the tunnel answered or missed, and the verdict after it."""
+        tun = (namespace, name, self.node)
+        self.probes_total.labels(*tun, "answered" if answered else "missed").inc()
+        self.probe_failing.labels(*tun).set(1 if failing else 0)
+
     def tunnel(
         self,
         namespace: str,
@@ -268,6 +292,7 @@ class Metrics:
         for metric in (
             self.received_bytes, self.sent_bytes, self.received_packets, self.sent_packets,
             self.on_demand, self.established, self.ike_failures_total, self.failovers_total,
+            self.probe_failing,
         ):  # fmt: skip
             self._remove(metric, *tun)
         per_state: tuple[tuple[Gauge | Counter, tuple[str, ...]], ...] = (
@@ -275,6 +300,7 @@ class Metrics:
             (self.child_state, CHILD_STATES),
             (self.routes, ROUTE_STATES),
             (self.rekeys_total, SA_KINDS),
+            (self.probes_total, PROBE_RESULTS),
         )
         for metric, values in per_state:
             for value in values:

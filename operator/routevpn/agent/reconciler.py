@@ -35,6 +35,8 @@ from routevpn.agent.finalizer import has_finalizer, set_finalizer
 from routevpn.agent.metrics import Metrics
 from routevpn.agent.mtu import MtuFollower
 from routevpn.agent.passclock import PassClock, every
+from routevpn.agent.probe import target_of
+from routevpn.agent.prober import ProbeSet
 from routevpn.agent.settings import AgentSettings
 from routevpn.agent.traffic import TrafficTracker
 from routevpn.agent.work import Key, State, Work
@@ -81,6 +83,7 @@ class AgentReconciler:
         self.traffic = TrafficTracker(settings.traffic)
         self.event_limit = EventLimiter(settings.event_interval)
         self.mtu = MtuFollower()
+        self.probes = ProbeSet(metrics)  # health probes (spec.healthCheck) by tunnel
         self.charon_ok = False
         self.gc_done = False
         #: The node's tunnels as failover saw them last (routes, which carry traffic).
@@ -153,7 +156,9 @@ class AgentReconciler:
         a tunnel's routes are demoted depends on the others being up (`failover`)."""
         before = self.node_routes
         ipsec = facts.ipsec if facts is not None else None
-        self.node_routes = before.refresh(self.state.tunnels, self.settings.node, ipsec)
+        self.node_routes = before.refresh(
+            self.state.tunnels, self.settings.node, ipsec, self.probes.failing()
+        )
         return sorted(keys | self.node_routes.siblings(keys) | before.siblings(keys))
 
     async def _observe(self) -> Facts | None:
@@ -205,6 +210,7 @@ class AgentReconciler:
             w.problem, w.problem_status = cond.Problem(made.reason, made.message), made.status
         else:
             w.routes = fo.decide_routes(key, made, self.node_routes)
+            self.probes.ensure(key, target_of(w.tunnel, made.link.name) if made.link else None)
             w.plan, w.inner_mtu = self.mtu.follow(
                 fo.apply_decisions(made, w.routes), w.tunnel, facts
             )
@@ -281,6 +287,7 @@ class AgentReconciler:
             ike=ike,
             traffic=self.traffic.judge(f"{ns}/{name}", child, now_ts),
             start_action=start,
+            probe=self.probes.note(w.key) if w.key in self.node_routes.probe_failed else None,
         )
         current: dict[str, Any] = dict(w.obj.get("status") or {})
         generation = int((w.obj.get("metadata") or {}).get("generation") or 1)
@@ -373,4 +380,5 @@ class AgentReconciler:
         self.traffic.forget(naming.tunnel_ref(*key))
         self.event_limit.forget(naming.tunnel_ref(*key))
         self.mtu.forget(naming.tunnel_ref(*key))
+        self.probes.forget(key)
         self.metrics.forget(*key)

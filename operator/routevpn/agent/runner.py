@@ -59,6 +59,8 @@ class Agent:
         self.kube = kube
         self.metrics = metrics
         self.reconciler = AgentReconciler(settings, kube, events, driver, metrics)
+        # a health probe's verdict changed: a pass at once, as for charon's events
+        self.reconciler.probes.on_change = self.mark
         self.ipsec_events = ipsec_events
         self.liveness = liveness
         #: Per-tunnel retry delays after a failed pass (reset when the tunnel's pass works).
@@ -260,6 +262,7 @@ class Agent:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.reconciler.probes.close()
 
 
 def _owner(secret: Obj) -> Key | None:

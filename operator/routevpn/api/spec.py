@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from routevpn.api.auth import Auth, LocalEndpoint, RemoteEndpoint
 from routevpn.api.base import ApiModel, cel, rules
 from routevpn.api.fields import DNS_SUBDOMAIN, LABEL_KEY, LABEL_VALUE, Mode
+from routevpn.api.health import IN_SUBNET_RULE, HealthCheck, check_in_subnet
 from routevpn.api.link import Interface, Route
 from routevpn.api.sa import Child, Ike
 
@@ -73,6 +74,7 @@ class VpnTunnelSpec(ApiModel):
                 "spec.routes[].via: the interface has no inside address of the next hop's "
                 "family; add one to spec.interface.addresses",
             ),
+            IN_SUBNET_RULE,
         )
     }
 
@@ -114,6 +116,15 @@ class VpnTunnelSpec(ApiModel):
         max_length=64,
         description="Routes into the tunnel, installed in the node's host network namespace.",
     )
+    health_check: HealthCheck | None = Field(
+        default=None,
+        description=(
+            "Opt-in: ping the far end's inside address through the tunnel and fail over "
+            "when it stops answering, as an IP SLA track does. DPD alone only proves that "
+            "the peer's IKE daemon answers: ESP dropped on the far side goes unnoticed. "
+            "Route mode only (needs spec.interface.addresses)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _whole(self) -> VpnTunnelSpec:
@@ -122,6 +133,9 @@ class VpnTunnelSpec(ApiModel):
         self._check_mode()
         self._check_endpoints()
         self._check_routes()
+        if self.health_check is not None:
+            addresses = self.interface.addresses if self.interface else None
+            check_in_subnet(self.health_check.address, addresses or [])
         return self
 
     def _check_placement(self) -> None:

@@ -159,7 +159,7 @@ def test_agent_and_charon_pod_capabilities(docs: list[Manifest]) -> None:
         for name, c in by_name.items()
     }
     assert added == {
-        "agent": {"NET_ADMIN"},
+        "agent": {"NET_ADMIN", "NET_RAW"},
         "charon": {"NET_ADMIN", "NET_BIND_SERVICE"},
         "load-kernel-modules": {"SYS_MODULE"},
     }
