@@ -237,7 +237,8 @@ def wait_routes(h: Ha, name: str, state: str, reason: str, timeout: float = 60) 
         )
     except TimeoutError:
         obj = tal.get(h, name) or {}
-        pytest.fail(f"{name}: {json.dumps(obj.get('status'), indent=1)}\n{h.agent.tail()}")
+        status = json.dumps(obj.get("status"), indent=1)
+        pytest.fail(f"{name}: {status}\n{ha.diagnose(h.world, h.charon)}\n{h.agent.tail()}")
 
 
 @contextlib.contextmanager
