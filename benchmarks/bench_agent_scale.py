@@ -415,10 +415,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.in_guest:
         return in_guest(args.tunnels, args.quiet)
-    import tempfile
 
-    from support import lab, labspec
-    from support.cluster import ControlPlane, bin_dir
+    from support import lab
+    from support.cluster import bin_dir
 
     if bin_dir() is None:
         print("etcd/kube-apiserver not built: run hack/local-cluster.sh build")
@@ -426,28 +425,16 @@ def main() -> int:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--in-guest", "--quiet",
            str(args.quiet), "--tunnels", *map(str, args.tunnels)]  # fmt: skip
     os.environ.setdefault("ROUTEVPN_LAB_MEMORY_MB", "2048")
+
     # The API server runs on the host, as a real one runs off the node: the guest's two
     # emulated CPUs are left to the agent, charon and the far end.
-    with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
-        cp = ControlPlane.ephemeral(Path(tmp) / "cp")
-        scratch = Path(tmp) / "scratch"
-        scratch.mkdir()
-        try:
-            cp.up()
-            assert cp.api_port is not None
-            net = labspec.UserNet(forward_ports=(cp.api_port,))
-            guest_kc = cp.kubeconfig(server=f"https://{net.service}:{cp.api_port}")
-            (scratch / "guest.kubeconfig").write_text(guest_kc.read_text())
-            env = {"ROUTEVPN_LAB_KUBECONFIG": f"{labspec.GUEST_SCRATCH}/guest.kubeconfig"}
-            res = lab.run_in_guest(
-                cmd, timeout=args.timeout, cwd=REPO, net=net, env=env, scratch=scratch
-            )
-        finally:
-            cp.down(purge=True)
-            if args.logs is not None:
-                args.logs.mkdir(parents=True, exist_ok=True)
-                for log in scratch.glob("agent-*.log"):
-                    shutil.copy(log, args.logs / log.name)
+    def keep_logs(scratch: Path) -> None:
+        if args.logs is not None:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log in scratch.glob("agent-*.log"):
+                shutil.copy(log, args.logs / log.name)
+
+    res = lab.run_with_host_api(cmd, timeout=args.timeout, keep=keep_logs)
     line = next((x for x in res.output.splitlines() if x.startswith("BENCH-RESULTS ")), None)
     if line is None:
         print(res.output[-6000:])

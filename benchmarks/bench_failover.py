@@ -338,30 +338,15 @@ def main() -> int:
     args = parser.parse_args()
     if args.in_guest:
         return in_guest(args.breaks)
-    from support import lab, labspec
-    from support.cluster import ControlPlane, bin_dir
+    from support import lab
+    from support.cluster import bin_dir
 
     if bin_dir() is None:
         print("etcd/kube-apiserver not built: run hack/local-cluster.sh build")
         return 1
     cmd = [sys.executable, str(Path(__file__).resolve()), "--in-guest", "--breaks", *args.breaks]
     os.environ.setdefault("ROUTEVPN_LAB_MEMORY_MB", "2048")
-    with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
-        cp = ControlPlane.ephemeral(Path(tmp) / "cp")
-        scratch = Path(tmp) / "scratch"
-        scratch.mkdir()
-        try:
-            cp.up()
-            assert cp.api_port is not None
-            net = labspec.UserNet(forward_ports=(cp.api_port,))
-            guest_kc = cp.kubeconfig(server=f"https://{net.service}:{cp.api_port}")
-            (scratch / "guest.kubeconfig").write_text(guest_kc.read_text())
-            env = {"ROUTEVPN_LAB_KUBECONFIG": f"{labspec.GUEST_SCRATCH}/guest.kubeconfig"}
-            res = lab.run_in_guest(
-                cmd, timeout=args.timeout, cwd=REPO, net=net, env=env, scratch=scratch
-            )
-        finally:
-            cp.down(purge=True)
+    res = lab.run_with_host_api(cmd, timeout=args.timeout)
     line = next((x for x in res.output.splitlines() if x.startswith("BENCH-RESULTS ")), None)
     if line is None:
         print(res.output[-6000:])

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +197,39 @@ def run_in_guest(
     finally:
         if owned:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_with_host_api(
+    command: Sequence[str],
+    *,
+    timeout: float,
+    keep: Callable[[Path], None] | None = None,
+) -> GuestResult:
+    """Run `command` in the guest beside an API server of its own on the host, forwarded
+    into the guest (its kubeconfig in ROUTEVPN_LAB_KUBECONFIG), as a real API server is
+    off the node: the guest's emulated CPUs are left to what runs on the node. The
+    control plane is stopped after; `keep(scratch)` may copy files out of the guest's
+    scratch directory first (the benchmarks' logs)."""
+    from .cluster import ControlPlane  # the control plane's module imports nothing of this
+
+    with tempfile.TemporaryDirectory(prefix="lab-api-") as tmp:
+        cp = ControlPlane.ephemeral(Path(tmp) / "cp")
+        scratch = Path(tmp) / "scratch"
+        scratch.mkdir()
+        try:
+            cp.up()
+            assert cp.api_port is not None
+            net = spec.UserNet(forward_ports=(cp.api_port,))
+            guest_kc = cp.kubeconfig(server=f"https://{net.service}:{cp.api_port}")
+            (scratch / "guest.kubeconfig").write_text(guest_kc.read_text())
+            env = {"ROUTEVPN_LAB_KUBECONFIG": f"{spec.GUEST_SCRATCH}/guest.kubeconfig"}
+            return run_in_guest(
+                command, timeout=timeout, cwd=REPO, net=net, env=env, scratch=scratch
+            )
+        finally:
+            cp.down(purge=True)
+            if keep is not None:
+                keep(scratch)
 
 
 def _boot(
