@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import replace
 
 from routevpn.agent.desired import Blocked, interface_of
 from routevpn.api import naming
@@ -26,10 +28,14 @@ def build_bgp_plans(
     tunnel: VpnTunnel,
     forbidden: Sequence[p.IPNetwork] = (),
     local_asn: int = DEFAULT_LOCAL_ASN,
+    outranked: AbstractSet[tuple[int, int]] = frozenset(),
 ) -> tuple[p.BgpPlan, ...] | Blocked:
     """The tunnel's BGP sessions (none without spec.bgp), or why they can't be planned.
 
-    `local_asn` is the agent's default for tunnels that leave spec.bgp.localASN out. The
+    `local_asn` is the agent's default for tunnels that leave spec.bgp.localASN out.
+    `outranked` holds the (IP version, table) pairs where a learned default route would
+    win over the node's own (`safety.outranked_defaults`): there a listed 0.0.0.0/0 or
+    ::/0 is left out of the session's accept, so BIRD refuses the default route. The
     interface is the one the operator allocated (status.interface): until it is, the
     tunnel's plan is blocked anyway, and so are its sessions (an empty result).
     """
@@ -51,7 +57,12 @@ def build_bgp_plans(
                     "one of spec.interface.addresses",
                 )
             peer = ipaddress.ip_address(peer_text)
-            plans.append(_session(tunnel, bgp, iface.name, (peer, source), forbidden, local_asn))
+            session = _session(tunnel, bgp, iface.name, (peer, source), forbidden, local_asn)
+            if (session.family, session.table) in outranked:
+                session = replace(
+                    session, accept=tuple(n for n in session.accept if n.prefixlen > 0)
+                )
+            plans.append(session)
     except ValueError as e:  # PlanError, or an interface name BIRD can't be given
         return Blocked(Reason.INVALID_SPEC, f"tunnel {tunnel.ref}: {e}")
     return tuple(plans)

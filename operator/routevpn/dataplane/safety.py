@@ -264,3 +264,30 @@ def _inside_another(net: IPNetwork, nets: Iterable[IPNetwork]) -> bool:
         o != net and o.version == net.version and net.subnet_of(o)  # type: ignore[arg-type]
         for o in nets
     )
+
+
+#: rtm_protocol of the routes a BIRD installs (RTPROT_BIRD), routevpn's and a user's alike.
+_BIRD_PROTOCOL: Final = 12
+
+
+def outranked_defaults(
+    host_routes: Iterable[HostRoute], kernel_metric: int
+) -> frozenset[tuple[int, int]]:
+    """(IP version, table) pairs where a default route learned over BGP would win over the
+    node's own default route: a BgpPlan there must not accept 0.0.0.0/0 or ::/0.
+
+    The BGP twin of `check_protected`'s "0.0.0.0/0 at metric 0 beats the node's default
+    route": BIRD installs what it learns at `kernel_metric`, so a node default route with a
+    higher metric (DHCP's 100, IPv6's 1024) would lose the node's traffic to the tunnel,
+    the API server's included. routevpn's own routes (static: ROUTE_PROTOCOL; its BIRD's:
+    RTPROT_BIRD at `kernel_metric`) are not the node's.
+    """
+    out: set[tuple[int, int]] = set()
+    for have in host_routes:
+        if have.dst.prefixlen != 0 or have.proto == ROUTE_PROTOCOL:
+            continue
+        if have.proto == _BIRD_PROTOCOL and have.metric == kernel_metric:
+            continue
+        if have.metric > kernel_metric:
+            out.add((have.dst.version, have.table))
+    return frozenset(out)

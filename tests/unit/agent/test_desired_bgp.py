@@ -20,7 +20,7 @@ from routevpn.api.conditions import Reason
 from routevpn.api.tunnel import VpnTunnel
 from routevpn.dataplane import plan as p
 from routevpn.dataplane.bird_config import BirdSettings, render
-from routevpn.dataplane.safety import HostAddress, bgp_forbidden
+from routevpn.dataplane.safety import HostAddress, HostRoute, bgp_forbidden, outranked_defaults
 from support.tiers import missing
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -134,3 +134,22 @@ def test_the_example_renders_a_config_bird_parses(tmp_path: Path) -> None:
         [bird, "-p", "-c", str(conf)], capture_output=True, text=True, check=False, timeout=60
     )
     assert res.returncode == 0, res.stderr
+
+
+def test_a_learned_default_route_never_outranks_the_nodes_own() -> None:
+    routes = [
+        HostRoute(net("0.0.0.0/0"), "eth0", metric=100),  # DHCP's: BIRD's 32 would win
+        HostRoute(net("::/0"), "eth0", metric=0, table=100),  # the node's own wins in 100
+        HostRoute(net("::/0"), "vti9", metric=32, proto=12),  # routevpn's BIRD: not the node's
+        HostRoute(net("::/0"), "vti8", metric=2000, proto=157),  # routevpn's static route
+        HostRoute(net("203.0.113.0/24"), "eth0", metric=500),  # not a default route
+    ]
+    outranked = outranked_defaults(routes, kernel_metric=32)
+    assert outranked == {(4, 254)}
+    wide = tunnel(accept=["0.0.0.0/0", "198.51.100.0/24", "::/0"])
+    v4, v6 = build_bgp_plans(wide, FORBIDDEN, outranked=outranked)  # type: ignore[misc]
+    assert v4.accept == (net("198.51.100.0/24"),)  # the default left out: BIRD refuses it
+    assert v6.accept == (net("::/0"),)
+    assert "net.len = 0 then reject" in render(
+        [v4], BirdSettings(ipaddress.IPv4Address("192.0.2.1"))
+    )
