@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -130,9 +131,19 @@ def node_plan() -> BgpPlan:
     )
 
 
-def test_only_what_the_plan_allows_reaches_the_kernel_and_other_routes_stay(
-    tmp_path: Path,
-) -> None:
+@dataclass
+class Pair:
+    """The two namespaces, and the node's BIRD routes once both BIRDs have stopped."""
+
+    node: Netns
+    far: Netns
+    after_stop: dict[str, str] = field(default_factory=dict)
+
+
+@contextmanager
+def node_and_far_end(tmp_path: Path, plan: BgpPlan) -> Iterator[Pair]:
+    """The node (BIRD on `render([plan])`, its address 192.0.2.1 on `uplink`) and the far
+    end (BIRD advertising FAR_END_ROUTES), joined by `vti1`; both BIRDs running."""
     bird_binary()
     with netns("rvbn") as node, netns("rvbf") as far, veth(node, "vti1", far, "eth0"):
         node.ip("link", "add", "uplink", "type", "bridge")  # no dummy module here
@@ -144,32 +155,77 @@ def test_only_what_the_plan_allows_reaches_the_kernel_and_other_routes_stay(
         node.ip("route", "add", "203.0.113.0/25", "via", "169.254.10.2", "dev", "vti1",
                 "proto", "bird", "metric", "50")  # fmt: skip
         settings = BirdSettings(router_id=ipaddress.IPv4Address("192.0.2.1"), scan_time=1)
-        (tmp_path / "node.conf").write_text(render([node_plan()], settings))
+        (tmp_path / "node.conf").write_text(render([plan], settings))
         routes = "\n".join(f"  route {n} blackhole;" for n in FAR_END_ROUTES)
         (tmp_path / "far.conf").write_text(FAR_END_CONF.format(routes=routes))
+        pair = Pair(node, far)
         with bird(node, tmp_path / "node.conf"), bird(far, tmp_path / "far.conf"):
-            wanted = {n for n, ok in FAR_END_ROUTES.items() if ok}
-            got = wait_until(
-                lambda: holding(bird_routes(node), wanted),
-                timeout=120,
-                what=f"the node's BIRD installs {sorted(wanted)}",
-            )
-            learned = wait_until(
-                lambda: holding(bird_routes(far), {ADVERTISED}),
-                timeout=120,
-                what=f"the far end learns {ADVERTISED}",
-            )
-            # BIRD's kernel protocol prunes the routes it takes for its own at its first
-            # scan, before it installs anything: the learned routes being there means the
-            # other daemon's route has been judged. (Scans repeat every second here.)
-            got = bird_routes(node)
-        assert set(got) == wanted | {"203.0.113.0/25"}, got
-        for dst in wanted:
-            assert got[dst].startswith("via 169.254.10.2 dev vti1"), got[dst]
-            assert "metric 32" in got[dst], got[dst]
-        # The other daemon's route survived BIRD's scans: another metric, not BIRD's to own.
-        assert "metric 50" in got["203.0.113.0/25"]
-        # The far end learned what the node advertises and nothing else of the node's.
-        assert set(learned) == {ADVERTISED}, learned
-        # A stopped BIRD takes its routes with it (persist off), and leaves the other's.
-        assert set(bird_routes(node)) == {"203.0.113.0/25"}
+            yield pair
+        pair.after_stop.update(bird_routes(node))
+
+
+def birdc(sock: Path, *command: str) -> str:
+    """A command on BIRD's control socket (birdc: the test's view, not the agent's)."""
+    birdc_bin = shutil.which("birdc") or "/usr/sbin/birdc"
+    res = subprocess.run(
+        [birdc_bin, "-s", str(sock), *command], capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    return res.stdout
+
+
+def test_only_what_the_plan_allows_reaches_the_kernel_and_other_routes_stay(
+    tmp_path: Path,
+) -> None:
+    wanted = {n for n, ok in FAR_END_ROUTES.items() if ok}
+    with node_and_far_end(tmp_path, node_plan()) as pair:
+        node, far = pair.node, pair.far
+        got = wait_until(
+            lambda: holding(bird_routes(node), wanted),
+            timeout=120,
+            what=f"the node's BIRD installs {sorted(wanted)}",
+        )
+        learned = wait_until(
+            lambda: holding(bird_routes(far), {ADVERTISED}),
+            timeout=120,
+            what=f"the far end learns {ADVERTISED}",
+        )
+        # BIRD's kernel protocol prunes the routes it takes for its own at its first
+        # scan, before it installs anything: the learned routes being there means the
+        # other daemon's route has been judged. (Scans repeat every second here.)
+        got = bird_routes(node)
+    assert set(got) == wanted | {"203.0.113.0/25"}, got
+    for dst in wanted:
+        assert got[dst].startswith("via 169.254.10.2 dev vti1"), got[dst]
+        assert "metric 32" in got[dst], got[dst]
+    # The other daemon's route survived BIRD's scans: another metric, not BIRD's to own.
+    assert "metric 50" in got["203.0.113.0/25"]
+    # The far end learned what the node advertises and nothing else of the node's.
+    assert set(learned) == {ADVERTISED}, learned
+    # A stopped BIRD takes its routes with it (persist off), and leaves the other's.
+    assert set(pair.after_stop) == {"203.0.113.0/25"}, pair.after_stop
+
+
+def stopped(shown: str) -> str | None:
+    """`show protocols all` output once the protocol line says `down`, else None."""
+    lines = [line.split() for line in shown.splitlines()]
+    return shown if any(len(w) > 3 and w[3] == "down" for w in lines) else None
+
+
+def test_a_far_end_over_max_prefixes_has_its_session_stopped(tmp_path: Path) -> None:
+    # Two acceptable prefixes against a limit of one.
+    plan = replace(node_plan(), max_prefixes=1)
+    sock = tmp_path / "node.ctl"
+    with node_and_far_end(tmp_path, plan) as pair:
+        state = wait_until(
+            lambda: stopped(birdc(sock, "show", "protocols", "all", plan.protocol)),
+            timeout=120,
+            what="the session stopped by its import limit",
+        )
+        assert "Route limit exceeded" in state and "Import limit:   1 [HIT]" in state, state
+        # BIRD flushes the session's routes as it goes down: none of them is left.
+        wait_until(
+            lambda: set(bird_routes(pair.node)) == {"203.0.113.0/25"},
+            timeout=60,
+            what="no learned route left in the kernel",
+        )
