@@ -229,3 +229,23 @@ def test_a_far_end_over_max_prefixes_has_its_session_stopped(tmp_path: Path) -> 
             timeout=60,
             what="no learned route left in the kernel",
         )
+        # BIRD re-enables a session its limit stopped at every `configure`, the same file
+        # too: the session tries again, and stops again while the far end is over.
+        assert "Reconfigured" in birdc(sock, "configure"), "configure failed"
+        assert not stopped(birdc(sock, "show", "protocols", "all", plan.protocol))
+        again = wait_until(
+            lambda: stopped(birdc(sock, "show", "protocols", "all", plan.protocol)),
+            timeout=120,
+            what="the session stopped again by its import limit",
+        )
+        assert "Route limit exceeded" in again, again
+        # The tenant raises maxPrefixes: the session's text changes, BIRD restarts it.
+        settings = BirdSettings(router_id=ipaddress.IPv4Address("192.0.2.1"), scan_time=1)
+        (tmp_path / "node.conf").write_text(render([replace(plan, max_prefixes=10)], settings))
+        assert "Reconfigured" in birdc(sock, "configure"), "configure failed"
+        wanted = {n for n, ok in FAR_END_ROUTES.items() if ok}
+        wait_until(
+            lambda: holding(bird_routes(pair.node), wanted),
+            timeout=120,
+            what="the session back, its routes installed",
+        )

@@ -179,7 +179,9 @@ class Bgp(ApiModel):
         description=(
             f"Accepted prefixes above which the session is stopped (1..{MAX_PREFIXES_MAX}); "
             "status says so (reason PrefixLimit) and the session stays down until the "
-            f"tunnel changes or the node's BIRD restarts. Default: {MAX_PREFIXES_DEFAULT}."
+            "node's BIRD loads its configuration again (any change to the node's BGP "
+            "tunnels, this one's included) or restarts; then it tries again. Default: "
+            f"{MAX_PREFIXES_DEFAULT}."
         ),
     )
     table: int | None = Field(
