@@ -6,7 +6,8 @@ Two namespaces joined by a veth pair standing in for the tunnel (`vti1`, inside 
 169.254.10.1/30 and .2). The node runs BIRD on `render()`'s file; the far end runs a BIRD
 configured by hand that advertises a mix of acceptable and hostile prefixes. Then the
 node's kernel table is read: only what the plan allows is there, via the far end on
-`vti1`, with BIRD's own metric.
+`vti1`, with BIRD's own metric. Then the import limit (the session stopped, retried at
+the next `configure`, back when the limit is raised) and BFD (Up at 100 ms x 5).
 """
 
 from __future__ import annotations
@@ -56,11 +57,13 @@ protocol bgp node {{
   direct;
   hold time 9;
   connect retry time 1;
+  bfd on;
   ipv4 {{ import all; export where source = RTS_STATIC; }};
 }}
 protocol kernel {{
   ipv4 {{ export where source = RTS_BGP; }};
 }}
+protocol bfd {{ }}
 """
 
 
@@ -249,3 +252,21 @@ def test_a_far_end_over_max_prefixes_has_its_session_stopped(tmp_path: Path) -> 
             timeout=120,
             what="the session back, its routes installed",
         )
+
+
+def test_bfd_comes_up_with_the_far_end(tmp_path: Path) -> None:
+    plan = replace(node_plan(), bfd=True)
+    with node_and_far_end(tmp_path, plan):
+        shown = wait_until(
+            lambda: bfd_up(birdc(tmp_path / "node.ctl", "show", "bfd", "sessions")),
+            timeout=120,
+            what="a BFD session Up with the far end",
+        )
+    assert "169.254.10.2" in shown and "vti1" in shown, shown
+
+
+def bfd_up(shown: str) -> str | None:
+    """`show bfd sessions` once a session to the far end is Up, else None."""
+    return (
+        shown if any("169.254.10.2" in ln and " Up " in ln for ln in shown.splitlines()) else None
+    )
