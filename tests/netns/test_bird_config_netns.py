@@ -3,11 +3,12 @@ namespaces: what the import filter lets into the kernel, what the export filter 
 another daemon's routes left alone.
 
 Two namespaces joined by a veth pair standing in for the tunnel (`vti1`, inside addresses
-169.254.10.1/30 and .2). The node runs BIRD on `render()`'s file; the far end runs a BIRD
-configured by hand that advertises a mix of acceptable and hostile prefixes. Then the
-node's kernel table is read: only what the plan allows is there, via the far end on
-`vti1`, with BIRD's own metric. Then the import limit (the session stopped, retried at
-the next `configure`, back when the limit is raised) and BFD (Up at 100 ms x 5).
+169.254.10.1/30 and .2, 2001:db8:ff::1/126 and ::2). The node runs BIRD on `render()`'s
+file; the far end runs a BIRD configured by hand that advertises a mix of acceptable and
+hostile prefixes, IPv4 and IPv6. Then the node's kernel table is read: only what the plan
+allows is there, via the far end on `vti1`, with BIRD's own metric. Then the import limit
+(the session stopped, retried at the next `configure`, back when the limit is raised) and
+BFD (Up at 100 ms x 5).
 """
 
 from __future__ import annotations
@@ -99,13 +100,13 @@ def bird(ns: Netns, conf: Path) -> Iterator[None]:
         log.close()
 
 
-def bird_routes(ns: Netns) -> dict[str, str]:
-    """IPv4 routes in `ns`'s main table installed by a BIRD: destination → the rest."""
-    out = ns.ip("-4", "route", "show", "proto", "bird")
+def bird_routes(ns: Netns, version: int = 4) -> dict[str, str]:
+    """Routes of `version` in `ns`'s main table installed by a BIRD: destination → the rest."""
+    out = ns.ip(f"-{version}", "route", "show", "proto", "bird")
     routes = {}
     for line in out.splitlines():
         dst, _, rest = line.partition(" ")
-        routes["0.0.0.0/0" if dst == "default" else dst] = rest
+        routes[("0.0.0.0/0" if version == 4 else "::/0") if dst == "default" else dst] = rest
     return routes
 
 
@@ -144,23 +145,29 @@ class Pair:
 
 
 @contextmanager
-def node_and_far_end(tmp_path: Path, plan: BgpPlan) -> Iterator[Pair]:
-    """The node (BIRD on `render([plan])`, its address 192.0.2.1 on `uplink`) and the far
-    end (BIRD advertising FAR_END_ROUTES), joined by `vti1`; both BIRDs running."""
+def node_and_far_end(
+    tmp_path: Path, plans: list[BgpPlan], far_conf: str | None = None
+) -> Iterator[Pair]:
+    """The node (BIRD on `render(plans)`, its addresses 192.0.2.1 and 2001:db8:0:1::1 on
+    `uplink`) and the far end (BIRD on `far_conf`, by default advertising FAR_END_ROUTES),
+    joined by `vti1`; both BIRDs running."""
     bird_binary()
     with netns("rvbn") as node, netns("rvbf") as far, veth(node, "vti1", far, "eth0"):
         node.ip("link", "add", "uplink", "type", "bridge")  # no dummy module here
         node.ip("link", "set", "uplink", "up")
         node.add_address("uplink", "192.0.2.1/32")
+        node.add_address("uplink", "2001:db8:0:1::1/128")
         node.add_address("vti1", "169.254.10.1/30")
+        node.add_address("vti1", "2001:db8:ff::1/126")
         far.add_address("eth0", "169.254.10.2/30")
+        far.add_address("eth0", "2001:db8:ff::2/126")
         # A route another daemon (the user's own BIRD, metric 50) installed on the tunnel.
         node.ip("route", "add", "203.0.113.0/25", "via", "169.254.10.2", "dev", "vti1",
                 "proto", "bird", "metric", "50")  # fmt: skip
         settings = BirdSettings(router_id=ipaddress.IPv4Address("192.0.2.1"), scan_time=1)
-        (tmp_path / "node.conf").write_text(render([plan], settings))
+        (tmp_path / "node.conf").write_text(render(plans, settings))
         routes = "\n".join(f"  route {n} blackhole;" for n in FAR_END_ROUTES)
-        (tmp_path / "far.conf").write_text(FAR_END_CONF.format(routes=routes))
+        (tmp_path / "far.conf").write_text(far_conf or FAR_END_CONF.format(routes=routes))
         pair = Pair(node, far)
         with bird(node, tmp_path / "node.conf"), bird(far, tmp_path / "far.conf"):
             yield pair
@@ -181,7 +188,7 @@ def test_only_what_the_plan_allows_reaches_the_kernel_and_other_routes_stay(
     tmp_path: Path,
 ) -> None:
     wanted = {n for n, ok in FAR_END_ROUTES.items() if ok}
-    with node_and_far_end(tmp_path, node_plan()) as pair:
+    with node_and_far_end(tmp_path, [node_plan()]) as pair:
         node, far = pair.node, pair.far
         got = wait_until(
             lambda: holding(bird_routes(node), wanted),
@@ -219,7 +226,7 @@ def test_a_far_end_over_max_prefixes_has_its_session_stopped(tmp_path: Path) -> 
     # Two acceptable prefixes against a limit of one.
     plan = replace(node_plan(), max_prefixes=1)
     sock = tmp_path / "node.ctl"
-    with node_and_far_end(tmp_path, plan) as pair:
+    with node_and_far_end(tmp_path, [plan]) as pair:
         state = wait_until(
             lambda: stopped(birdc(sock, "show", "protocols", "all", plan.protocol)),
             timeout=120,
@@ -256,7 +263,7 @@ def test_a_far_end_over_max_prefixes_has_its_session_stopped(tmp_path: Path) -> 
 
 def test_bfd_comes_up_with_the_far_end(tmp_path: Path) -> None:
     plan = replace(node_plan(), bfd=True)
-    with node_and_far_end(tmp_path, plan):
+    with node_and_far_end(tmp_path, [plan]):
         shown = wait_until(
             lambda: bfd_up(birdc(tmp_path / "node.ctl", "show", "bfd", "sessions")),
             timeout=120,
@@ -270,3 +277,70 @@ def bfd_up(shown: str) -> str | None:
     return (
         shown if any("169.254.10.2" in ln and " Up " in ln for ln in shown.splitlines()) else None
     )
+
+
+#: The IPv6 far end: what it advertises, and whether the node must install it.
+FAR_END_ROUTES6 = {
+    "2001:db8:200::/56": True,  # within accept
+    "2001:db8:200:8000::/56": False,  # within accept, inside a protected network
+    "2001:db8:0:2::/64": True,  # within accept
+    "2001:db8:0:1::/64": False,  # within accept, holds the node's address 2001:db8:0:1::1
+    "2001:db8:0:3::/64": False,  # within accept, holds a tunnel's IKE peer
+    "2001:db8:300::/48": False,  # outside accept
+    "::/0": False,  # a default route, not listed in accept
+}
+FAR_END_CONF6 = """
+router id 169.254.10.2;
+protocol device {{ }}
+protocol static far_routes6 {{
+  ipv6;
+{routes}
+}}
+protocol bgp node6 {{
+  local 2001:db8:ff::2 as 65001;
+  neighbor 2001:db8:ff::1 as 64512;
+  direct;
+  hold time 9;
+  connect retry time 1;
+  ipv6 {{ import all; export where source = RTS_STATIC; }};
+}}
+protocol kernel {{
+  ipv6 {{ export where source = RTS_BGP; }};
+}}
+"""
+
+
+def test_ipv6_only_what_the_plan_allows_reaches_the_kernel(tmp_path: Path) -> None:
+    forbidden = bgp_forbidden(
+        [HostAddress("uplink", ipaddress.ip_interface("2001:db8:0:1::1/128"))],
+        ike_peers=[IP("2001:db8:0:3::1")],
+        protected=[NET("2001:db8:200:8000::/49")],
+    )
+    plan = replace(
+        node_plan(),
+        protocol=naming.bgp_protocol("vti1", 6),
+        local_address=IP("2001:db8:ff::1"),
+        peer_address=IP("2001:db8:ff::2"),
+        accept=(NET("2001:db8:200::/48"), NET("2001:db8::/48")),
+        advertise=(NET("2001:db8:100::/48"),),
+        forbidden=tuple(n for n in forbidden if n.version == 6),
+    )
+    routes = "\n".join(f"  route {n} blackhole;" for n in FAR_END_ROUTES6)
+    wanted = {n for n, ok in FAR_END_ROUTES6.items() if ok}
+    with node_and_far_end(tmp_path, [plan], FAR_END_CONF6.format(routes=routes)) as pair:
+        wait_until(
+            lambda: holding(bird_routes(pair.node, 6), wanted),
+            timeout=120,
+            what=f"the node's BIRD installs {sorted(wanted)}",
+        )
+        learned = wait_until(
+            lambda: holding(bird_routes(pair.far, 6), {"2001:db8:100::/48"}),
+            timeout=120,
+            what="the far end learns 2001:db8:100::/48",
+        )
+        got = bird_routes(pair.node, 6)
+    assert set(got) == wanted, got
+    for dst in wanted:
+        assert got[dst].startswith("via 2001:db8:ff::2 dev vti1"), got[dst]
+        assert "metric 32" in got[dst], got[dst]
+    assert set(learned) == {"2001:db8:100::/48"}, learned
