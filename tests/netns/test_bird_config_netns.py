@@ -344,3 +344,19 @@ def test_ipv6_only_what_the_plan_allows_reaches_the_kernel(tmp_path: Path) -> No
         assert got[dst].startswith("via 2001:db8:ff::2 dev vti1"), got[dst]
         assert "metric 32" in got[dst], got[dst]
     assert set(learned) == {"2001:db8:100::/48"}, learned
+
+
+def test_a_far_end_flooding_refused_prefixes_has_its_session_stopped(tmp_path: Path) -> None:
+    # One acceptable prefix, within maxPrefixes 1, and twelve outside `accept`: more than
+    # the receive limit (10 x 1) although nothing over the import limit is accepted.
+    flood = {**{f"203.0.113.{16 * i}/28": False for i in range(12)}, "198.51.100.0/26": True}
+    plan = replace(node_plan(), max_prefixes=1)
+    routes = "\n".join(f"  route {n} blackhole;" for n in flood)
+    sock = tmp_path / "node.ctl"
+    with node_and_far_end(tmp_path, [plan], FAR_END_CONF.format(routes=routes)):
+        state = wait_until(
+            lambda: stopped(birdc(sock, "show", "protocols", "all", plan.protocol)),
+            timeout=120,
+            what="the session stopped by its receive limit",
+        )
+    assert "Receive limit:  10 [HIT]" in state and "Import limit:   1\n" in state, state

@@ -17,7 +17,8 @@ construction rather than by care:
   overlapping a forbidden network, a default route only when `accept` lists it, and forces
   the next hop to the session's peer on the tunnel's own interface (a peer can't point a
   route at another interface or neighbour). The import limit stops a session that sends
-  more than `max_prefixes` accepted prefixes.
+  more than `max_prefixes` accepted prefixes, the receive limit one that sends more than
+  ten times that, refused ones included (a hostile far end can't fill BIRD's memory).
 
 Every value rendered is a parsed one (ints, ip_address/ip_network, names checked by
 `BgpPlan`); strings are quoted only where they passed those checks. The control socket and
@@ -42,6 +43,10 @@ DEFAULT_SCAN_TIME: Final = 30
 #: A session that failed is retried this often (BIRD's default, 120 s, is long after a
 #: tunnel comes up).
 CONNECT_RETRY_S: Final = 10
+#: A session may receive this many times its `max_prefixes` (refused prefixes included)
+#: before it is stopped: what a far end sends costs BIRD memory and CPU whether it is
+#: accepted or not, and one tenant's far end must not exhaust the node's BIRD.
+RECEIVE_LIMIT_FACTOR: Final = 10
 #: BFD on the tunnel interfaces: 100 ms between packets, down after 5 missed (0.5 s).
 DEFAULT_BFD_INTERVAL_MS: Final = 100
 DEFAULT_BFD_MULTIPLIER: Final = 5
@@ -231,13 +236,22 @@ def _bgp(plan: BgpPlan) -> str:
         f"{bfd}"
         f"  ipv{plan.family} {{\n"
         f"    table {plan.protocol}_t;\n"
+        # refused routes are kept (never used, never exported): the counts of received
+        # and refused prefixes in status come from them
+        "    import keep filtered on;\n"
         f"    import limit {plan.max_prefixes} action disable;\n"
         f"    import filter {plan.protocol}_in;\n"
         f"    export filter {plan.protocol}_out;\n"
         "    next hop self;\n"
+        f"    receive limit {receive_limit(plan)} action disable;\n"
         "  };\n"
         "}"
     )
+
+
+def receive_limit(plan: BgpPlan) -> int:
+    """Prefixes the session may receive, accepted or refused, before BIRD stops it."""
+    return plan.max_prefixes * RECEIVE_LIMIT_FACTOR
 
 
 def _pipe(plan: BgpPlan) -> str:

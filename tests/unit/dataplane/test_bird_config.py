@@ -101,6 +101,7 @@ def test_typical_session_renders_its_filters_protocols_and_kernel() -> None:
         "bfd on;",
         "table bgp4_vti1_t;",
         "import limit 100 action disable;",
+        "receive limit 1000 action disable;",  # refused prefixes count here
     ):
         assert line in bgp
     assert "route 192.0.2.0/24 unreachable;" in block(text, "protocol static bgp4_vti1_adv")
