@@ -63,7 +63,9 @@ def build_bgp_plans(
                     session, accept=tuple(n for n in session.accept if n.prefixlen > 0)
                 )
             plans.append(session)
-    except ValueError as e:  # PlanError, or an interface name BIRD can't be given
+    except p.PlanError as e:  # names the tunnel already
+        return Blocked(Reason.INVALID_SPEC, str(e))
+    except ValueError as e:  # an interface name BIRD can't be given (naming.bgp_protocol)
         return Blocked(Reason.INVALID_SPEC, f"tunnel {tunnel.ref}: {e}")
     return tuple(plans)
 
