@@ -84,8 +84,12 @@ class BgpSessionFacts:
 
     @property
     def prefix_limit(self) -> bool:
-        """True when the import limit stopped the session."""
-        return self.limit_hit or LIMIT_ERROR in self.last_error
+        """True when the import limit stopped the session.
+
+        ``[HIT]`` shows a moment before the session goes down: only a session that is not
+        Established counts as stopped by it.
+        """
+        return not self.established and (self.limit_hit or LIMIT_ERROR in self.last_error)
 
 
 def parse_since(text: str) -> datetime | None:
