@@ -23,3 +23,7 @@ class AgentSettings:
     event_interval: float = DEFAULT_EVENT_INTERVAL
     status_qps: float = DEFAULT_STATUS_QPS
     status_burst: int = DEFAULT_STATUS_BURST
+    #: BIRD's control socket (None: BGP is not enabled on this node's release).
+    bird_socket: str | None = None
+    #: The directory of the bird.conf BIRD runs; the agent's only writable node directory.
+    bird_config_dir: str = "/run/routevpn/bird"
