@@ -13,6 +13,7 @@ prefix (203.0.113.0/24): all must be refused. Tenant 2 (rvt2) accepts 203.0.113.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -21,9 +22,12 @@ from pathlib import Path
 
 import pytest
 
+from routevpn.api import naming
 from routevpn.dataplane.bird import BirdClient
+from routevpn.dataplane.bird_config import BirdSettings, render
 from routevpn.dataplane.bird_facts import BgpSessionFacts, by_protocol
 from routevpn.dataplane.bird_writer import BirdConfigWriter
+from routevpn.dataplane.plan import BgpPlan
 from support import bird_configs as cfg
 from support.bird import BIRD, Bird, running
 from support.netns import Netns, have_root, netns, veth
@@ -77,16 +81,15 @@ class Node:
 
     def apply(self, *sessions: cfg.Session, **kw: int) -> bool:
         """Render the hand-written node config and apply it through the writer."""
+        return asyncio.run(self.writer_apply(cfg.node(sessions, **kw)))
 
-        async def apply() -> bool:
-            # one event loop per call here: a client (and its connection) per loop
-            self.writer.bird = client = BirdClient(self.bird.socket)
-            try:
-                return await self.writer.apply(cfg.node(sessions, **kw))
-            finally:
-                await client.close()
-
-        return asyncio.run(apply())
+    async def writer_apply(self, text: str) -> bool:
+        """`text` through routevpn's writer (one event loop per call here: a client each)."""
+        self.writer.bird = client = BirdClient(self.bird.socket)
+        try:
+            return await self.writer.apply(text)
+        finally:
+            await client.close()
 
     def sessions(self) -> dict[str, BgpSessionFacts]:
         async def read() -> dict[str, BgpSessionFacts]:
@@ -316,3 +319,42 @@ def test_a_users_bird_at_routevpns_metric_loses_its_routes(
     assert ("192.0.2.128/25", "", "bird", 0) in {
         (d, dev, p, m) for d, dev, p, m in node.route_keys(4)
     }
+
+
+def _rendered(*plans: BgpPlan) -> str:
+    return render(plans, BirdSettings(router_id=ipaddress.IPv4Address("192.0.2.10"), scan_time=2))
+
+
+def _plan(s: cfg.Session, forbidden: tuple[str, ...] = FORBIDDEN) -> BgpPlan:
+    peer = ipaddress.ip_address(s.peer)
+    return BgpPlan(
+        ref="tenant-a/site-b",
+        protocol=naming.bgp_protocol(s.interface, peer.version),
+        interface=s.interface,
+        local_address=ipaddress.ip_address(s.local),
+        peer_address=peer,
+        local_asn=s.local_asn,
+        peer_asn=s.peer_asn,
+        accept=tuple(ipaddress.ip_network(n) for n in s.accept),
+        forbidden=tuple(
+            n for n in map(ipaddress.ip_network, forbidden) if n.version == peer.version
+        ),
+        hold_time=9,
+    )
+
+
+def test_the_rendered_configuration_through_the_writer(lab: tuple[Node, Site, Site]) -> None:
+    """routevpn's own config (`bird_config.render`), applied and read back as the agent does."""
+    node, _, _ = lab
+    plans = (_plan(T1_V4), _plan(T1_V6), _plan(T2_V4, ()))
+    assert asyncio.run(node.writer_apply(_rendered(*plans))) is True
+    names = [p.protocol for p in plans]
+    seen = node.wait("rendered sessions Established", _up(*names))
+    seen = node.wait("prefixes counted", lambda s: s[names[0]].received == len(FAR1_ROUTES4))
+    v4 = seen[names[0]]
+    assert (v4.received, v4.accepted, v4.refused) == (5, 2, 3)
+    assert v4.since is not None, "timeformat protocol iso long: since carries its date"
+    routes = node.route_keys(4)
+    assert ("198.51.100.0/24", "rvt1", "bird", cfg.NODE_METRIC) in routes
+    assert ("203.0.113.0/24", "rvt2", "bird", cfg.NODE_METRIC) in routes
+    assert not any(d in ("default", "192.0.2.0/24") and p == "bird" for d, _, p, _ in routes)

@@ -83,7 +83,10 @@ def render(plans: Sequence[BgpPlan], settings: BirdSettings) -> str:
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise PlanError(f"two BGP sessions with one protocol name: {', '.join(dupes)}")
-    blocks = [_HEADER, f"router id {settings.router_id};", _tables(ordered), _device()]
+    # `since` in `show protocols` with its date (BIRD's default is a time of day only),
+    # which the agent's status carries (dataplane.bird_facts)
+    head = f"router id {settings.router_id};\ntimeformat protocol iso long;"
+    blocks = [_HEADER, head, _tables(ordered), _device()]
     blocks += [_kernel(v, t, settings) for v, t in _kernel_tables(ordered)]
     if any(p.bfd for p in ordered):
         blocks.append(_bfd(ordered, settings))
@@ -231,6 +234,9 @@ def _bgp(plan: BgpPlan) -> str:
         f"{bfd}"
         f"  ipv{plan.family} {{\n"
         f"    table {plan.protocol}_t;\n"
+        # refused routes are kept (never used, never exported): the counts of received
+        # and refused prefixes in status come from them
+        "    import keep filtered on;\n"
         f"    import limit {plan.max_prefixes} action disable;\n"
         f"    import filter {plan.protocol}_in;\n"
         f"    export filter {plan.protocol}_out;\n"
