@@ -115,6 +115,16 @@ class Node:
                 )
             time.sleep(0.2)
 
+    def wait_routes(
+        self, version: int, wanted: set[tuple[str, str, str, int]]
+    ) -> set[tuple[str, str, str, int]]:
+        """The table once it holds `wanted` (BIRD's kernel protocol installs after it counts)."""
+        deadline = time.monotonic() + SESSION_WAIT_S
+        while not wanted <= (have := self.route_keys(version)):
+            assert time.monotonic() < deadline, f"{wanted - have} not installed: {have}"
+            time.sleep(0.2)
+        return have
+
     def routes(self, version: int = 4) -> list[dict[str, object]]:
         """Kernel routes of the main table (iproute2's JSON)."""
         out = self.ns.ip("-j", f"-{version}", "route", "show", "table", "main")
@@ -201,16 +211,19 @@ def test_sessions_establish_and_only_allowed_prefixes_reach_the_kernel(
     assert (t1.received, t1.accepted, t1.refused) == (5, 2, 3)
     assert (seen["bgp6_rvt1"].accepted, seen["bgp6_rvt1"].refused) == (1, 1)
     assert seen["bgp4_rvt2"].accepted == 1
-    routes = node.route_keys(4)
-    assert ("198.51.100.0/24", "rvt1", "bird", cfg.NODE_METRIC) in routes
-    assert ("198.51.100.128/25", "rvt1", "bird", cfg.NODE_METRIC) in routes
-    assert ("203.0.113.0/24", "rvt2", "bird", cfg.NODE_METRIC) in routes
+    routes = node.wait_routes(
+        4,
+        {
+            ("198.51.100.0/24", "rvt1", "bird", cfg.NODE_METRIC),
+            ("198.51.100.128/25", "rvt1", "bird", cfg.NODE_METRIC),
+            ("203.0.113.0/24", "rvt2", "bird", cfg.NODE_METRIC),
+        },
+    )
     bird_routes = {(dst, dev) for dst, dev, proto, _ in routes if proto == "bird"}
     for refused in ("default", "192.0.2.0/24"):
         assert not any(dst == refused for dst, _ in bird_routes), routes
     assert ("203.0.113.0/24", "rvt1") not in bird_routes
-    routes6 = node.route_keys(6)
-    assert ("2001:db8:100::/48", "rvt1", "bird", cfg.NODE_METRIC) in routes6
+    routes6 = node.wait_routes(6, {("2001:db8:100::/48", "rvt1", "bird", cfg.NODE_METRIC)})
     assert not any(dst == "default" and proto == "bird" for dst, _, proto, _ in routes6)
 
 
@@ -249,7 +262,11 @@ def test_prefix_limit_stops_only_that_session(lab: tuple[Node, Site, Site]) -> N
         site1.bird.config.replace("route 0.0.0.0/0 blackhole;", "route 198.51.100.64/26 blackhole;")
     )
     assert "Reconfigured" in answer, answer
-    after = node.wait("the limit stopping the session", lambda s: s["bgp4_rvt1"].prefix_limit)
+    # the protocol passes through "flush" (its routes withdrawn) on its way to "down"
+    after = node.wait(
+        "the limit stopping the session",
+        lambda s: s["bgp4_rvt1"].prefix_limit and s["bgp4_rvt1"].state == "down",
+    )
     t1 = after["bgp4_rvt1"]
     assert t1.state == "down" and t1.bgp_state == "Down" and not t1.established
     assert "Route limit exceeded" in t1.last_error
@@ -354,7 +371,11 @@ def test_the_rendered_configuration_through_the_writer(lab: tuple[Node, Site, Si
     v4 = seen[names[0]]
     assert (v4.received, v4.accepted, v4.refused) == (5, 2, 3)
     assert v4.since is not None, "timeformat protocol iso long: since carries its date"
-    routes = node.route_keys(4)
-    assert ("198.51.100.0/24", "rvt1", "bird", cfg.NODE_METRIC) in routes
-    assert ("203.0.113.0/24", "rvt2", "bird", cfg.NODE_METRIC) in routes
+    routes = node.wait_routes(
+        4,
+        {
+            ("198.51.100.0/24", "rvt1", "bird", cfg.NODE_METRIC),
+            ("203.0.113.0/24", "rvt2", "bird", cfg.NODE_METRIC),
+        },
+    )
     assert not any(d in ("default", "192.0.2.0/24") and p == "bird" for d, _, p, _ in routes)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from routevpn.dataplane.bird import BirdClient, BirdConfigError, BirdError, BirdUnreachableError
-from routevpn.dataplane.bird_config import BirdSettings, render
+from routevpn.dataplane.bird_config import REFUSED_ALLOWANCE, BirdSettings, render
 from routevpn.dataplane.bird_facts import BGP_STATES, BgpSessionFacts, by_protocol
 from routevpn.dataplane.bird_writer import BirdConfigWriter, Configurable
 from routevpn.dataplane.plan import BgpPlan, PlanError
@@ -166,5 +166,8 @@ def report(ref: str, plans: Sequence[BgpPlan], view: BgpView) -> BgpReport | Non
     error = f": {facts.last_error}" if facts.last_error else ""
     message = f"tunnel {ref}: {plan.peer_address} is {facts.bgp_state}{error}"
     if reason == PREFIX_LIMIT:
-        message += f" (more than {plan.max_prefixes} prefixes accepted: the session stays down)"
+        message += (
+            f" (more than maxPrefixes={plan.max_prefixes} accepted, or more than "
+            f"{plan.max_prefixes + REFUSED_ALLOWANCE} received: the session stays down)"
+        )
     return BgpReport("False", reason, message, wires)

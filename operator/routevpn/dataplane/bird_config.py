@@ -39,6 +39,9 @@ DEFAULT_KERNEL_METRIC: Final = 32
 #: Seconds between BIRD's scans of the kernel tables (it hears changes by netlink anyway;
 #: the scan repairs what it missed, e.g. its routes flushed with an interface).
 DEFAULT_SCAN_TIME: Final = 30
+#: Refused prefixes a session may hold beyond `max_prefixes` before it stops: they are kept
+#: (unused) so status can count them, and this bounds what a hostile peer costs BIRD.
+REFUSED_ALLOWANCE: Final = 1000
 #: A session that failed is retried this often (BIRD's default, 120 s, is long after a
 #: tunnel comes up).
 CONNECT_RETRY_S: Final = 10
@@ -235,8 +238,10 @@ def _bgp(plan: BgpPlan) -> str:
         f"  ipv{plan.family} {{\n"
         f"    table {plan.protocol}_t;\n"
         # refused routes are kept (never used, never exported): the counts of received
-        # and refused prefixes in status come from them
+        # and refused prefixes in status come from them; the receive limit (accepted and
+        # refused) bounds the memory a peer sending refused prefixes can take
         "    import keep filtered on;\n"
+        f"    receive limit {plan.max_prefixes + REFUSED_ALLOWANCE} action disable;\n"
         f"    import limit {plan.max_prefixes} action disable;\n"
         f"    import filter {plan.protocol}_in;\n"
         f"    export filter {plan.protocol}_out;\n"

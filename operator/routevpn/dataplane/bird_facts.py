@@ -4,9 +4,9 @@ Each protocol starts with a 1002 row (``name proto table state since info``) fol
 by 1006 detail lines. For a BGP protocol the details hold ``BGP state:``, ``Neighbor
 address:``, ``Last error:`` (when there was one), and per channel ``Routes: 2 imported,
 2 filtered, 1 exported, 2 preferred`` (``filtered`` only with ``import keep filtered``)
-and ``Import limit: 5 [HIT]`` once the limit stopped the session. A session stopped by
-its import limit reads ``down``, BGP state ``Down``, last error ``Automatic shutdown:
-Route limit exceeded``.
+and ``Import limit: 5 [HIT]`` (or ``Receive limit``) once a limit stopped the session.
+A session stopped by a limit reads ``down``, BGP state ``Down``, last error ``Automatic
+shutdown: Route limit exceeded``.
 
 ``Since`` is printed as BIRD's ``timeformat protocol`` says: ``iso long`` (date and
 time, what routevpn's configuration sets) parses to a datetime; BIRD's default, a time
@@ -131,7 +131,7 @@ def _detail(facts: BgpSessionFacts, text: str) -> BgpSessionFacts:
         return replace(facts, neighbor=value)
     if key == "Last error":
         return replace(facts, last_error=value)
-    if key == "Import limit" and "[HIT]" in value:
+    if key in ("Import limit", "Receive limit") and "[HIT]" in value:
         return replace(facts, limit_hit=True)
     if key == "Routes":
         counts = {kind: int(n) for n, kind in _COUNT.findall(value)}

@@ -115,7 +115,7 @@ def test_reasons_when_not_established(tmp_path: Path) -> None:
     )
     for facts, reason, text in (
         (active, "Active", "Socket: Connection refused"),
-        (limit, "PrefixLimit", "more than 100 prefixes"),
+        (limit, "PrefixLimit", "more than maxPrefixes=100 accepted"),
     ):
         view = asyncio.run(NodeBird(FakeBird([facts]), tmp_path).sync([PLAN], SETTINGS))
         got = report(PLAN.ref, [PLAN], view)
