@@ -41,7 +41,8 @@ PRINTER_COLUMNS: Final = (
     {"name": "Remote", "type": "string", "jsonPath": ".spec.remote.address", "priority": 1},
     {"name": "IKE", "type": "string", "jsonPath": ".status.ike.state"},
     {"name": "CHILD", "type": "string", "jsonPath": ".status.child.state"},
-    {"name": "BGP", "type": "string", "jsonPath": _BGP},
+    # wide only: most tunnels have no spec.bgp, and a column of <none> is noise
+    {"name": "BGP", "type": "string", "jsonPath": _BGP, "priority": 1},
     # -o wide: enough to triage without Grafana (TrafficFlowing, bytes of the current
     # CHILD SA, when Ready last changed). BGP has no column: routevpn has no BGP yet.
     {"name": "Traffic", "type": "string", "jsonPath": f"{_TRAFFIC}.status", "priority": 1},
