@@ -169,8 +169,8 @@ def test_printer_columns(crd: list[str], kubectl: Kubectl, namespace: str) -> No
 def test_wide_columns_are_enough_to_triage(
     crd: list[str], kubectl: Kubectl, namespace: str
 ) -> None:
-    """`-o wide` adds the peer, TrafficFlowing, the CHILD SA's received bytes and when
-    Ready last changed: a person triages a tunnel without Grafana."""
+    """`-o wide` adds the peer, the BGP session's state, TrafficFlowing, the CHILD SA's
+    received bytes and when Ready last changed: a person triages a tunnel without Grafana."""
     create_tunnel(kubectl, namespace)
     status = ready_status()
     status["child"]["bytesIn"] = 123456
@@ -183,21 +183,43 @@ def test_wide_columns_are_enough_to_triage(
             "lastTransitionTime": "2026-01-01T00:00:00Z",
         }
     )
+    # a tunnel with spec.bgp: its session's state (BgpEstablished's reason)
+    status["conditions"].append(
+        {
+            "type": "BgpEstablished",
+            "status": "False",
+            "reason": "Active",
+            "message": "tunnel t/site-b: 169.254.10.2 is Active: Socket: Connection refused",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }
+    )
+    session = {
+        "peerAddress": "169.254.10.2",
+        "state": "Active",
+        "since": "2026-01-01T00:00:00Z",
+        "lastError": "Socket: Connection refused",
+        "prefixes": {"received": 0, "accepted": 0, "advertised": 0},
+        "refused": 0,
+    }
+    status["bgp"] = {"sessions": [session]}
     patch_status(kubectl, namespace, status)
+    stored = json.loads(kubectl("get", "vpnt", "site-b", "-n", namespace, "-o", "json").stdout)
+    assert stored["status"]["bgp"] == {"sessions": [session]}  # kept, not pruned
     wide = kubectl("get", "vpnt", "-n", namespace, "-o", "wide").stdout.splitlines()
     assert wide[0].split() == [
-        "NAME", "NODE", "INTERFACE", "REMOTE", "IKE", "CHILD", "TRAFFIC", "BYTES-IN",
+        "NAME", "NODE", "INTERFACE", "REMOTE", "IKE", "CHILD", "BGP", "TRAFFIC", "BYTES-IN",
         "READY", "REASON", "LAST-TRANSITION", "AGE",
     ]  # fmt: skip
     row = wide[1].split()
-    assert row[:10] == [
-        "site-b", "node-a", "vti1", "2001:db8:0:2::1", "ESTABLISHED", "INSTALLED", "False",
-        "123456", "True", "Established",
+    assert row[:11] == [
+        "site-b", "node-a", "vti1", "2001:db8:0:2::1", "ESTABLISHED", "INSTALLED", "Active",
+        "False", "123456", "True", "Established",
     ]  # fmt: skip
-    assert re.fullmatch(r"\d+[smhdy]\w*", row[10]), row  # a date column shows its age
+    assert re.fullmatch(r"\d+[smhdy]\w*", row[11]), row  # a date column shows its age
     # without -o wide the table stays as it was
     narrow = kubectl("get", "vpnt", "-n", namespace).stdout.splitlines()
     assert "TRAFFIC" not in narrow[0].split() and "LAST-TRANSITION" not in narrow[0].split()
+    assert "BGP" not in narrow[0].split()
 
 
 def _flat(text: str) -> str:

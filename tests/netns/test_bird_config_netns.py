@@ -347,9 +347,11 @@ def test_ipv6_only_what_the_plan_allows_reaches_the_kernel(tmp_path: Path) -> No
 
 
 def test_a_far_end_flooding_refused_prefixes_has_its_session_stopped(tmp_path: Path) -> None:
-    # One acceptable prefix, within maxPrefixes 1, and twelve outside `accept`: more than
-    # the receive limit (10 x 1) although nothing over the import limit is accepted.
-    flood = {**{f"203.0.113.{16 * i}/28": False for i in range(12)}, "198.51.100.0/26": True}
+    # One acceptable prefix, within maxPrefixes 1, and 1024 refused ones (link-local /32s,
+    # outside accept): more than the receive limit (1 + 1000), though nothing over the
+    # import limit is accepted.
+    flood = [str(n) for n in NET("169.254.64.0/22").subnets(new_prefix=32)]
+    flood.append("198.51.100.0/26")
     plan = replace(node_plan(), max_prefixes=1)
     routes = "\n".join(f"  route {n} blackhole;" for n in flood)
     sock = tmp_path / "node.ctl"
@@ -359,4 +361,4 @@ def test_a_far_end_flooding_refused_prefixes_has_its_session_stopped(tmp_path: P
             timeout=120,
             what="the session stopped by its receive limit",
         )
-    assert "Receive limit:  10 [HIT]" in state and "Import limit:   1\n" in state, state
+    assert "Receive limit:  1001 [HIT]" in state and "Import limit:   1\n" in state, state

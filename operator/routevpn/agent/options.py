@@ -24,6 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="charon's VICI socket (default: %(default)s)",
     )
     parser.add_argument(
+        "--bird-socket",
+        default=None,
+        help="BIRD's control socket; unset: no BIRD on this node, BGP tunnels report "
+        "DaemonUnreachable (the chart sets it with bgp.enabled)",
+    )
+    parser.add_argument(
+        "--bird-config-dir",
+        default="/run/routevpn/bird",
+        help="directory of the bird.conf BIRD runs, written by the agent (default: %(default)s)",
+    )
+    parser.add_argument(
         "--http-port", type=int, default=9478, help="/metrics, /healthz, /readyz port"
     )
     parser.add_argument(

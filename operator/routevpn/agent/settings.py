@@ -26,6 +26,10 @@ class AgentSettings:
     event_interval: float = DEFAULT_EVENT_INTERVAL
     status_qps: float = DEFAULT_STATUS_QPS
     status_burst: int = DEFAULT_STATUS_BURST
+    #: BIRD's control socket (None: BGP is not enabled on this node's release).
+    bird_socket: str | None = None
+    #: The directory of the bird.conf BIRD runs; the agent's only writable node directory.
+    bird_config_dir: str = "/run/routevpn/bird"
     #: BGP: this end's AS number for tunnels that leave spec.bgp.localASN out.
     bgp_local_asn: int = DEFAULT_LOCAL_ASN
     #: BGP: the kernel metric of every route the node's BIRD installs (BirdSettings).

@@ -178,8 +178,8 @@ class Bgp(ApiModel):
         le=MAX_PREFIXES_MAX,
         description=(
             f"Accepted prefixes above which the session is stopped (1..{MAX_PREFIXES_MAX}); "
-            "so is a session that receives more than ten times as many, refused ones "
-            "included (the node's BIRD keeps them to count them). Status says so (reason "
+            "so is a session that holds more than maxPrefixes + 1000 received, refused "
+            "ones included (the node's BIRD keeps them to count them). Status says so (reason "
             "PrefixLimit) and the session stays down until the node's BIRD loads its "
             "configuration again (any change to the node's BGP tunnels, this one's "
             "included) or restarts; then it tries again. Default: "

@@ -17,8 +17,9 @@ construction rather than by care:
   overlapping a forbidden network, a default route only when `accept` lists it, and forces
   the next hop to the session's peer on the tunnel's own interface (a peer can't point a
   route at another interface or neighbour). The import limit stops a session that sends
-  more than `max_prefixes` accepted prefixes, the receive limit one that sends more than
-  ten times that, refused ones included (a hostile far end can't fill BIRD's memory).
+  more than `max_prefixes` accepted prefixes, the receive limit one that holds more than
+  `max_prefixes` + REFUSED_ALLOWANCE, refused ones included (refused prefixes are kept to
+  be counted; a hostile far end can't fill BIRD's memory with them).
 
 Every value rendered is a parsed one (ints, ip_address/ip_network, names checked by
 `BgpPlan`); strings are quoted only where they passed those checks. The control socket and
@@ -40,13 +41,12 @@ DEFAULT_KERNEL_METRIC: Final = 32
 #: Seconds between BIRD's scans of the kernel tables (it hears changes by netlink anyway;
 #: the scan repairs what it missed, e.g. its routes flushed with an interface).
 DEFAULT_SCAN_TIME: Final = 30
+#: Refused prefixes a session may hold beyond `max_prefixes` before it stops: they are kept
+#: (unused) so status can count them, and this bounds what a hostile peer costs BIRD.
+REFUSED_ALLOWANCE: Final = 1000
 #: A session that failed is retried this often (BIRD's default, 120 s, is long after a
 #: tunnel comes up).
 CONNECT_RETRY_S: Final = 10
-#: A session may receive this many times its `max_prefixes` (refused prefixes included)
-#: before it is stopped: what a far end sends costs BIRD memory and CPU whether it is
-#: accepted or not, and one tenant's far end must not exhaust the node's BIRD.
-RECEIVE_LIMIT_FACTOR: Final = 10
 #: BFD on the tunnel interfaces: 100 ms between packets, down after 5 missed (0.5 s).
 DEFAULT_BFD_INTERVAL_MS: Final = 100
 DEFAULT_BFD_MULTIPLIER: Final = 5
@@ -88,7 +88,10 @@ def render(plans: Sequence[BgpPlan], settings: BirdSettings) -> str:
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise PlanError(f"two BGP sessions with one protocol name: {', '.join(dupes)}")
-    blocks = [_HEADER, f"router id {settings.router_id};", _tables(ordered), _device()]
+    # `since` in `show protocols` with its date (BIRD's default is a time of day only),
+    # which the agent's status carries (dataplane.bird_facts)
+    head = f"router id {settings.router_id};\ntimeformat protocol iso long;"
+    blocks = [_HEADER, head, _tables(ordered), _device()]
     blocks += [_kernel(v, t, settings) for v, t in _kernel_tables(ordered)]
     if any(p.bfd for p in ordered):
         blocks.append(_bfd(ordered, settings))
@@ -237,21 +240,17 @@ def _bgp(plan: BgpPlan) -> str:
         f"  ipv{plan.family} {{\n"
         f"    table {plan.protocol}_t;\n"
         # refused routes are kept (never used, never exported): the counts of received
-        # and refused prefixes in status come from them
+        # and refused prefixes in status come from them; the receive limit (accepted and
+        # refused) bounds the memory a peer sending refused prefixes can take
         "    import keep filtered on;\n"
+        f"    receive limit {plan.max_prefixes + REFUSED_ALLOWANCE} action disable;\n"
         f"    import limit {plan.max_prefixes} action disable;\n"
         f"    import filter {plan.protocol}_in;\n"
         f"    export filter {plan.protocol}_out;\n"
         "    next hop self;\n"
-        f"    receive limit {receive_limit(plan)} action disable;\n"
         "  };\n"
         "}"
     )
-
-
-def receive_limit(plan: BgpPlan) -> int:
-    """Prefixes the session may receive, accepted or refused, before BIRD stops it."""
-    return plan.max_prefixes * RECEIVE_LIMIT_FACTOR
 
 
 def _pipe(plan: BgpPlan) -> str:
