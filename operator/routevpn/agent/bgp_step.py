@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from routevpn.agent import conditions as cond
 from routevpn.agent.bgp import CONDITION, BgpReport, BgpView, NodeBird, report
 from routevpn.agent.desired import Blocked
-from routevpn.agent.desired_bgp import build_bgp_plans
+from routevpn.agent.desired_bgp import build_bgp_plans, forbidding
 from routevpn.agent.metrics import Metrics
 from routevpn.agent.settings import AgentSettings
 from routevpn.agent.work import Key
@@ -38,6 +38,8 @@ class BgpStep:
         self.settings = settings
         self.bird = bird or NodeBird.at(settings.bird_socket, settings.bird_config_dir)
         self.plans: dict[Key, tuple[BgpPlan, ...]] = {}
+        #: Every planned tunnel's IKE peers: no session may learn a route over any of them.
+        self.ike_peers: dict[Key, tuple[IPAddress, ...]] = {}
         self.blocked: dict[Key, str] = {}
         self.view = BgpView()
         self._facts: Facts | None = None
@@ -46,6 +48,7 @@ class BgpStep:
     def plan(self, key: Key, tunnel: VpnTunnel, plan: TunnelPlan, facts: Facts | None) -> None:
         """The tunnel's BGP sessions from its spec and what the node has."""
         self._facts = facts or self._facts
+        self.ike_peers[key] = tuple(self._ike_peers(plan))
         addrs, routes = _host(facts)
         forbidden = safety.bgp_forbidden(addrs, self._ike_peers(plan), self.settings.protected)
         made = build_bgp_plans(
@@ -75,7 +78,8 @@ class BgpStep:
 
     async def sync(self) -> BgpView:
         """Have BIRD run every session the agent knows of; read them back."""
-        plans = [p for key in sorted(self.plans) for p in self.plans[key]]
+        peers = [ip for key in sorted(self.ike_peers) for ip in self.ike_peers[key]]
+        plans = [forbidding(p, peers) for key in sorted(self.plans) for p in self.plans[key]]
         self._router_id = router_id(self._facts, self._router_id)
         settings = BirdSettings(
             router_id=self._router_id,
@@ -109,6 +113,7 @@ class BgpStep:
         """The tunnel is gone from this node: its sessions go at the next sync."""
         self.plans.pop(key, None)
         self.blocked.pop(key, None)
+        self.ike_peers.pop(key, None)
 
     async def close(self) -> None:
         """Drop BIRD's control connection."""

@@ -10,7 +10,7 @@ every session: what BIRD's import filter refuses whatever a tenant accepts.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import replace
 
@@ -101,3 +101,19 @@ def _session(
 def _of_family(prefixes: Sequence[str], version: int) -> tuple[p.IPNetwork, ...]:
     nets = (ipaddress.ip_network(t) for t in prefixes)
     return tuple(sorted({n for n in nets if n.version == version}, key=str))
+
+
+def forbidding(plan: p.BgpPlan, addresses: Iterable[p.IPAddress]) -> p.BgpPlan:
+    """`plan` with `addresses` of its family (as host prefixes) forbidden too.
+
+    For the IKE peers of every tunnel on the node, which only the whole pass knows: a
+    route learned over one tunnel that covers another tunnel's IKE peer would pull that
+    tunnel's IKE and ESP into the first, one tenant's far end cutting off another's.
+    """
+    extra = {ipaddress.ip_network(a) for a in addresses if a.version == plan.family}
+    if extra <= set(plan.forbidden):
+        return plan
+    merged = sorted(
+        set(plan.forbidden) | extra, key=lambda n: (int(n.network_address), n.prefixlen)
+    )
+    return replace(plan, forbidden=tuple(merged))
