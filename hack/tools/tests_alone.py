@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,13 +41,17 @@ def outcome(rc: int, tail: str) -> str:
 def run_one(node_id: str, timeout: float) -> tuple[str, float, str]:
     """(outcome, seconds, the output's last lines) of `pytest node_id` alone."""
     t0 = time.monotonic()
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", node_id]
-    try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-        rc, text = res.returncode, res.stdout + res.stderr
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
-        rc, text = 1, f"{out or ''}\n(timed out after {timeout:.0f} s) error"
+    # a temporary directory of its own: another pytest on this machine (as the same user)
+    # may clean the shared numbered ones while this run's control plane starts in one
+    with tempfile.TemporaryDirectory(prefix="alone-") as tmp:
+        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
+                f"--basetemp={tmp}/t", node_id]  # fmt: skip
+        try:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+            rc, text = res.returncode, res.stdout + res.stderr
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
+            rc, text = 1, f"{out or ''}\n(timed out after {timeout:.0f} s) error"
     tail = "\n".join(str(text).splitlines()[-25:])
     return outcome(rc, tail.splitlines()[-1] if tail else ""), time.monotonic() - t0, tail
 
