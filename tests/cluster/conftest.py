@@ -194,7 +194,8 @@ def kube(cluster: ClusterAccess) -> Iterator[client.ApiClient]:
         yield api
         sweep_cluster(api, REGISTRY)
         scanned = sum(1 for _ in REGISTRY.sources())
-        _SUMMARY.append(f"secret scan: {len(REGISTRY.secrets)} secrets in {scanned} sources")
+        gaps = f"; not fetched: {REGISTRY.gaps}" if REGISTRY.gaps else ""
+        _SUMMARY.append(f"secret scan: {len(REGISTRY.secrets)} secrets in {scanned} sources{gaps}")
         assert_no_leaks(REGISTRY)
     finally:
         api.close()  # type: ignore[no-untyped-call]

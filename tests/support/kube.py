@@ -186,7 +186,10 @@ def delete_namespace(api: client.ApiClient, name: str, wait: float | None = None
 
     Its Events and VpnTunnels are kept first for the end-of-session secret scan."""
     core = client.CoreV1Api(api)
-    sweep_namespace(api, REGISTRY, name)
+    try:
+        sweep_namespace(api, REGISTRY, name)
+    except Exception as e:  # the namespace goes all the same (the API down in a fault test)
+        REGISTRY.gaps.append(f"namespace {name}: {type(e).__name__}")
     try:
         core.delete_namespace(name)
     except ApiException as e:

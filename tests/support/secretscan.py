@@ -106,6 +106,8 @@ class SecretRegistry:
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     logs: list[Path] = field(default_factory=list)
     texts: list[tuple[str, str]] = field(default_factory=list)
+    #: What could not be fetched to scan (said in the session's summary).
+    gaps: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_psk(self, psk: str | bytes, label: str) -> None:
