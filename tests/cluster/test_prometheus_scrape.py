@@ -93,11 +93,14 @@ class Agent:
         REGISTRY.add_log(log)  # scanned for secrets at the end of the session
         self.proc = subprocess.Popen(ns.argv(*argv), stdout=self._out, stderr=subprocess.STDOUT)
 
+    def keep_metrics(self) -> None:
+        """Its /metrics for the secret scan (while its namespace is still there)."""
+        code, text = http_get_in(self.ns, self.port, "/metrics")
+        if code == 200:
+            REGISTRY.add_text("agent /metrics", text)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
-            code, text = http_get_in(self.ns, self.port, "/metrics")
-            if code == 200:
-                REGISTRY.add_text("agent /metrics", text)
             self.proc.terminate()
             try:
                 self.proc.wait(15)
@@ -153,7 +156,8 @@ def scraped(
                 "--bind-address", "127.0.0.1", "--kubeconfig", str(kubeconfig),
                 "--resync-seconds", "3", "--counters-period", "2",
             ]  # fmt: skip
-            started.append(Agent(node_net, argv, tmp_path / "agent.log", agent_port))
+            agent = Agent(node_net, argv, tmp_path / "agent.log", agent_port)
+            started.append(agent)
             (tmp_path / "prom").mkdir()
             (tmp_path / "prom" / "rules.yaml").write_text(yaml.safe_dump(rule_file))
             config = {
@@ -171,7 +175,10 @@ def scraped(
             psk_secret(kube, tenant)
             for i in range(TUNNELS):
                 create_tunnel(kube, tenant, tunnel_body(f"t{i}", **tunnel_spec(node, i)))
-            yield prom, node, tenant
+            try:
+                yield prom, node, tenant
+            finally:
+                agent.keep_metrics()
     finally:
         for proc in reversed(started):
             proc.stop()
