@@ -13,6 +13,7 @@ fixtures (a cluster test its own control plane, ~15 s).
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,17 +44,23 @@ def run_one(node_id: str, timeout: float) -> tuple[str, float, str]:
     t0 = time.monotonic()
     # a temporary directory of its own: another pytest on this machine (as the same user)
     # may clean the shared numbered ones while this run's control plane starts in one
-    with tempfile.TemporaryDirectory(prefix="alone-") as tmp:
-        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
-                f"--basetemp={tmp}/t", node_id]  # fmt: skip
-        try:
-            res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-            rc, text = res.returncode, res.stdout + res.stderr
-        except subprocess.TimeoutExpired as e:
-            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
-            rc, text = 1, f"{out or ''}\n(timed out after {timeout:.0f} s) error"
+    # (kept when the test did not pass: its logs, a control plane's among them)
+    tmp = tempfile.mkdtemp(prefix="alone-")
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
+            f"--basetemp={tmp}/t", node_id]  # fmt: skip
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        rc, text = res.returncode, res.stdout + res.stderr
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
+        rc, text = 1, f"{out or ''}\n(timed out after {timeout:.0f} s) error"
     tail = "\n".join(str(text).splitlines()[-25:])
-    return outcome(rc, tail.splitlines()[-1] if tail else ""), time.monotonic() - t0, tail
+    got = outcome(rc, tail.splitlines()[-1] if tail else "")
+    if got in ("passed", "skipped"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tail += f"\n(its files: {tmp})"
+    return got, time.monotonic() - t0, tail
 
 
 def main() -> int:
