@@ -27,6 +27,8 @@ Fixtures (session scope unless noted):
 ``crd``          the VpnTunnel CRD (``routevpn crd``) applied server-side and
                  Established; its names. Request it in any test that uses VpnTunnels.
 ``namespace``    (function) a fresh namespace named after the test, deleted afterwards
+``secret_registry``  the PSKs and keys the session made, and what is scanned for them at
+                 its end: logs, Events, VpnTunnels, metrics pages (support.secretscan)
 ``make_node``    (function) ``make_node(name, labels={}, ready=True, addresses=())``
                  creates a Node (there is no kubelet) with Ready set through the status
                  subresource; ``make_node.ready(name, False)`` marks it NotReady,
@@ -60,6 +62,7 @@ from support.kube import (
     create_namespace,
     delete_namespace,
 )
+from support.secretscan import REGISTRY, SecretRegistry, assert_no_leaks, sweep_cluster
 from support.tiers import missing
 
 
@@ -184,12 +187,32 @@ def kubectl(cluster: ClusterAccess) -> Kubectl:
 
 @pytest.fixture(scope="session")
 def kube(cluster: ClusterAccess) -> Iterator[client.ApiClient]:
-    """A kubernetes ApiClient for the tier's cluster."""
+    """A kubernetes ApiClient for the tier's cluster. At the end of the session, before
+    the control plane goes, nothing secret may have leaked (see ``secret_registry``)."""
     api = api_client(cluster.kubeconfig)
     try:
         yield api
+        sweep_cluster(api, REGISTRY)
+        scanned = sum(1 for _ in REGISTRY.sources())
+        gaps = f"; not fetched: {REGISTRY.gaps}" if REGISTRY.gaps else ""
+        _SUMMARY.append(f"secret scan: {len(REGISTRY.secrets)} secrets in {scanned} sources{gaps}")
+        assert_no_leaks(REGISTRY)
     finally:
         api.close()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture(scope="session")
+def secret_registry() -> SecretRegistry:
+    """The session's secrets and what to scan for them (support.secretscan.REGISTRY).
+
+    The helpers that make Secrets and keys register them (``support.operator.psk_secret``,
+    ``support.pki``, the agent tests' delivered Secrets); processes register their log
+    files and leave their /metrics page when stopped; ``support.kube.delete_namespace``
+    keeps a namespace's Events and VpnTunnels before it goes. ``kube``'s teardown adds
+    what the API server still has and fails the session's last teardown on any leak. A
+    test that makes a secret some other way registers it here.
+    """
+    return REGISTRY
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,7 @@ from support.cluster import ClusterAccess, free_port
 from support.kube import create_namespace, create_node, delete_namespace, delete_node, wait_until
 from support.netns import Netns, have_root, netns, veth
 from support.nsrelay import forward_into, http_get_in
+from support.secretscan import REGISTRY
 from support.tiers import missing
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(420)]
@@ -76,6 +77,7 @@ class AgentProc:
 
     def start(self) -> None:
         self.starts += 1
+        REGISTRY.add_log(self.log)  # scanned for secrets at the end of the session
         out = self.log.open("ab")
         out.write(f"\n----- start #{self.starts} -----\n".encode())
         out.flush()
@@ -85,6 +87,9 @@ class AgentProc:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
+        code, text = self.http("/metrics")
+        if code == 200:
+            REGISTRY.add_text("agent /metrics", text)
         proc.send_signal(sig)
         try:
             proc.wait(15)
@@ -284,7 +289,9 @@ def tunnel_body(w: World, name: str, **spec: Any) -> dict[str, Any]:
 
 
 def deliver_secret(w: World, name: str, psk: str) -> None:
-    """The Secret the operator delivers into the agent's namespace."""
+    """The Secret the operator delivers into the agent's namespace (its PSK registered for
+    the secret scan)."""
+    REGISTRY.add_psk(psk, f"delivered {w.tunnel_ns}/{name}")
     secret_name = naming.secret_name(w.tunnel_ns, name)
     body = client.V1Secret(
         metadata=client.V1ObjectMeta(
@@ -604,16 +611,12 @@ def test_secret_rotation_reloads_the_key_without_dropping_the_tunnel(w: World, t
     assert state["sas"][conn][:2] == ike_before[:2], "rotation dropped the IKE SA"
 
 
-def test_restart_of_the_agent_disturbs_nothing_and_gcs_only_its_own(w: World, t1: str) -> None:
-    conn = f"routevpn.{w.tunnel_ns}.{T1}"
-    # a foreign connection, and a stale one of routevpn's own that no tunnel wants, loaded
-    # over VICI (swanctl --load-all would unload everything else, the agent's too)
+def load_by_hand(w: World, *conns: tuple[str, str]) -> None:
+    """Load connections (name, peer address) and their keys into the node's charon over
+    VICI, as someone else would (swanctl --load-all would unload the agent's too)."""
     session = vici_session(w.charon.vici_socket)
     try:
-        for name, peer in (
-            ("routevpn.gone.tunnel", "198.51.100.77"),
-            ("manual-x", "198.51.100.88"),
-        ):
+        for name, peer in conns:
             session.load_conn({name: {
                 "local_addrs": [NODE_ADDR], "remote_addrs": [peer],
                 "local": {"auth": "psk", "id": NODE_ADDR},
@@ -625,6 +628,12 @@ def test_restart_of_the_agent_disturbs_nothing_and_gcs_only_its_own(w: World, t1
             )
     finally:
         session.transport.close()
+
+
+def test_restart_of_the_agent_disturbs_nothing_and_gcs_only_its_own(w: World, t1: str) -> None:
+    conn = f"routevpn.{w.tunnel_ns}.{T1}"
+    # a foreign connection, and a stale one of routevpn's own that no tunnel wants
+    load_by_hand(w, ("routevpn.gone.tunnel", "198.51.100.77"), ("manual-x", "198.51.100.88"))
     before = charon_state(w.charon.vici_socket)
     assert {"routevpn.gone.tunnel", "manual-x"} <= set(before["conns"])
     ike_before = before["sas"][conn]
@@ -706,6 +715,7 @@ def test_moving_away_tears_down_and_releases_the_finalizer(w: World) -> None:
 
 def test_deleting_the_tunnel_cleans_up_and_removes_the_finalizer(w: World, t1: str) -> None:
     conn = f"routevpn.{w.tunnel_ns}.{T1}"
+    load_by_hand(w, ("manual-x", "198.51.100.88"))  # again: this test may run alone
     w.custom.delete_namespaced_custom_object(GROUP, VERSION, w.tunnel_ns, PLURAL, T1)
     wait_until(lambda: get(w, T1) is None, timeout=30, interval=0.3, what=f"{T1} deleted")
     state = charon_state(w.charon.vici_socket)

@@ -28,7 +28,11 @@ from routevpn.kube.client import KubeClient
 from support.cluster import Kubectl
 from support.helm import Helm, Release, helm_binary, install
 from support.kube import create_namespace, create_node, delete_namespace, delete_node, wait_until
+from support.secretscan import REGISTRY
 from support.tokens import bound_token, service_account_token, token_client
+
+#: The tenants' PSK (registered for the secret scan where a Secret carries it).
+TENANT_PSK = "k" * 32
 
 G, V, P = naming.GROUP, naming.VERSION, naming.PLURAL
 
@@ -264,7 +268,8 @@ def _tenant(kube: client.ApiClient, kubeconfig: Path, prefix: str) -> Tenant:
         },
     )  # fmt: skip
     meta = {"name": "psk", "labels": {naming.USAGE_LABEL: naming.USAGE_IKE}}
-    core.create_namespaced_secret(ns, {"metadata": meta, "stringData": {"psk": "k" * 32}})
+    REGISTRY.add_psk(TENANT_PSK, f"{ns}/psk")
+    core.create_namespaced_secret(ns, {"metadata": meta, "stringData": {"psk": TENANT_PSK}})
     custom(kube).create_namespaced_custom_object(G, V, ns, P, tunnel("t", "nowhere"))
     token = service_account_token(kube, ns, "tenant")
     return Tenant(ns, f"system:serviceaccount:{ns}:tenant", token_client(kubeconfig, token))
@@ -285,7 +290,7 @@ def tenants(
                 "name": naming.secret_name(a.ns, "t"),
                 "annotations": naming.delivered_annotations(a.ns, "t"),
             },
-            "stringData": {"psk": "k" * 32},
+            "stringData": {"psk": TENANT_PSK},
         },
     )
     try:

@@ -226,8 +226,20 @@ def _flat(text: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
+def _explain(kubectl: Kubectl, *args: str) -> str:
+    """`kubectl explain ARGS`, once the API server publishes the CRD's schema: that comes
+    a moment after the CRD is Established (a test run alone, right after the session
+    applied it, saw "couldn't find resource")."""
+
+    def explained() -> str | None:
+        res = kubectl("explain", *args, check=False)
+        return res.stdout if res.returncode == 0 else None
+
+    return wait_until(explained, timeout=60, interval=1.0, what=f"kubectl explain {args[0]}")
+
+
 def test_explain_teaches_the_interface(crd: list[str], kubectl: Kubectl) -> None:
-    out = kubectl("explain", "vpntunnel.spec.interface").stdout
+    out = _explain(kubectl, "vpntunnel.spec.interface")
     crd_obj = json.loads(kubectl("get", "crd", "vpntunnels.routevpn.io", "-o", "json").stdout)
     schema = crd_obj["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     iface = schema["properties"]["spec"]["properties"]["interface"]
@@ -242,7 +254,7 @@ def test_explain_teaches_the_interface(crd: list[str], kubectl: Kubectl) -> None
 
 
 def test_explain_has_a_description_on_every_spec_field(crd: list[str], kubectl: Kubectl) -> None:
-    out = kubectl("explain", "vpntunnel.spec", "--recursive").stdout
+    out = _explain(kubectl, "vpntunnel.spec", "--recursive")
     fields = re.findall(r"^\s+([A-Za-z]+)\s+<", out, re.MULTILINE)
     assert {"nodeName", "nodeSelector", "interface", "routes", "auth", "ike", "child"} <= set(
         fields

@@ -41,9 +41,10 @@ from support.chart import CHART
 from support.cluster import ClusterAccess, free_port
 from support.kube import create_namespace, create_node, delete_namespace, delete_node, wait_until
 from support.netns import Netns, have_root, netns, veth
-from support.nsrelay import forward_into
+from support.nsrelay import forward_into, http_get_in
 from support.operator import Operator, create_tunnel, psk_secret, release_tunnels, tunnel_body
 from support.prometheus import Prometheus
+from support.secretscan import REGISTRY
 from support.tiers import missing
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(600)]
@@ -86,10 +87,17 @@ def tunnel_spec(node: str, i: int) -> dict[str, Any]:
 class Agent:
     """`routevpn agent` inside `ns`, stopped by PID."""
 
-    def __init__(self, ns: Netns, argv: list[str], log: Path) -> None:
-        self.log = log
+    def __init__(self, ns: Netns, argv: list[str], log: Path, port: int) -> None:
+        self.log, self.ns, self.port = log, ns, port
         self._out = log.open("ab")
+        REGISTRY.add_log(log)  # scanned for secrets at the end of the session
         self.proc = subprocess.Popen(ns.argv(*argv), stdout=self._out, stderr=subprocess.STDOUT)
+
+    def keep_metrics(self) -> None:
+        """Its /metrics for the secret scan (while its namespace is still there)."""
+        code, text = http_get_in(self.ns, self.port, "/metrics")
+        if code == 200:
+            REGISTRY.add_text("agent /metrics", text)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -148,7 +156,8 @@ def scraped(
                 "--bind-address", "127.0.0.1", "--kubeconfig", str(kubeconfig),
                 "--resync-seconds", "3", "--counters-period", "2",
             ]  # fmt: skip
-            started.append(Agent(node_net, argv, tmp_path / "agent.log"))
+            agent = Agent(node_net, argv, tmp_path / "agent.log", agent_port)
+            started.append(agent)
             (tmp_path / "prom").mkdir()
             (tmp_path / "prom" / "rules.yaml").write_text(yaml.safe_dump(rule_file))
             config = {
@@ -166,7 +175,10 @@ def scraped(
             psk_secret(kube, tenant)
             for i in range(TUNNELS):
                 create_tunnel(kube, tenant, tunnel_body(f"t{i}", **tunnel_spec(node, i)))
-            yield prom, node, tenant
+            try:
+                yield prom, node, tenant
+            finally:
+                agent.keep_metrics()
     finally:
         for proc in reversed(started):
             proc.stop()

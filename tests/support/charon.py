@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .netns import Netns
+from .secretscan import REGISTRY
 
 CHARON = Path("/usr/lib/ipsec/charon")
 
@@ -96,6 +97,7 @@ class Charon:
         self.conf = workdir / "strongswan.conf"
         self.vici_socket = workdir / "charon.vici"
         self.log_file = workdir / "charon.log"
+        REGISTRY.add_log(self.log_file)  # scanned for secrets where a tier does
         self.stdio_log = workdir / "charon.stdio"
         self.plugins = plugins
         self.extra = dict(extra or {})

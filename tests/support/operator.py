@@ -23,6 +23,8 @@ pytest fixtures (import them into a test module, they are its parameters):
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import signal
 import subprocess
@@ -40,6 +42,7 @@ from kubernetes.client import ApiException
 from routevpn.api import naming
 from support.cluster import free_port
 from support.kube import create_namespace, delete_namespace, wait_until
+from support.secretscan import REGISTRY
 
 GROUP, VERSION, PLURAL = "routevpn.io", "v1alpha1", "vpntunnels"
 NODE_LABEL = "routevpn.io/node"
@@ -110,6 +113,7 @@ class Operator:
             *extra_args,
         ]
         self._out = log.open("ab")
+        REGISTRY.add_log(log)  # scanned for secrets at the end of the session
         self.proc = subprocess.Popen(argv, env=env, stdout=self._out, stderr=subprocess.STDOUT)
 
     @property
@@ -178,8 +182,12 @@ class Operator:
         raise RuntimeError(f"no VmHWM for pid {self.pid}")
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 20 s; close the log."""
+        """Keep its /metrics for the secret scan; SIGTERM, then SIGKILL after 20 s; close
+        the log."""
         if self.proc.poll() is None:
+            # not answering (stopped with SIGSTOP, say): nothing to keep
+            with contextlib.suppress(OSError):
+                REGISTRY.add_text(f"operator {self.pod_name} /metrics", self.metrics())
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=20)
@@ -204,7 +212,9 @@ def read_lease(api: client.ApiClient, namespace: str) -> client.V1Lease | None:
 
 
 def psk_secret(api: client.ApiClient, ns: str, name: str = "psk", value: str = DEFAULT_PSK) -> None:
-    """Create a PSK Secret (key `psk`, base64 `value`, the IKE opt-in label) in `ns`."""
+    """Create a PSK Secret (key `psk`, base64 `value`, the IKE opt-in label) in `ns`;
+    the PSK is registered for the end-of-session secret scan."""
+    REGISTRY.add_psk(base64.b64decode(value), f"{ns}/{name}")
     meta = {"name": name, "labels": {"routevpn.io/usage": "ike"}}
     _core(api).create_namespaced_secret(ns, {"metadata": meta, "data": {"psk": value}})
 

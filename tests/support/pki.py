@@ -2,7 +2,8 @@
 
 Keys are ECDSA P-256 (fast to generate, understood by charon's openssl plugin). Each
 end-entity certificate carries its identity as a subjectAltName (DNS name), which
-is what charon matches an IKE identity against.
+is what charon matches an IKE identity against. Every private key made here is registered
+for the secret scan (support.secretscan).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from support.secretscan import REGISTRY
 
 
 def have_openssl() -> bool:
@@ -59,6 +62,7 @@ class TestCA:
                  "-subj", f"/CN={name}", "-out", str(self.cert_path),
                  "-addext", "basicConstraints=critical,CA:TRUE",
                  "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+        REGISTRY.add_key(self.key_path.read_text(), f"CA {name}")
 
     @property
     def cert_pem(self) -> str:
@@ -77,4 +81,5 @@ class TestCA:
         _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.cert_path),
                  "-CAkey", str(self.key_path), "-CAcreateserial", "-days", "2",
                  "-extfile", str(ext), "-out", str(cert))  # fmt: skip
+        REGISTRY.add_key(key.read_text(), identity)  # for the secret scan
         return Issued(identity, cert, key)
