@@ -40,13 +40,15 @@ class Bird:
         return self.proc.pid if self.proc is not None else None
 
     def start(self, timeout: float = 20.0) -> None:
-        """Write the configuration, start BIRD and wait until its control socket answers."""
+        """Write the configuration (unless the file exists), start BIRD, wait for its socket."""
         if self.proc is not None:
             raise RuntimeError("bird already running")
         if not BIRD.exists():
             raise FileNotFoundError(BIRD)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if not self.conf.exists() or self.conf.read_text() != self.config:
+        # a restarted BIRD reads what the file holds by then (as the chart's container
+        # does with the agent's last configuration)
+        if not self.conf.exists():
             self.conf.write_text(self.config)
         self.socket.unlink(missing_ok=True)
         argv = self.ns.argv(

@@ -22,8 +22,8 @@ construction rather than by care:
   be counted; a hostile far end can't fill BIRD's memory with them).
 
 Every value rendered is a parsed one (ints, ip_address/ip_network, names checked by
-`BgpPlan`); strings are quoted only where they passed those checks. The control socket and
-logging are not configured here: BIRD's command line sets them.
+`BgpPlan`); strings are quoted only where they passed those checks. The control socket is
+not configured here (BIRD's command line sets it); logging goes to stderr (`LOG`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ DEFAULT_KERNEL_METRIC: Final = 32
 #: Seconds between BIRD's scans of the kernel tables (it hears changes by netlink anyway;
 #: the scan repairs what it missed, e.g. its routes flushed with an interface).
 DEFAULT_SCAN_TIME: Final = 30
+#: BIRD logs to syslog unless told otherwise, and a container has none: to stderr (the
+#: container's log), without the debug and trace classes.
+LOG: Final = "log stderr { info, remote, warning, error, auth, fatal, bug };"
 #: Refused prefixes a session may hold beyond `max_prefixes` before it stops: they are kept
 #: (unused) so status can count them, and this bounds what a hostile peer costs BIRD.
 REFUSED_ALLOWANCE: Final = 1000
@@ -90,7 +93,7 @@ def render(plans: Sequence[BgpPlan], settings: BirdSettings) -> str:
         raise PlanError(f"two BGP sessions with one protocol name: {', '.join(dupes)}")
     # `since` in `show protocols` with its date (BIRD's default is a time of day only),
     # which the agent's status carries (dataplane.bird_facts)
-    head = f"router id {settings.router_id};\ntimeformat protocol iso long;"
+    head = f"{LOG}\nrouter id {settings.router_id};\ntimeformat protocol iso long;"
     blocks = [_HEADER, head, _tables(ordered), _device()]
     blocks += [_kernel(v, t, settings) for v, t in _kernel_tables(ordered)]
     if any(p.bfd for p in ordered):

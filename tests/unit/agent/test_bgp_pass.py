@@ -14,10 +14,12 @@ from pathlib import Path
 from prometheus_client import generate_latest
 
 from routevpn.agent.bgp import NodeBird, report
+from routevpn.agent.bgp_step import FALLBACK_ROUTER_ID, router_id
 from routevpn.agent.metrics import Metrics
 from routevpn.dataplane.bird import BirdConfigError, BirdUnreachableError
 from routevpn.dataplane.bird_config import BirdSettings
 from routevpn.dataplane.bird_facts import BgpSessionFacts, parse_since
+from routevpn.dataplane.facts import AddressFacts, Facts, NetlinkFacts
 from routevpn.dataplane.plan import BgpPlan
 
 SETTINGS = BirdSettings(router_id=ipaddress.IPv4Address("192.0.2.10"))
@@ -156,3 +158,23 @@ def test_metrics_per_session_and_forgotten_with_the_tunnel() -> None:
     assert "2001:db8:ff::2" not in generate_latest(m.registry).decode()
     m.forget("tenant-a", "site-b")
     assert "site-b" not in generate_latest(m.registry).decode()
+
+
+def _facts(*addresses: str) -> Facts:
+    return Facts(
+        netlink=NetlinkFacts(
+            addresses=tuple(AddressFacts(1, "eth0", ipaddress.ip_interface(a)) for a in addresses)
+        )
+    )
+
+
+def test_router_id_is_kept_while_the_node_has_it() -> None:
+    first = router_id(_facts("127.0.0.1/8", "169.254.10.1/30", "203.0.113.9/24"), None)
+    assert first == ipaddress.IPv4Address("203.0.113.9")  # loopback, link-local left out
+    # a lower address added later does not move it (a new router id restarts every session)
+    assert router_id(_facts("192.0.2.5/24", "203.0.113.9/24"), first) == first
+    # nor does a pass without facts (charon down)
+    assert router_id(None, first) == first
+    # gone from the node: the lowest one left
+    assert router_id(_facts("192.0.2.5/24"), first) == ipaddress.IPv4Address("192.0.2.5")
+    assert router_id(_facts("2001:db8::1/64"), None) == FALLBACK_ROUTER_ID

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +57,20 @@ def test_enabled_bird_container_and_agent_wiring(tmp_path: Path) -> None:
         "/tmp",
         "/host/proc/sys/net",
     }
+
+
+def test_birds_first_configuration_is_written_once_and_parses(tmp_path: Path) -> None:
+    """The container's command run with its paths moved under tmp_path (and `echo` for
+    BIRD): it writes a configuration BIRD's parser accepts, and keeps an existing one."""
+    charon, _ = _pods({"bgp": {"enabled": True}}, tmp_path)
+    script = containers(charon)["bird"]["command"][2]
+    root = tmp_path / "run"
+    script = script.replace("/run/routevpn", str(root)).replace("exec /usr/sbin/bird", "exec echo")
+    subprocess.run(["sh", "-c", script], check=True, capture_output=True)
+    conf = root / "bird" / "bird.conf"
+    bird = shutil.which("bird") or "/usr/sbin/bird"
+    parsed = subprocess.run([bird, "-p", "-c", str(conf)], capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr
+    conf.write_text("the agent's\n")
+    subprocess.run(["sh", "-c", script], check=True, capture_output=True)
+    assert conf.read_text() == "the agent's\n"
