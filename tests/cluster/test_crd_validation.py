@@ -428,6 +428,38 @@ def test_bases_are_accepted(
     assert "created (server dry run)" in res.stdout
 
 
+def bgp_base() -> Manifest:
+    """A valid dual-stack BGP tunnel: every optional field of spec.bgp set, at its edge."""
+    m = base()
+    spec = m["spec"]
+    spec["interface"]["addresses"] = ["169.254.10.1/30", "2001:db8:100::/127"]
+    spec["bgp"] = {
+        "peerASN": 4294967295,
+        "localASN": 1,
+        "peerAddresses": ["169.254.10.2", "2001:db8:100::1"],
+        "holdTime": 3,
+        "bfd": True,
+        "advertise": ["192.0.2.0/24", "2001:db8:300::/48"],
+        "accept": ["0.0.0.0/0", "2001:db8:200::/48"],
+        "maxPrefixes": 10000,
+        "table": 4294967295,
+    }
+    return m
+
+
+def test_bgp_tunnel_is_accepted_as_written(
+    crd: list[str], kubectl: Kubectl, namespace: str
+) -> None:
+    """The BGP rules refuse mistakes (tests/data/invalid-vpntunnels.yaml), not this."""
+    manifest = bgp_base()
+    res = kubectl(
+        "create", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-",
+        "-o", "yaml", input=yaml.safe_dump(manifest), check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert yaml.safe_load(res.stdout)["spec"]["bgp"] == manifest["spec"]["bgp"]  # no defaults
+
+
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[m.id for m in MISTAKES])
 def test_mistake_is_rejected_naming_the_field(
     crd: list[str], kubectl: Kubectl, namespace: str, mistake: Mistake

@@ -98,6 +98,11 @@ def options(args: argparse.Namespace) -> Options:
         event_interval=args.event_interval,
         status_qps=args.status_qps,
         status_burst=args.status_burst,
+        bird_socket=args.bird_socket,
+        bird_config_dir=args.bird_config_dir,
+        bgp_local_asn=args.bgp_local_asn,
+        bgp_kernel_metric=args.bgp_kernel_metric,
+        protected=tuple(args.protected_cidr),
     )
     return Options(
         settings=settings,

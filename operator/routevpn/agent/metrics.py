@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -49,6 +50,8 @@ ROUTE_STATES = tuple(s.value for s in RouteState)
 SA_KINDS = ("ike", "child")
 TUNNEL_LABELS = ("namespace", "name", "node")
 PROBE_RESULTS = ("answered", "missed")
+#: `routevpn_tunnel_bgp_prefixes{kind}` (attributes of `BgpSessionFacts`).
+BGP_PREFIX_KINDS = ("received", "accepted", "advertised")
 
 
 class Metrics:
@@ -63,8 +66,10 @@ class Metrics:
         self._declare_tunnels(self.registry)
         self._declare_events(self.registry)
         self._declare_probes(self.registry)
+        self._declare_bgp(self.registry)
         self._known: set[tuple[str, str]] = set()
         self._demoted: set[tuple[str, str]] = set()
+        self._bgp_peers: dict[tuple[str, str], set[str]] = {}
 
     def _declare_passes(self, r: CollectorRegistry) -> None:
         """How many reconcile passes ran, how they ended, how long they took."""
@@ -192,6 +197,47 @@ class Metrics:
             registry=r,
         )
 
+    def _declare_bgp(self, r: CollectorRegistry) -> None:
+        """Per BGP session (a tunnel has one per peer address, at most two)."""
+        labels = (*TUNNEL_LABELS, "peer")
+        self.bgp_session_up = Gauge(
+            "routevpn_tunnel_bgp_session_up",
+            "1 while the tunnel's BGP session with this peer is Established, else 0.",
+            labels,
+            registry=r,
+        )
+        self.bgp_prefixes = Gauge(
+            "routevpn_tunnel_bgp_prefixes",
+            "Prefixes of the session: received from the peer, accepted by the import filter, "
+            "advertised to the peer.",
+            [*labels, "kind"],
+            registry=r,
+        )
+
+    def bgp(self, namespace: str, name: str, sessions: Iterable[tuple[str, Any]]) -> None:
+        """Set a tunnel's BGP series: (peer address, `BgpSessionFacts` or None) pairs."""
+        key = (namespace, name)
+        peers = set()
+        for peer, facts in sessions:
+            peers.add(peer)
+            tun = (namespace, name, self.node, peer)
+            self.bgp_session_up.labels(*tun).set(
+                1 if facts is not None and facts.established else 0
+            )
+            for kind in BGP_PREFIX_KINDS:
+                value = getattr(facts, kind) if facts is not None else 0
+                self.bgp_prefixes.labels(*tun, kind).set(value)
+        for gone in self._bgp_peers.get(key, set()) - peers:
+            self._forget_bgp_peer(namespace, name, gone)
+        self._bgp_peers[key] = peers
+        self._known.add(key)
+
+    def _forget_bgp_peer(self, namespace: str, name: str, peer: str) -> None:
+        tun = (namespace, name, self.node, peer)
+        self._remove(self.bgp_session_up, *tun)
+        for kind in BGP_PREFIX_KINDS:
+            self._remove(self.bgp_prefixes, *tun, kind)
+
     def _declare_probes(self, r: CollectorRegistry) -> None:
         """Health probes through the tunnels (spec.healthCheck)."""
         self.probe_failing = Gauge(
@@ -288,6 +334,8 @@ class Metrics:
             return
         self._known.discard((namespace, name))
         self._demoted.discard((namespace, name))
+        for peer in self._bgp_peers.pop((namespace, name), set()):
+            self._forget_bgp_peer(namespace, name, peer)
         tun = (namespace, name, self.node)
         for metric in (
             self.received_bytes, self.sent_bytes, self.received_packets, self.sent_packets,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 
 
@@ -23,6 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="charon's VICI socket (default: %(default)s)",
     )
     parser.add_argument(
+        "--bird-socket",
+        default=None,
+        help="BIRD's control socket; unset: no BIRD on this node, BGP tunnels report "
+        "DaemonUnreachable (the chart sets it with bgp.enabled)",
+    )
+    parser.add_argument(
+        "--bird-config-dir",
+        default="/run/routevpn/bird",
+        help="directory of the bird.conf BIRD runs, written by the agent (default: %(default)s)",
+    )
+    parser.add_argument(
         "--http-port", type=int, default=9478, help="/metrics, /healthz, /readyz port"
     )
     parser.add_argument(
@@ -38,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="re-check every tunnel this often, repairing drift (default: %(default)s)",
     )
     _add_status_arguments(parser)
+    _add_bgp_arguments(parser)
     parser.add_argument(
         "--log-level",
         default=env.get("ROUTEVPN_LOG_LEVEL", "INFO"),
@@ -86,4 +99,44 @@ def _add_status_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=40,
         help="status writes at once before --status-qps applies (default: %(default)s)",
+    )
+
+
+def _asn(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 2**32 - 1 or value == 23456:  # 23456: AS_TRANS
+        raise argparse.ArgumentTypeError(f"not a usable AS number: {text}")
+    return value
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address or CIDR: {text!r}") from None
+
+
+def _add_bgp_arguments(parser: argparse.ArgumentParser) -> None:
+    """spec.bgp: the node's defaults and what no session may learn."""
+    parser.add_argument(
+        "--bgp-local-asn",
+        type=_asn,
+        default=64512,
+        help="this end's AS number for tunnels that leave spec.bgp.localASN out "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--bgp-kernel-metric",
+        type=int,
+        default=32,
+        help="kernel metric of the routes BIRD installs; another routing daemon's routes "
+        "with another metric are left alone (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--protected-cidr",
+        type=_network,
+        action="append",
+        default=[],
+        help="a cluster network (pod, service, node, API server) no BGP session may learn "
+        "a route into; repeat for each",
     )

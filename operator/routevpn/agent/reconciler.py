@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from routevpn.agent import conditions as cond
 from routevpn.agent import failover as fo
 from routevpn.agent import status as st
+from routevpn.agent.bgp_step import BgpStep
 from routevpn.agent.budget import WriteBudget
 from routevpn.agent.decide import Action, decide, delivered
 from routevpn.agent.desired import (
@@ -84,6 +85,7 @@ class AgentReconciler:
         self.event_limit = EventLimiter(settings.event_interval)
         self.mtu = MtuFollower()
         self.probes = ProbeSet(metrics)  # health probes (spec.healthCheck) by tunnel
+        self.bgp = BgpStep(settings)  # spec.bgp: the node's BIRD
         self.charon_ok = False
         self.gc_done = False
         #: The node's tunnels as failover saw them last (routes, which carry traffic).
@@ -136,6 +138,7 @@ class AgentReconciler:
             clock.lap("finalizers")
             for w in work:
                 await self._apply(w)
+            await self.bgp.sync()  # every session of the node: nothing when none
             clock.lap("apply")
         await every(self._release(key, obj) for key, obj in released)
         clock.lap("release")
@@ -214,6 +217,7 @@ class AgentReconciler:
             w.plan, w.inner_mtu = self.mtu.follow(
                 fo.apply_decisions(made, w.routes), w.tunnel, facts
             )
+            self.bgp.plan(key, w.tunnel, made, facts)
         return w
 
     def _secret(self, key: Key) -> DeliveredMaterial | None:
@@ -293,6 +297,7 @@ class AgentReconciler:
         generation = int((w.obj.get("metadata") or {}).get("generation") or 1)
         previous = current.get("conditions") or []
         computed = cond.keep_known_failures(cond.compute(obs, conn), previous)
+        bgp = self._bgp_status(w.key, computed)
         conds = st.merge_conditions(computed, previous, generation, now)
         # SA facts and route states only for a configured tunnel
         desired = st.desired_status(conds) if problem is not None else st.desired_status(
@@ -302,11 +307,21 @@ class AgentReconciler:
                             w.inner_mtu),
             [d.to_wire() for d in w.routes],
         )  # fmt: skip
+        if bgp is not None:
+            desired["bgp"] = bgp
         routes = [d.state.value for d in w.routes]
         self.metrics.tunnel(ns, name, ike, child, now_ts, routes, on_demand=start != "start")
         if not st.needs_write(desired, current):
             return
         await self._write(w, conds, desired, current)
+
+    def _bgp_status(self, key: Key, conds: list[cond.Cond]) -> st.Wire | None:
+        """Add BgpEstablished to `conds`; status.bgp (None without BGP sessions)."""
+        bgp = self.bgp.report(key)
+        if bgp is not None:
+            conds.append(self.bgp.condition(bgp))
+            self.bgp.observe_metrics(self.metrics, key)
+        return {"sessions": list(bgp.sessions)} if bgp is not None and bgp.sessions else None
 
     async def _write(self, w: Work, conds: list[st.Wire], desired: st.Wire, current: Obj) -> None:
         """Apply the agent's status (within the write budget) and an Event per transition."""
@@ -381,4 +396,5 @@ class AgentReconciler:
         self.event_limit.forget(naming.tunnel_ref(*key))
         self.mtu.forget(naming.tunnel_ref(*key))
         self.probes.forget(key)
+        self.bgp.forget(key)
         self.metrics.forget(*key)

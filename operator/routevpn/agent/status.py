@@ -176,7 +176,7 @@ def current_agent_status(status: Mapping[str, Any] | None) -> Wire:
     mine = {t.value for t in AGENT_CONDITIONS}
     conds = [dict(c) for c in status.get("conditions") or [] if c.get("type") in mine]
     out: Wire = {"conditions": sorted(conds, key=lambda c: str(c.get("type")))}
-    for key in ("routes", "ike", "child"):
+    for key in ("routes", "ike", "child", "bgp"):
         if status.get(key) is not None:
             out[key] = status[key]
     return out

@@ -23,6 +23,8 @@ class ConditionType(enum.StrEnum):
     CHILD_SA_INSTALLED = "ChildSaInstalled"
     ROUTES_INSTALLED = "RoutesInstalled"
     TRAFFIC_FLOWING = "TrafficFlowing"
+    #: Only on tunnels with spec.bgp: every BGP session of the tunnel is Established.
+    BGP_ESTABLISHED = "BgpEstablished"
     READY = "Ready"
 
 
@@ -43,6 +45,7 @@ AGENT_CONDITIONS: Final = (
     ConditionType.CHILD_SA_INSTALLED,
     ConditionType.ROUTES_INSTALLED,
     ConditionType.TRAFFIC_FLOWING,
+    ConditionType.BGP_ESTABLISHED,
 )
 #: Conditions that must be True for Ready, in order: the first that is not names the reason.
 #: RoutesInstalled is reported True with reason NotApplicable in policy mode. TrafficFlowing
@@ -106,6 +109,15 @@ class Reason(enum.StrEnum):
     DNS_RESOLUTION_FAILED = "DnsResolutionFailed"
     NO_TRAFFIC_RECEIVED = "NoTrafficReceived"
     DOWN = "Down"
+    # BGP sessions (agent, BgpEstablished): BIRD's BGP states, and why a session is down
+    IDLE = "Idle"
+    CONNECT = "Connect"
+    ACTIVE = "Active"
+    OPEN_SENT = "OpenSent"
+    OPEN_CONFIRM = "OpenConfirm"
+    PREFIX_LIMIT = "PrefixLimit"
+    DAEMON_UNREACHABLE = "DaemonUnreachable"
+    CONFIG_REJECTED = "ConfigRejected"
 
 
 #: Reasons that mean "not yet", not "broken".

@@ -33,12 +33,15 @@ _DROP: Final = frozenset({"title", "default", "$defs"})
 
 _READY = '.status.conditions[?(@.type=="Ready")]'
 _TRAFFIC = '.status.conditions[?(@.type=="TrafficFlowing")]'
+#: BgpEstablished's reason: Established, Active, PrefixLimit, ... (empty without spec.bgp)
+_BGP = '.status.conditions[?(@.type=="BgpEstablished")].reason'
 PRINTER_COLUMNS: Final = (
     {"name": "Node", "type": "string", "jsonPath": ".status.node"},
     {"name": "Interface", "type": "string", "jsonPath": ".status.interface.name"},
     {"name": "Remote", "type": "string", "jsonPath": ".spec.remote.address", "priority": 1},
     {"name": "IKE", "type": "string", "jsonPath": ".status.ike.state"},
     {"name": "CHILD", "type": "string", "jsonPath": ".status.child.state"},
+    {"name": "BGP", "type": "string", "jsonPath": _BGP},
     # -o wide: enough to triage without Grafana (TrafficFlowing, bytes of the current
     # CHILD SA, when Ready last changed). BGP has no column: routevpn has no BGP yet.
     {"name": "Traffic", "type": "string", "jsonPath": f"{_TRAFFIC}.status", "priority": 1},

@@ -103,6 +103,32 @@ def default_ifname(kind: str, ident: int) -> str:
     return f"{prefix}{ident}"
 
 
+#: BGP: a 4-byte ASN is 1..2**32-1; 23456 is AS_TRANS, the placeholder a 2-byte speaker
+#: sees, never a real AS (RFC 6793).
+ASN_MAX: Final = 2**32 - 1
+AS_TRANS: Final = 23456
+#: Every BIRD protocol of a BGP session starts with this and its IP version (bgp4_, bgp6_).
+BGP_PROTOCOL_PREFIX: Final = "bgp"
+_BIRD_ESCAPES: Final = {"_": "__", ".": "_d", "-": "_h"}
+
+
+def bgp_protocol(ifname: str, version: int) -> str:
+    """The BIRD protocol name of the BGP session of `version` over interface `ifname`.
+
+    One session per interface and family, so the pair names it. BIRD symbols allow only
+    letters, digits and `_`; an interface name may also hold `.` and `-`, which are
+    escaped so that two names never map to one symbol (`vti.1` is `bgp4_vti_d1`,
+    `vti_d1` is `bgp4_vti__d1`). Everything else of the session (its filters, table,
+    pipe, static protocol) is named after this.
+    """
+    if version not in (4, 6):
+        raise ValueError(f"IP version {version} is neither 4 nor 6")
+    if not ifname or not all(c.isascii() and (c.isalnum() or c in _BIRD_ESCAPES) for c in ifname):
+        raise ValueError(f"interface name {ifname!r} is not a Linux interface name routevpn uses")
+    escaped = "".join(_BIRD_ESCAPES.get(c, c) for c in ifname)
+    return f"{BGP_PROTOCOL_PREFIX}{version}_{escaped}"
+
+
 #: First label of a delivered Secret's name, and of a hashed one (see `secret_name`).
 DELIVERED_PREFIX: Final = "tunnel"
 DELIVERED_HASHED_PREFIX: Final = "tunnel-h"

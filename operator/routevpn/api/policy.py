@@ -150,9 +150,10 @@ class VpnTunnelPolicySpec(ApiModel):
         default=None,
         max_length=64,
         description=(
-            "Every route's `to` must lie within one of these CIDRs. Default: any destination "
-            "(never the networks routevpn always protects; a default route needs "
-            "`defaultRoute: allowed`)."
+            "Every route's `to`, and every spec.bgp.accept and spec.bgp.advertise prefix, "
+            "must lie within one of these CIDRs. Default: any destination (never the "
+            "networks routevpn always protects; a default route needs `defaultRoute: "
+            "allowed`)."
         ),
         json_schema_extra=_cidr_list("allowedDestinations", "198.51.100.0/24"),
     )
@@ -168,17 +169,17 @@ class VpnTunnelPolicySpec(ApiModel):
     default_route: DefaultRoute | None = Field(
         default=None,
         description=(
-            "`allowed` lets tunnels route 0.0.0.0/0 and ::/0 (the node's agent still refuses "
-            "one that would outrank a default route the node already has). Default: "
-            "`forbidden`."
+            "`allowed` lets tunnels route 0.0.0.0/0 and ::/0, and accept or advertise them "
+            "over BGP (the node's agent still refuses a static one that would outrank a "
+            "default route the node already has). Default: `forbidden`."
         ),
     )
     allowed_tables: list[TableId] | None = Field(
         default=None,
         max_length=64,
         description=(
-            "Routing tables routes may go into. Default: 254 (main) only. Never 0, 253 or "
-            "255 (the kernel's own)."
+            "Routing tables routes (and routes learned over BGP, spec.bgp.table) may go "
+            "into. Default: 254 (main) only. Never 0, 253 or 255 (the kernel's own)."
         ),
         json_schema_extra={
             "x-kubernetes-list-type": "set",

@@ -18,6 +18,8 @@ from pydantic import Field, model_validator
 
 from routevpn.api.auth import Auth, LocalEndpoint, RemoteEndpoint
 from routevpn.api.base import ApiModel, cel, rules
+from routevpn.api.bgp import IN_SUBNET_RULE as BGP_IN_SUBNET_RULE
+from routevpn.api.bgp import NEEDS_INSIDE_RULE, Bgp, check_peers_in_subnet
 from routevpn.api.fields import DNS_SUBDOMAIN, LABEL_KEY, LABEL_VALUE, Mode
 from routevpn.api.health import IN_SUBNET_RULE, HealthCheck, check_in_subnet
 from routevpn.api.link import Interface, Route
@@ -75,6 +77,13 @@ class VpnTunnelSpec(ApiModel):
                 "family; add one to spec.interface.addresses",
             ),
             IN_SUBNET_RULE,
+            cel(
+                f"!{_POLICY} || !has(self.bgp)",
+                "spec.bgp: not allowed in policy mode (BGP runs over the tunnel interface's "
+                "inside addresses)",
+            ),
+            NEEDS_INSIDE_RULE,
+            BGP_IN_SUBNET_RULE,
         )
     }
 
@@ -126,6 +135,16 @@ class VpnTunnelSpec(ApiModel):
         ),
     )
 
+    bgp: Bgp | None = Field(
+        default=None,
+        description=(
+            "Opt-in: a BGP session with the far end over the tunnel's inside addresses, run "
+            "by the node's BIRD: learned prefixes (within `accept`) are routed into the "
+            "tunnel, `advertise` is originated to the far end. Route mode only (needs "
+            "spec.interface.addresses). See docs/bgp.md."
+        ),
+    )
+
     @model_validator(mode="after")
     def _whole(self) -> VpnTunnelSpec:
         # Checks that need more than one field, in the order their errors are reported.
@@ -136,6 +155,8 @@ class VpnTunnelSpec(ApiModel):
         if self.health_check is not None:
             addresses = self.interface.addresses if self.interface else None
             check_in_subnet(self.health_check.address, addresses or [])
+        if self.bgp is not None:
+            check_peers_in_subnet(self.bgp, self.interface.addresses if self.interface else None)
         return self
 
     def _check_placement(self) -> None:
@@ -153,6 +174,8 @@ class VpnTunnelSpec(ApiModel):
             return
         if self.interface is not None or self.routes is not None:
             raise ValueError("spec.interface, spec.routes: not allowed in policy mode")
+        if self.bgp is not None:
+            raise ValueError("spec.bgp: not allowed in policy mode")
         if self.child is None or self.child.traffic_selectors is None:
             raise ValueError("spec.child.trafficSelectors: required in policy mode")
 

@@ -134,6 +134,44 @@ class InterfaceStatus(ApiModel):
     if_id: int | None = Field(default=None, description="XFRM if_id in use.")
 
 
+class BgpPrefixes(ApiModel):
+    """A BGP session's prefix counts, as BIRD holds them now."""
+
+    received: int = Field(ge=0, description="Prefixes the peer sent (accepted + refused).")
+    accepted: int = Field(ge=0, description="Prefixes the import filter accepted.")
+    advertised: int = Field(ge=0, description="Prefixes sent to the peer (spec.bgp.advertise).")
+
+
+class BgpSessionStatus(ApiModel):
+    """One BGP session of spec.bgp (one per peer address)."""
+
+    peer_address: str = Field(max_length=45, description="spec.bgp.peerAddresses[] it is with.")
+    state: str = Field(
+        max_length=16,
+        pattern=r"^[A-Za-z]+$",
+        description=(
+            "Idle, Connect, Active, OpenSent, OpenConfirm or Established (BGP's states), "
+            "PrefixLimit (stopped: more than maxPrefixes accepted) or Down."
+        ),
+    )
+    since: datetime | None = Field(default=None, description="When the state last changed.")
+    last_error: str | None = Field(
+        default=None, max_length=256, description="The session's last error, as BIRD says it."
+    )
+    prefixes: BgpPrefixes | None = Field(default=None, description="Prefix counts.")
+    refused: int | None = Field(
+        default=None, ge=0, description="Prefixes the import filter refused (received - accepted)."
+    )
+
+
+class BgpStatus(ApiModel):
+    """The tunnel's BGP sessions as the node's BIRD reports them."""
+
+    sessions: list[BgpSessionStatus] | None = Field(
+        default=None, max_length=2, description="One per peer address."
+    )
+
+
 class VpnTunnelStatus(ApiModel):
     """Observed state of a VpnTunnel."""
 
@@ -163,6 +201,7 @@ class VpnTunnelStatus(ApiModel):
     )
     ike: IkeSaStatus | None = Field(default=None, description="The IKE SA.")
     child: ChildSaStatus | None = Field(default=None, description="The CHILD SA.")
+    bgp: BgpStatus | None = Field(default=None, description="BGP sessions (spec.bgp).")
 
 
 def condition_wire(

@@ -13,6 +13,10 @@ no delivered Secret: nothing of it reaches a node):
   a node that any admitting policy's nodeSelector matches. No matching policy: refused,
   unless the operator runs with `--without-policy=allow` (single-tenant clusters).
 
+spec.bgp's `accept` and `advertise` prefixes are judged as routes are, with one
+difference: an accepted prefix may hold a protected network (the node's BIRD refuses the
+protected part of what it learns), but not lie inside one.
+
 Policy-mode tunnels have no routes, but their remote traffic selectors send traffic into
 the tunnel just as routes do (kernel policies even act before routing): they are judged
 as destinations.
@@ -112,6 +116,24 @@ def destinations(spec: VpnTunnelSpec) -> list[tuple[str, Network, int | None]]:
     ]
 
 
+def bgp_prefixes(spec: VpnTunnelSpec) -> list[tuple[str, Network, int | None]]:
+    """spec.bgp's `accept` (with the table learned routes go to) and `advertise` prefixes.
+
+    Both are judged as route destinations are (allowedDestinations, defaultRoute, the
+    table against allowedTables): accepted prefixes become routes into the tunnel, and
+    advertised ones draw the far end's traffic for them into it.
+    """
+    bgp = spec.bgp
+    if bgp is None:
+        return []
+    table = bgp.table or 254
+    out: list[tuple[str, Network, int | None]] = [
+        (f"spec.bgp.accept[{i}]", _net(t), table) for i, t in enumerate(bgp.accept)
+    ]
+    out += [(f"spec.bgp.advertise[{i}]", _net(t), None) for i, t in enumerate(bgp.advertise or [])]
+    return out
+
+
 def _net(text: str) -> Network:
     return ipaddress.ip_network(text, strict=False)
 
@@ -133,7 +155,10 @@ def _overlap(net: Network, guard: Iterable[Protected]) -> Protected | None:
 def always_forbidden(spec: VpnTunnelSpec, protected: Sequence[Protected]) -> str | None:
     """Why the tunnel touches a protected network, or None."""
     route_guard = [*protected, *(Protected(w, ipaddress.ip_network(n)) for w, n in _LINK_LOCAL)]
-    for where, net, _ in destinations(spec):
+    if (why := _accept_forbidden(spec, route_guard)) is not None:
+        return why
+    advertised = [d for d in bgp_prefixes(spec) if d[0].startswith("spec.bgp.advertise")]
+    for where, net, _ in [*destinations(spec), *advertised]:
         if net.prefixlen == 0:
             continue  # a default route: the policy's `defaultRoute` decides
         if (hit := _overlap(net, route_guard)) is not None:
@@ -150,6 +175,26 @@ def always_forbidden(spec: VpnTunnelSpec, protected: Sequence[Protected]) -> str
     return None
 
 
+def _accept_forbidden(spec: VpnTunnelSpec, guard: Sequence[Protected]) -> str | None:
+    """Why an accepted prefix lies inside (or is) a protected network, or None.
+
+    Unlike a route, an `accept` prefix may hold a protected network: it is a bound on what
+    may be learned, and the node's BIRD import filter refuses every learned prefix that
+    overlaps a protected network (dataplane/bird_config.py). One inside a protected
+    network could only ever learn what must never be accepted: refused here.
+    """
+    for where, net, _ in bgp_prefixes(spec):
+        if not where.startswith("spec.bgp.accept") or net.prefixlen == 0:
+            continue
+        for hit in guard:
+            if hit.network.version == net.version and net.subnet_of(hit.network):  # type: ignore[arg-type]
+                return (
+                    f"{where} {net} lies inside {hit.what} {hit.network}: routevpn never "
+                    "routes it into a tunnel"
+                )
+    return None
+
+
 def _within(net: Network, allowed: Iterable[str]) -> bool:
     for text in allowed:
         grant = ipaddress.ip_network(text, strict=False)
@@ -160,7 +205,7 @@ def _within(net: Network, allowed: Iterable[str]) -> bool:
 
 def grant_violation(spec: VpnTunnelSpec, grant: VpnTunnelPolicySpec) -> str | None:
     """What of the tunnel this one policy does not grant, or None when it grants it all."""
-    for where, net, table in destinations(spec):
+    for where, net, table in [*destinations(spec), *bgp_prefixes(spec)]:
         if net.prefixlen == 0:
             if grant.default_route is not DefaultRoute.ALLOWED:
                 return f"{where} {net} is a default route and defaultRoute is not allowed"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -267,3 +268,66 @@ class TunnelPlan:
     def mode(self) -> Literal["route", "policy"]:
         """Route-based (an interface) or policy-based (narrow TS, no interface)."""
         return "policy" if self.link is None else "route"
+
+
+#: The BGP session's hold time (seconds) when the spec leaves it out; keepalive is a third.
+BGP_HOLD_TIME = 30
+#: Accepted prefixes above which a session stops (BIRD import limit, action disable).
+BGP_MAX_PREFIXES = 100
+#: A namespace/name as Kubernetes allows them (DNS labels / subdomains): nothing else may
+#: reach the comment BIRD's config carries for each session.
+_REF = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+
+
+@dataclass(frozen=True, slots=True)
+class BgpPlan:
+    """One BGP session over a tunnel's interface: one peer address, its family only.
+
+    Every field is a parsed value (ints, ip objects, checked names): BIRD's configuration
+    is rendered from these alone (`dataplane.bird_config`), never from a tenant's string.
+    `forbidden` is what the import filter refuses whatever `accept` says: the networks the
+    agent protects (loopback, multicast, link-local, 0.0.0.0/8, the node's addresses, the
+    cluster's networks it was told about).
+    """
+
+    ref: str
+    protocol: str
+    interface: str
+    local_address: IPAddress
+    peer_address: IPAddress
+    local_asn: int
+    peer_asn: int
+    accept: tuple[IPNetwork, ...]
+    advertise: tuple[IPNetwork, ...] = ()
+    forbidden: tuple[IPNetwork, ...] = ()
+    hold_time: int = BGP_HOLD_TIME
+    bfd: bool = False
+    max_prefixes: int = BGP_MAX_PREFIXES
+    table: int = MAIN_TABLE
+
+    def __post_init__(self) -> None:
+        where = f"tunnel {self.ref!r}: BGP session"
+        if not _REF.match(self.ref):
+            raise PlanError(f"{where}: the reference is not namespace/name")
+        if not _IFNAME.match(self.interface):
+            raise PlanError(f"{where}: interface name {self.interface!r} is not valid")
+        if self.protocol != naming.bgp_protocol(self.interface, self.family):
+            raise PlanError(f"{where}: protocol name {self.protocol!r} is not derived")
+        if self.local_address.version != self.family or self.local_address == self.peer_address:
+            raise PlanError(f"{where}: local {self.local_address} vs peer {self.peer_address}")
+        for asn in (self.local_asn, self.peer_asn):
+            if not 1 <= asn <= naming.ASN_MAX or asn == naming.AS_TRANS:
+                raise PlanError(f"{where}: ASN {asn} is not a usable AS number")
+        nets = (*self.accept, *self.advertise, *self.forbidden)
+        if any(n.version != self.family for n in nets):
+            raise PlanError(f"{where}: a prefix of another family than {self.peer_address}")
+        if not 3 <= self.hold_time <= 65535 or not 1 <= self.max_prefixes <= 10000:
+            raise PlanError(f"{where}: hold time or max prefixes out of range")
+        if self.table in naming.RESERVED_TABLES or not 1 <= self.table <= naming.ID_MAX:
+            raise PlanError(f"{where}: table {self.table} is not one a tunnel may use")
+
+    @property
+    def family(self) -> int:
+        """4 or 6: the peer address's, and the only family the session carries."""
+        return self.peer_address.version

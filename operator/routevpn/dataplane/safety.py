@@ -233,3 +233,61 @@ def check(
         + check_route_loops(plan, routes)
         + check_address_conflicts(plan, addrs)
     )
+
+
+def bgp_forbidden(
+    host_addresses: Iterable[HostAddress],
+    ike_peers: Iterable[IPAddress] = (),
+    protected: Iterable[IPNetwork] = (),
+) -> tuple[IPNetwork, ...]:
+    """What no BGP session may learn a route into or over, sorted: the BgpPlan's `forbidden`.
+
+    The same networks `check_protected` keeps static routes out of (loopback, multicast,
+    link-local, 0.0.0.0/8, every address of the node, its tunnels' own inside addresses
+    included), the IKE peers of the node's tunnels (a learned route over one would pull
+    that tunnel's own IKE and ESP into a tunnel: the RouteLoop of static routes, and one
+    tenant's far end could cut off another tenant's tunnel), and the cluster's networks
+    the agent was told about (`protected`). BIRD's import filter refuses a prefix inside
+    or holding any of them.
+    """
+    out: set[IPNetwork] = set(_NEVER)
+    out.update(ipaddress.ip_network(a.address.ip) for a in host_addresses)
+    out.update(ipaddress.ip_network(peer) for peer in ike_peers)
+    out.update(protected)
+    kept = {n for n in out if not _inside_another(n, out)}
+    return tuple(sorted(kept, key=lambda n: (n.version, int(n.network_address), n.prefixlen)))
+
+
+def _inside_another(net: IPNetwork, nets: Iterable[IPNetwork]) -> bool:
+    """Whether `net` lies inside another of `nets` (then it adds nothing to a filter)."""
+    return any(
+        o != net and o.version == net.version and net.subnet_of(o)  # type: ignore[arg-type]
+        for o in nets
+    )
+
+
+#: rtm_protocol of the routes a BIRD installs (RTPROT_BIRD), routevpn's and a user's alike.
+_BIRD_PROTOCOL: Final = 12
+
+
+def outranked_defaults(
+    host_routes: Iterable[HostRoute], kernel_metric: int
+) -> frozenset[tuple[int, int]]:
+    """(IP version, table) pairs where a default route learned over BGP would win over the
+    node's own default route: a BgpPlan there must not accept 0.0.0.0/0 or ::/0.
+
+    The BGP twin of `check_protected`'s "0.0.0.0/0 at metric 0 beats the node's default
+    route": BIRD installs what it learns at `kernel_metric`, so a node default route with a
+    higher metric (DHCP's 100, IPv6's 1024) would lose the node's traffic to the tunnel,
+    the API server's included. routevpn's own routes (static: ROUTE_PROTOCOL; its BIRD's:
+    RTPROT_BIRD at `kernel_metric`) are not the node's.
+    """
+    out: set[tuple[int, int]] = set()
+    for have in host_routes:
+        if have.dst.prefixlen != 0 or have.proto == ROUTE_PROTOCOL:
+            continue
+        if have.proto == _BIRD_PROTOCOL and have.metric == kernel_metric:
+            continue
+        if have.metric > kernel_metric:
+            out.add((have.dst.version, have.table))
+    return frozenset(out)

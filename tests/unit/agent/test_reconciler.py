@@ -87,10 +87,10 @@ class MemoryApi:
         stored = self.objects[(namespace, name)]
         current = stored.setdefault("status", {})
         mine = {"Configured", "IkeEstablished", "ChildSaInstalled", "RoutesInstalled",
-                "TrafficFlowing"}  # fmt: skip
+                "TrafficFlowing", "BgpEstablished"}  # fmt: skip
         kept = [c for c in current.get("conditions", []) if c["type"] not in mine]
         current["conditions"] = kept + copy.deepcopy(status["conditions"])
-        for key in ("routes", "ike", "child"):
+        for key in ("routes", "ike", "child", "bgp"):
             current.pop(key, None)
             if key in status:
                 current[key] = copy.deepcopy(status[key])
