@@ -32,7 +32,7 @@ import test_failover_lab as tfl  # type: ignore[import-not-found]
 
 from support import birdconf
 from support import hapair as ha
-from support.birdproc import Bird, running
+from support.bird import Bird, running
 from support.kube import wait_until
 from support.netns import Netns
 
@@ -93,7 +93,7 @@ def route_monitor(node: Netns, log: Path) -> Iterator[Path]:
 
 
 def _diagnosed(h: Any, user: Bird | None = None) -> str:
-    bird = "" if user is None else user.birdc("show", "ospf", "neighbor", check=False) + user.tail()
+    bird = "" if user is None else user.birdc("show ospf neighbors") + user.log_tail()
     return f"{ha.diagnose(h.world, h.charon)}\n--- node bird\n{bird}\n{h.agent.tail()}"
 
 
@@ -132,7 +132,9 @@ def _inner_mtu(h: Any) -> int:
 def test_a_adjacency_forms_and_the_node_learns_the_far_network(ospf: Any, user_bird: Bird) -> None:
     h, node = ospf, ospf.world.node
     try:
-        wait_until(user_bird.ospf_full, timeout=120, interval=0.5, what="OSPF Full")
+        wait_until(
+            lambda: birdconf.ospf_full(user_bird), timeout=120, interval=0.5, what="OSPF Full"
+        )
         wait_until(
             lambda: learned(node), timeout=60, interval=0.5, what=f"{ha.FAR_NET4} proto bird"
         )
@@ -175,7 +177,7 @@ def test_b_agent_passes_leave_the_ospf_route_alone(
     assert any("proto 157" in ln for ln in events), events
     assert [ln for ln in events if "proto bird" in ln] == [], events
     assert learned(node) == route
-    assert user_bird.ospf_full()
+    assert birdconf.ospf_full(user_bird)
 
 
 def _ours(node: Netns) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from support import birdconf
-from support.birdproc import BIRD, running
+from support.bird import BIRD, running
 from support.kube import wait_until
 from support.netns import Netns, netns, veth
 from support.tiers import missing
@@ -57,7 +57,7 @@ def test_ospf_templates_form_an_adjacency_and_the_user_route_lands(
         running(far, tmp_path / "far", far_conf),
         running(node, tmp_path / "node", user_conf) as user,
     ):
-        wait_until(user.ospf_full, timeout=90, interval=0.5, what="OSPF Full")
+        wait_until(lambda: birdconf.ospf_full(user), timeout=90, interval=0.5, what="OSPF Full")
 
         def learned() -> str:
             return node.ip("route", "show", BEHIND4, "proto", "bird")

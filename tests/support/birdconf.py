@@ -15,6 +15,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .bird import Bird
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -127,14 +129,17 @@ def bgp_far_end(
     *,
     bfd: bool = True,
     hold_time: int = 9,
+    prepend: int = 0,
 ) -> str:
     """A far end's eBGP to the node, one session per family (`peers`), with BFD, exporting
     `routes` ((prefix, next hop) pairs: its own networks, and in the forbidden cases a
-    prefix the node must refuse). Nothing learned is imported into its kernel."""
-    for n in (asn, peer_asn, hold_time):
+    prefix the node must refuse), its AS `prepend` more times on the path (a backup's
+    routes lose to a primary's). Nothing learned is imported into its kernel."""
+    for n in (asn, peer_asn, hold_time, prepend + 1):
         if not isinstance(n, int) or n <= 0:
             raise ValueError(f"not a positive int: {n!r}")
     v4, v6 = _statics(routes)
+    grow = "\n".join(f"      bgp_path.prepend({asn});" for _ in range(prepend))
     sessions = []
     for i, p in enumerate(peers):
         fam = f"ipv{p.version}"
@@ -147,7 +152,14 @@ protocol bgp node{i} {{
   connect retry time 2;
   error wait time 1, 4;
   bfd {"on" if bfd else "off"};
-  {fam} {{ import none; export where proto = "behind{p.version}"; }};
+  {fam} {{
+    import none;
+    export filter {{
+      if proto != "behind{p.version}" then reject;
+{grow}
+      accept;
+    }};
+  }};
 }}""")
     return (
         f"""\
@@ -173,3 +185,8 @@ protocol static behind6 {{
         + "\n".join(sessions)
         + "\n"
     )
+
+
+def ospf_full(bird: Bird) -> bool:
+    """Has `bird` (running one of the OSPF configs above) a neighbour in state Full?"""
+    return "Full/" in bird.birdc("show ospf neighbors")
