@@ -53,9 +53,10 @@ IFACES = {
 }
 NODE_ASN, FAR_ASNS = 64512, {PRIMARY: 65001, BACKUP: 65002}
 INTERVAL = tfl.INTERVAL  # 10 ms
-# BFD: the node's (the renderer's defaults) and the far ends' (support.birdconf). Each end
-# declares its peer down after the peer's multiplier x the agreed interval; bounded here
-# by the larger of both, so the bound holds whichever end's figure applies.
+# BFD: the node's (the renderer's defaults) and the far ends' (support.birdconf). An end
+# declares its peer down after the peer's multiplier x the agreed interval (the slower of
+# the two ends'); bounded here by the larger multiplier and interval of both, so the bound
+# holds whichever end's figure applies.
 BFD_DETECTION_S = (
     max(bird_config.DEFAULT_BFD_MULTIPLIER, birdconf.BFD_MULTIPLIER)
     * max(bird_config.DEFAULT_BFD_INTERVAL_MS, birdconf.BFD_INTERVAL_MS)
@@ -230,7 +231,8 @@ def test_d_primary_link_up_takes_traffic_back_without_loss(lab: Any) -> None:
     gwa = h.world.gws[0]
     with tfl.pinging(h, "bgp-up-again") as pings:
         gwa.ns.ip("link", "set", "wan", "up")
-        seconds = wait_sessions(h, PRIMARY, True, timeout=240)
+        # BIRD waits its `error wait time` (60 s at first) after BFD took a session down
+        seconds = wait_sessions(h, PRIMARY, True, timeout=420)
         print(f"primary sessions back {seconds:.1f}s after its link came up")
         tfl.settled(h, pings, "vti4101")
     for p in pings:
