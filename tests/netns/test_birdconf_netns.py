@@ -1,6 +1,6 @@
 """The lab's hand-written BIRD configurations (support.birdconf) on real BIRD daemons in
 namespaces: the lab tests and docs/ospf.md rely on them, and a lab run is too slow a
-place to find a typo in one.
+place to find a typo in one. The BGP far end peers with what the agent renders.
 
 The link is a veth with multicast off (a VTI has no IFF_MULTICAST either; this kernel has
 no VTI): OSPF point-to-point must still form its adjacency, and the node's BIRD must put
@@ -9,12 +9,15 @@ the far prefix into the kernel at the user's own metric, not the tunnel's inside
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 
 import pytest
 
+from routevpn.api import naming
+from routevpn.dataplane.bird_config import BirdSettings, render
+from routevpn.dataplane.plan import BgpPlan
 from support import birdconf
 from support.bird import BIRD, running
 from support.kube import wait_until
@@ -24,6 +27,7 @@ from support.tiers import missing
 pytestmark = pytest.mark.timeout(180)
 
 NODE4, FAR4, INSIDE4 = "169.254.40.1", "169.254.40.2", "169.254.40.0/30"
+NODE6, FAR6, BEHIND6 = "2001:db8:40::", "2001:db8:40::1", "2001:db8:b::/64"
 BEHIND4, BEHIND_GW = "203.0.113.128/25", "203.0.113.2"  # the far network, its router
 
 
@@ -70,17 +74,63 @@ def test_ospf_templates_form_an_adjacency_and_the_user_route_lands(
         assert node.ip("route", "show", INSIDE4, "proto", "bird") == ""
 
 
-def test_bgp_far_end_template_parses(tmp_path: Path) -> None:
-    if not BIRD.exists():
-        missing("BIRD 2 (Debian bird2)")
-    conf = birdconf.bgp_far_end(
+def _agent_config(iface: str) -> str:
+    """What the agent renders for one tunnel over `iface` with both families, BFD on."""
+    sessions = (
+        (NODE4, FAR4, BEHIND4),
+        (NODE6, FAR6, BEHIND6),
+    )
+    plans = [
+        BgpPlan(
+            ref="lab/t",
+            protocol=naming.bgp_protocol(iface, ip_address(peer).version),
+            interface=iface,
+            local_address=ip_address(local),
+            peer_address=ip_address(peer),
+            local_asn=64512,
+            peer_asn=65001,
+            accept=(ip_network(accept),),
+            bfd=True,
+            hold_time=9,
+        )
+        for local, peer, accept in sessions
+    ]
+    return render(plans, BirdSettings(router_id=ip_address(NODE4)))  # type: ignore[arg-type]
+
+
+def test_bgp_far_end_template_peers_with_the_agents_config(
+    link: tuple[Netns, Netns], tmp_path: Path
+) -> None:
+    """The lab's far end (eBGP, BFD, both families) against routevpn's rendered config:
+    sessions and BFD up, the far networks in the node's kernel via the peer."""
+    node, far = link
+    for ns, addr in ((node, NODE6), (far, FAR6)):
+        ns.add_address("tun0", f"{addr}/127")
+    far.add_address("lan", "2001:db8:f1::1/64")
+    far_conf = birdconf.bgp_far_end(
         FAR4,
         65001,
         64512,
-        [birdconf.BgpPeer(FAR4, NODE4), birdconf.BgpPeer("2001:db8:40::1", "2001:db8:40::")],
-        [(BEHIND4, BEHIND_GW), ("2001:db8:b::/64", "2001:db8:f1::2")],
+        [birdconf.BgpPeer(FAR4, NODE4), birdconf.BgpPeer(FAR6, NODE6)],
+        [(BEHIND4, BEHIND_GW), (BEHIND6, "2001:db8:f1::2")],
     )
-    path = tmp_path / "bird.conf"
-    path.write_text(conf)
-    out = subprocess.run([str(BIRD), "-p", "-c", str(path)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr + conf
+    with (
+        running(far, tmp_path / "far", far_conf),
+        running(node, tmp_path / "node", _agent_config("tun0")) as bird,
+    ):
+
+        def up() -> bool:
+            out = bird.birdc("show protocols")
+            return out.count("Established") == 2
+
+        wait_until(up, timeout=90, interval=0.5, what="both sessions Established")
+        for prefix, via in ((BEHIND4, FAR4), (BEHIND6, FAR6)):
+            fam = "-6" if ":" in prefix else "-4"
+
+            def learned(fam: str = fam, prefix: str = prefix) -> str:
+                return node.ip(fam, "route", "show", prefix, "proto", "bird")
+
+            wait_until(learned, timeout=30, interval=0.5, what=prefix)
+            assert f"via {via} dev tun0" in learned(), prefix
+        sessions = bird.birdc("show bfd sessions")
+        assert sessions.count(" Up ") == 2, sessions
