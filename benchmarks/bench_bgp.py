@@ -58,9 +58,11 @@ def behind(i: int) -> str:
     return f"2001:db8:{0x1000 + i:x}::/48"
 
 
-def far_config(sessions: int, routes: int) -> str:
+def far_config(sessions: int, routes: int, bfd: bool) -> str:
     """The far end, by hand: one session per veth, each exporting its own statics."""
     parts = ["log stderr { warning, error, fatal };", "router id 192.0.2.2;", "protocol device { }"]
+    if bfd:
+        parts.append('protocol bfd { interface "rv*" { interval 100 ms; multiplier 5; }; }')
     for i in range(sessions):
         node, far = link(i)
         base = behind(i).split("::/")[0]
@@ -69,6 +71,7 @@ def far_config(sessions: int, routes: int) -> str:
         parts.append(
             f"protocol bgp p{i} {{\n  local {far} as {FAR_ASN};\n  neighbor {node} as {NODE_ASN};\n"
             f'  interface "rv{i}";\n  direct;\n  connect retry time 5;\n'
+            f"  bfd {'on' if bfd else 'off'};\n"
             f'  ipv6 {{ import none; export where proto = "s{i}"; }};\n}}'
         )
     return "\n".join(parts) + "\n"
@@ -107,6 +110,7 @@ class Figures:
     node_hwm_kib: int
     node_bird_mem: str
     far_rss_kib: int
+    bfd_up: int
 
 
 def rss(pid: int) -> tuple[int, int]:
@@ -164,7 +168,7 @@ def wait(what: str, check: Callable[[], bool], timeout: float) -> float:
 def measure(sessions: int, routes: int, bfd: bool, tmp: Path) -> Figures:
     conf = node_config(sessions, bfd)
     with world(sessions) as (node_ns, far_ns):
-        far = Bird(far_ns, tmp / f"far-{routes}", far_config(sessions, routes))
+        far = Bird(far_ns, tmp / f"far-{routes}", far_config(sessions, routes, bfd))
         node = Bird(node_ns, tmp / f"node-{routes}", conf)
         far.start(timeout=120)
         try:
@@ -172,7 +176,13 @@ def measure(sessions: int, routes: int, bfd: bool, tmp: Path) -> Figures:
             node.start(timeout=120)
             try:
                 timeout = 60 + sessions
-                wait("sessions", lambda: established(node) >= sessions, timeout)
+                try:
+                    wait("sessions", lambda: established(node) >= sessions, timeout)
+                except TimeoutError as e:
+                    bfd_up = node.birdc("show bfd sessions").count(" Up ")
+                    raise TimeoutError(
+                        f"{e}: {established(node)} of {sessions} Established, BFD up {bfd_up}"
+                    ) from None
                 up = time.monotonic() - start
                 want = sessions * routes
                 wait("routes", lambda: kernel_routes(node_ns) >= want, timeout + want / 100)
@@ -180,9 +190,9 @@ def measure(sessions: int, routes: int, bfd: bool, tmp: Path) -> Figures:
                 time.sleep(2)  # let BIRD settle its pools before reading them
                 assert node.proc is not None and far.proc is not None
                 n_rss, n_hwm = rss(node.proc.pid)
-                return Figures(
-                    routes, up, done, n_rss, n_hwm, bird_total(node), rss(far.proc.pid)[0]
-                )
+                bfd_up = node.birdc("show bfd sessions").count(" Up ") if bfd else 0
+                far_rss = rss(far.proc.pid)[0]
+                return Figures(routes, up, done, n_rss, n_hwm, bird_total(node), far_rss, bfd_up)
             finally:
                 node.stop()
         finally:
@@ -211,22 +221,28 @@ def main() -> int:
     ap.add_argument("--bfd", action="store_true", help="BFD on every session (100 ms x 3)")
     args = ap.parse_args()
     print(f"{args.sessions} sessions, BFD {'on' if args.bfd else 'off'}")
+    failed = False
     with tempfile.TemporaryDirectory(prefix="bench-bgp-") as d:
         tmp = Path(d)
         b_rss, b_mem = baseline(tmp)
         print(f"baseline, no sessions: node BIRD RSS {b_rss / 1024:.1f} MiB; show memory: {b_mem}")
         print(
             "routes/session  established(s)  all routes in kernel(s)  "
-            "node RSS MiB (HWM)  node show memory  far RSS MiB"
+            "node RSS MiB (HWM)  node show memory (effective, overhead)  far RSS MiB  BFD up"
         )
         for routes in args.routes:
-            f = measure(args.sessions, routes, args.bfd, tmp)
+            try:
+                f = measure(args.sessions, routes, args.bfd, tmp)
+            except TimeoutError as e:
+                print(f"{routes:>14}  {e}")
+                failed = True
+                continue
             print(
                 f"{f.routes:>14}  {f.established_s:>14.1f}  {f.routes_s:>23.1f}  "
                 f"{f.node_rss_kib / 1024:>8.1f} ({f.node_hwm_kib / 1024:.1f})  "
-                f"{f.node_bird_mem:>16}  {f.far_rss_kib / 1024:>10.1f}"
+                f"{f.node_bird_mem:>37}  {f.far_rss_kib / 1024:>11.1f}  {f.bfd_up:>6}"
             )
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
