@@ -36,7 +36,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,10 +121,16 @@ def pair(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @contextlib.contextmanager
 def agent_world(
-    kubeconfig: Path, tmp: Path, retransmit: Mapping[str, str] = ha.LAB_RETRANSMIT
+    kubeconfig: Path,
+    tmp: Path,
+    retransmit: Mapping[str, str] = ha.LAB_RETRANSMIT,
+    *,
+    beside: Callable[[ha.World], contextlib.AbstractContextManager[Sequence[str]]] | None = None,
 ) -> Iterator[Ha]:
     """The topology, the node's charon with the HA settings, and the agent (also used by
-    benchmarks/bench_failover.py)."""
+    benchmarks/bench_failover.py and the BGP and OSPF lab tests). `beside` starts what
+    else the node runs before the agent (a daemon: BIRD) and gives the agent's extra
+    flags for it; it is stopped after the agent."""
     bins = bin_dir()
     assert bins is not None
     kubectl = Kubectl(bins / "kubectl", kubeconfig)
@@ -142,6 +148,7 @@ def agent_world(
         ha.world(tmp / "world", psk, extra=retransmit) as world,
         running(world.node, tmp / "node-charon", extra=retransmit) as charon,
         forward_into(world.node, inner, target),
+        beside(world) if beside is not None else contextlib.nullcontext(()) as flags,
     ):
         agent = tal.Agent(
             world.node,
@@ -166,6 +173,7 @@ def agent_world(
                 "3",
                 "--log-level",
                 "DEBUG",
+                *flags,
             ],
             tmp / "agent.log",
             19478,
