@@ -207,7 +207,7 @@ def test_only_what_the_plan_allows_reaches_the_kernel_and_other_routes_stay(
     assert set(got) == wanted | {"203.0.113.0/25"}, got
     for dst in wanted:
         assert got[dst].startswith("via 169.254.10.2 dev vti1"), got[dst]
-        assert "metric 32" in got[dst], got[dst]
+        assert "metric 157" in got[dst], got[dst]
     # The other daemon's route survived BIRD's scans: another metric, not BIRD's to own.
     assert "metric 50" in got["203.0.113.0/25"]
     # The far end learned what the node advertises and nothing else of the node's.
@@ -342,7 +342,7 @@ def test_ipv6_only_what_the_plan_allows_reaches_the_kernel(tmp_path: Path) -> No
     assert set(got) == wanted, got
     for dst in wanted:
         assert got[dst].startswith("via 2001:db8:ff::2 dev vti1"), got[dst]
-        assert "metric 32" in got[dst], got[dst]
+        assert "metric 157" in got[dst], got[dst]
     assert set(learned) == {"2001:db8:100::/48"}, learned
 
 

@@ -326,7 +326,7 @@ def test_a_users_bird_at_routevpns_metric_loses_its_routes(
     node.apply(T1_V4, scan=SCAN_S)
     node.wait("session Established", _up("bgp4_rvt1"))
     for dst in USER_ROUTES:
-        # what a second BIRD with BIRD's default metric (32) would install
+        # what a second BIRD set to routevpn's metric would install
         node.ns.ip(
             "route", "add", "blackhole", dst, "proto", "bird", "metric", str(cfg.NODE_METRIC)
         )

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: routevpn's kernel metric in these tests (the contract's default)
-NODE_METRIC = 32
+#: routevpn's kernel metric in these tests (the agent's default)
+NODE_METRIC = 157
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-# A user's BIRD beside routevpn's: another kernel metric than routevpn's BIRD (32, also
-# BIRD's own default). Two BIRDs that write the same table with the same metric delete
+# A user's BIRD beside routevpn's: another kernel metric than routevpn's BIRD (157; BIRD's
+# own default is 32). Two BIRDs that write the same table with the same metric delete
 # each other's routes at every scan (docs/ospf.md).
 USER_KERNEL_METRIC = 64
 # BFD of the far ends: the slower end's intervals win (RFC 5880: each end sends no faster

@@ -36,8 +36,10 @@ from typing import Final
 from routevpn.api import naming
 from routevpn.dataplane.plan import BgpPlan, IPNetwork, PlanError
 
-#: BIRD's kernel protocol metric for the routes it installs (see BirdSettings).
-DEFAULT_KERNEL_METRIC: Final = 32
+#: BIRD's kernel protocol metric for the routes it installs (see BirdSettings): 157, like
+#: routevpn's protocol number, and not BIRD's stock 32, so that a BIRD of the user's own left
+#: at its default and routevpn's never delete each other's routes.
+DEFAULT_KERNEL_METRIC: Final = 157
 #: Seconds between BIRD's scans of the kernel tables (it hears changes by netlink anyway;
 #: the scan repairs what it missed, e.g. its routes flushed with an interface).
 DEFAULT_SCAN_TIME: Final = 30
@@ -50,6 +52,10 @@ REFUSED_ALLOWANCE: Final = 1000
 #: A session that failed is retried this often (BIRD's default, 120 s, is long after a
 #: tunnel comes up).
 CONNECT_RETRY_S: Final = 10
+#: After a session fails (BFD or the hold timer took it down) BIRD restarts it after the
+#: first figure, doubling up to the second; BIRD's own 60 s, 300 s would keep a repaired
+#: tunnel's routes away for a minute or more.
+ERROR_WAIT_S: Final = (5, 60)
 #: BFD on the tunnel interfaces: 100 ms between packets, down after 5 missed (0.5 s).
 DEFAULT_BFD_INTERVAL_MS: Final = 100
 DEFAULT_BFD_MULTIPLIER: Final = 5
@@ -239,6 +245,7 @@ def _bgp(plan: BgpPlan) -> str:
         f"  hold time {plan.hold_time};\n"
         f"  keepalive time {keepalive};\n"
         f"  connect retry time {CONNECT_RETRY_S};\n"
+        f"  error wait time {ERROR_WAIT_S[0]}, {ERROR_WAIT_S[1]};\n"
         f"{bfd}"
         f"  ipv{plan.family} {{\n"
         f"    table {plan.protocol}_t;\n"

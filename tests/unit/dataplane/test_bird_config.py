@@ -98,6 +98,7 @@ def test_typical_session_renders_its_filters_protocols_and_kernel() -> None:
         'interface "vti1";',
         "hold time 30;",
         "keepalive time 10;",
+        "error wait time 5, 60;",  # a repaired tunnel is not kept waiting a minute
         "bfd on;",
         "table bgp4_vti1_t;",
         "import limit 100 action disable;",
@@ -108,7 +109,7 @@ def test_typical_session_renders_its_filters_protocols_and_kernel() -> None:
     pipe = block(text, "protocol pipe bgp4_vti1_pipe")
     assert "peer table kernel4_t254;" in pipe and "export where source = RTS_BGP;" in pipe
     kernel = block(text, "protocol kernel kernel4_254")
-    for line in ("kernel table 254;", "metric 32;", "learn off;", "persist off;", "scan time 30;"):
+    for line in ("kernel table 254;", "metric 157;", "learn off;", "persist off;", "scan time 30;"):
         assert line in kernel
     assert 'interface "vti1" {' in block(text, "protocol bfd rv_bfd")
     assert "protocol device rv_device" in text
