@@ -98,6 +98,7 @@ def options(args: argparse.Namespace) -> Options:
         event_interval=args.event_interval,
         status_qps=args.status_qps,
         status_burst=args.status_burst,
+        mss_clamp=args.mss_clamp,
     )
     return Options(
         settings=settings,

@@ -22,6 +22,7 @@ from routevpn.agent import conditions as cond
 from routevpn.agent import failover as fo
 from routevpn.agent import status as st
 from routevpn.agent.budget import WriteBudget
+from routevpn.agent.clamp import ClampSet
 from routevpn.agent.decide import Action, decide, delivered
 from routevpn.agent.desired import (
     Blocked,
@@ -83,6 +84,7 @@ class AgentReconciler:
         self.traffic = TrafficTracker(settings.traffic)
         self.event_limit = EventLimiter(settings.event_interval)
         self.mtu = MtuFollower()
+        self.clamp = ClampSet(settings.mss_clamp)  # TCP MSS clamp: the node's interfaces
         self.probes = ProbeSet(metrics)  # health probes (spec.healthCheck) by tunnel
         self.charon_ok = False
         self.gc_done = False
@@ -136,6 +138,7 @@ class AgentReconciler:
             clock.lap("finalizers")
             for w in work:
                 await self._apply(w)
+            await self._clamp_mss()
             clock.lap("apply")
         await every(self._release(key, obj) for key, obj in released)
         clock.lap("release")
@@ -250,6 +253,7 @@ class AgentReconciler:
             log.warning("%s", e)
             return
         self.state.configured.add(w.key)
+        self.clamp.note(w.key, plan)
         for change in result.changes:
             self.metrics.dataplane_changes_total.labels(change.what).inc()
         if result.findings:
@@ -259,6 +263,11 @@ class AgentReconciler:
             log.warning("tunnel %s not applied: %s", ref, msg)
         elif result.changes:
             log.info("tunnel %s: %d change(s) applied", ref, len(result.changes))
+
+    async def _clamp_mss(self) -> None:
+        """routevpn's nftables table: the MSS clamp on every configured interface."""
+        for change in await self.clamp.apply(self.driver):
+            self.metrics.dataplane_changes_total.labels(change.what).inc()
 
     # -- report ---------------------------------------------------------------------
 
@@ -380,5 +389,6 @@ class AgentReconciler:
         self.traffic.forget(naming.tunnel_ref(*key))
         self.event_limit.forget(naming.tunnel_ref(*key))
         self.mtu.forget(naming.tunnel_ref(*key))
+        self.clamp.forget(key)
         self.probes.forget(key)
         self.metrics.forget(*key)

@@ -23,3 +23,5 @@ class AgentSettings:
     event_interval: float = DEFAULT_EVENT_INTERVAL
     status_qps: float = DEFAULT_STATUS_QPS
     status_burst: int = DEFAULT_STATUS_BURST
+    #: Clamp TCP MSS on routevpn's interfaces (routevpn's own nftables table).
+    mss_clamp: bool = True
