@@ -92,7 +92,8 @@ def restart_agent(h: tfl.Ha, *flags: str) -> None:
     h.agent.argv = [a for a in h.agent.argv if a not in ("--mss-clamp", "--no-mss-clamp")]
     h.agent.argv += list(flags)
     h.agent.start()
-    wait_until(h.agent.ready, timeout=120, interval=0.5, what="agent ready again")
+    with tfl.diagnosed(h):
+        wait_until(h.agent.ready, timeout=120, interval=0.5, what="agent ready again")
 
 
 def ours(node: Netns) -> frozenset[mss.ClampRule] | None:
