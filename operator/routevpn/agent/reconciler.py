@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from routevpn.agent import conditions as cond
 from routevpn.agent import failover as fo
+from routevpn.agent import selectors as sel
 from routevpn.agent import status as st
 from routevpn.agent.budget import WriteBudget
 from routevpn.agent.clamp import ClampSet
@@ -308,7 +309,7 @@ class AgentReconciler:
             conds,
             st.ike_status(ike, current.get("ike"), now),
             st.child_status(child, current.get("child"), now, self.settings.counters_period,
-                            w.inner_mtu),
+                            w.inner_mtu, sel.installed(sel.children(ike, w.plan, conn))),
             [d.to_wire() for d in w.routes],
         )  # fmt: skip
         routes = [d.state.value for d in w.routes]

@@ -107,8 +107,12 @@ def child_status(
     now: datetime,
     counters_period: float = DEFAULT_COUNTERS_PERIOD,
     inner_mtu: int | None = None,
+    selectors: tuple[list[str], list[str]] | None = None,
 ) -> Wire:
     """`status.child`; counters refreshed from `child` only once `counters_period` passed.
+
+    `selectors`: the installed traffic selectors of every CHILD SA of the tunnel (local,
+    remote; `agent.selectors.installed`), else `child`'s own.
 
     The same SA (same SPIs) keeps the previously written counters until the period
     is over; a new SA (rekey) reports its own counters at once.
@@ -134,6 +138,9 @@ def child_status(
         "expiresAt": _stable(prev, "expiresAt", at(child.life_time, +1)),
         "innerMtu": inner_mtu,
     }
+    local, remote = selectors or (list(child.local_ts), list(child.remote_ts))
+    if local or remote:
+        out["localTs"], out["remoteTs"] = local, remote
     fresh = {
         "bytesIn": child.bytes_in,
         "bytesOut": child.bytes_out,
