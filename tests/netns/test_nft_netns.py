@@ -100,3 +100,10 @@ def test_drift_in_routevpns_table_is_repaired_as_a_whole(nft_ns: Netns) -> None:
     assert ours(nft_ns) == mss.rules_for({"vti1": 1438})
     assert foreign(nft_ns) == before
     in_netns(nft_ns, _sync, {})
+
+
+def test_an_empty_table_left_behind_goes_when_nothing_is_wanted(nft_ns: Netns) -> None:
+    nft_ns.run("nft", "add", "table", "inet", "routevpn")
+    assert ours(nft_ns) == frozenset()
+    assert [c.action for c in in_netns(nft_ns, _sync, {})] == ["deleted"]
+    assert ours(nft_ns) is None

@@ -81,8 +81,8 @@ class NftAdapter:
         """Make routevpn's table clamp exactly `links` (interface → MTU); no table for none."""
         want = mss.rules_for(links)
         have = await self.observe()
-        if (have is None and not want) or have == want:
-            return []
+        if (have is None and not want) or (want and have == want):
+            return []  # an empty table left behind is deleted, not kept as "equal"
         code, _, err = await self._run("-f", "-", stdin=mss.render(want))
         if code != 0:
             raise NftError(f"replacing table {mss.FAMILY} {mss.TABLE}: {err.strip()[:200]}")
