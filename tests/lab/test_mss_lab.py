@@ -154,7 +154,7 @@ _CLIENT = """
 import json, socket, sys, time
 host, port, size, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 s = socket.socket()
-s.setsockopt(socket.IPPROTO_IP, socket.IP_MTU_DISCOVER, socket.IP_PMTUDISC_DO)  # DF
+s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO: DF
 s.settimeout(limit)
 start = time.monotonic()
 received = mss = 0
