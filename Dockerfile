@@ -26,8 +26,9 @@ RUN python3 -m venv /opt/routevpn \
 FROM ${DEBIAN_IMAGE}
 # python3: the interpreter the virtualenv points at (same path as in the build stage).
 # kmod: modprobe for the agent's optional module-loading init container.
+# nftables: `nft`, with which the agent writes its TCP MSS clamp (dataplane/nft.py).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 kmod \
+    && apt-get install -y --no-install-recommends python3 kmod nftables \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*
 COPY --from=build /opt/routevpn /opt/routevpn
 ENV PATH=/opt/routevpn/bin:$PATH \

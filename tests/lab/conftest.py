@@ -37,6 +37,8 @@ API_TESTS = (
     "test_faults_lab.py",
     "test_ospf_lab.py",
     "test_bgp_lab.py",
+    "test_mss_lab.py",
+    "test_narrowing_lab.py",
     "test_rekeys_lab.py",
 )
 GUEST_KUBECONFIG_ENV = "ROUTEVPN_LAB_KUBECONFIG"

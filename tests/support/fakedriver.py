@@ -6,7 +6,7 @@ in the netns and lab tiers; this one only lets the agent's decisions be tested f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -40,6 +40,7 @@ class FakeDriver:
     calls: list[str] = field(default_factory=list)
     sas: list[IkeSaFacts] = field(default_factory=list)
     batches: int = 0
+    clamped: dict[str, int] = field(default_factory=dict)
     in_batch: bool = False
 
     @asynccontextmanager
@@ -102,6 +103,13 @@ class FakeDriver:
         )
         conns = tuple(p.conn.name for p in self.plans.values())
         return Facts(NetlinkFacts(links=links), IpsecFacts(conns=conns, sas=tuple(self.sas)))
+
+    async def clamp_mss(self, links: Mapping[str, int]) -> list[Change]:
+        """Record the clamped interfaces; a change only when they differ."""
+        if dict(links) == self.clamped:
+            return []
+        self.clamped = dict(links)
+        return [Change("node", "nft", "replaced" if links else "deleted")]
 
     async def garbage_collect(
         self, desired: Sequence[TunnelPlan], keep: Collection[str] = ()

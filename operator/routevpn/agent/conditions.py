@@ -14,7 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from routevpn.agent import selectors as sel
 from routevpn.agent.traffic import Traffic
+from routevpn.api import naming
 from routevpn.api.conditions import ConditionType, Reason, Status
 from routevpn.dataplane import errors
 from routevpn.dataplane.facts import ChildSaFacts, IkeSaFacts
@@ -165,21 +167,47 @@ def _ike(obs: Observation, configured: Cond) -> Cond:
 
 def _child(obs: Observation, ike: Cond, conn: str) -> Cond:
     t = ConditionType.CHILD_SA_INSTALLED
-    child = best_child(obs.ike, conn)
-    if child is not None and child.state == "INSTALLED":
-        return Cond(
-            t,
-            Status.TRUE,
-            Reason.INSTALLED,
-            f"ESP SA installed, SPIs in {child.spi_in} out {child.spi_out}"
-            + (f" ({_algorithms(child)})" if child.encr_alg else ""),
-        )
+    names = sel.expected(obs.plan, conn)
+    sas = sel.children(obs.ike, obs.plan, conn)
+    up = [c for c in sas if c.state == "INSTALLED"]
+    if up and len(up) == len(names):
+        return _installed(obs, up)
     if ike.status is not Status.TRUE:
         return Cond(t, Status.UNKNOWN, Reason.PENDING, "waiting for the IKE SA")
     if obs.failure is not None:
         return Cond(t, Status.FALSE, obs.failure.reason, obs.failure.message)
-    state = child.state if child is not None else "not there yet"
-    return Cond(t, Status.UNKNOWN, Reason.INSTALLING, f"CHILD SA is {state}")
+    if len(names) == 1:
+        state = sas[0].state if sas else "not there yet"
+        return Cond(t, Status.UNKNOWN, Reason.INSTALLING, f"CHILD SA is {state}")
+    states = {c.name: c.state for c in sas}
+    each = ", ".join(f"{_family_of(n)} {states.get(n, 'not there yet')}" for n in names)
+    return Cond(t, Status.UNKNOWN, Reason.INSTALLING, f"CHILD SAs (one per family): {each}")
+
+
+def _family_of(name: str) -> str:
+    return "IPv6" if name.endswith(naming.IPV6_CHILD_SUFFIX) else "IPv4"
+
+
+def _installed(obs: Observation, up: list[ChildSaFacts]) -> Cond:
+    """Every CHILD SA the tunnel expects is installed: True, unless the peer narrowed the
+    selectors so that a family the tunnel routes has none (`agent.selectors`)."""
+    t = ConditionType.CHILD_SA_INSTALLED
+    spis = [f"SPIs in {c.spi_in} out {c.spi_out}" for c in up]
+    if len(up) == 1:
+        msg = f"ESP SA installed, {spis[0]}"
+    else:
+        msg = "ESP SAs installed, " + ", ".join(
+            f"{_family_of(c.name)} {s}" for c, s in zip(up, spis, strict=True)
+        )
+    msg += f" ({_algorithms(up[0])})" if up[0].encr_alg else ""
+    found = sel.narrowed(obs.plan, up) if obs.plan is not None else None
+    if found is None:
+        return Cond(t, Status.TRUE, Reason.INSTALLED, msg)
+    lost, said = found
+    if not lost:
+        return Cond(t, Status.TRUE, Reason.INSTALLED, f"{msg}; {said} (no route of it here)")
+    hint = "" if len(up) > 1 else "; spec.child.perFamily: true asks for one CHILD SA per family"
+    return Cond(t, Status.FALSE, Reason.TRAFFIC_SELECTORS_NARROWED, f"{said}; {msg}{hint}")
 
 
 def _routes(obs: Observation, configured: Cond) -> Cond:

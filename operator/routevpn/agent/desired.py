@@ -147,6 +147,7 @@ def _child(tunnel: VpnTunnel, link: p.LinkPlan | None) -> p.ChildPlan:
         mark_out=mark,
         if_id_in=if_id,
         if_id_out=if_id,
+        per_family=bool(child and child.per_family and link is not None),
     )
 
 

@@ -81,13 +81,28 @@ class RouteDecision:
 
 
 def carrying_conns(ipsec: IpsecFacts) -> frozenset[str]:
-    """Connections with a CHILD SA (of their own name) that carries traffic."""
+    """CHILD SA names (of routevpn's naming: the connection's own, or its IPv6 one) whose
+    CHILD SA carries traffic."""
     return frozenset(
         child.name
         for sa in ipsec.sas
         for child in sa.children
-        if child.name == sa.conn and child.state in CARRYING_STATES
+        if child.name in naming.child_names(sa.conn, True) and child.state in CARRYING_STATES
     )
+
+
+def per_family(obj: Mapping[str, Any]) -> bool:
+    """Whether a tunnel object asks for one CHILD SA per family (route mode only)."""
+    spec = obj.get("spec") or {}
+    child = spec.get("child") or {}
+    return bool(child.get("perFamily")) and spec.get("mode") != "policy"
+
+
+def _sa_up(key: Key, obj: Mapping[str, Any], carrying: frozenset[str]) -> bool:
+    """Every CHILD SA of the tunnel carries: with one per family, both (one down demotes
+    the routes of both families: failover and fail-closed act on the tunnel as a whole)."""
+    names = naming.child_names(naming.conn_name(*key), per_family(obj))
+    return all(n in carrying for n in names)
 
 
 def destinations(obj: Mapping[str, Any]) -> frozenset[Dest]:
@@ -126,7 +141,7 @@ class NodeRoutes:
         """From the watched objects, the connections that carry traffic and the tunnels
         whose health probe fails."""
         mine = {k: o for k, o in tunnels.items() if decide(o, node) is Action.CONFIGURE}
-        sa_up = {k for k in mine if naming.conn_name(*k) in carrying}
+        sa_up = {k for k, o in mine.items() if _sa_up(k, o, carrying)}
         return cls(
             dests={k: destinations(o) for k, o in mine.items()},
             up=frozenset(sa_up - failing),
@@ -145,7 +160,10 @@ class NodeRoutes:
         if ipsec is not None:
             carrying = carrying_conns(ipsec)
         else:
-            carrying = frozenset(naming.conn_name(*k) for k in self.up | self.probe_failed)
+            carrying = frozenset(
+                n for k in self.up | self.probe_failed
+                for n in naming.child_names(naming.conn_name(*k), True)
+            )  # fmt: skip
         return NodeRoutes.of(tunnels, node, carrying, failing)
 
     def siblings(self, keys: Iterable[Key]) -> set[Key]:

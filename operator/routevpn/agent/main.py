@@ -103,6 +103,7 @@ def options(args: argparse.Namespace) -> Options:
         bgp_local_asn=args.bgp_local_asn,
         bgp_kernel_metric=args.bgp_kernel_metric,
         protected=tuple(args.protected_cidr),
+        mss_clamp=args.mss_clamp,
     )
     return Options(
         settings=settings,

@@ -49,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="re-check every tunnel this often, repairing drift (default: %(default)s)",
     )
+    parser.add_argument(
+        "--mss-clamp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="clamp TCP MSS of forwarded SYNs to each tunnel interface's MTU, in "
+        "routevpn's own nftables table `inet routevpn` (default: on)",
+    )
     _add_status_arguments(parser)
     _add_bgp_arguments(parser)
     parser.add_argument(

@@ -20,9 +20,11 @@ from pydantic import ValidationError
 
 from routevpn.agent import conditions as cond
 from routevpn.agent import failover as fo
+from routevpn.agent import selectors as sel
 from routevpn.agent import status as st
 from routevpn.agent.bgp_step import BgpStep
 from routevpn.agent.budget import WriteBudget
+from routevpn.agent.clamp import ClampSet
 from routevpn.agent.decide import Action, decide, delivered
 from routevpn.agent.desired import (
     Blocked,
@@ -84,6 +86,7 @@ class AgentReconciler:
         self.traffic = TrafficTracker(settings.traffic)
         self.event_limit = EventLimiter(settings.event_interval)
         self.mtu = MtuFollower()
+        self.clamp = ClampSet(settings.mss_clamp)  # TCP MSS clamp: the node's interfaces
         self.probes = ProbeSet(metrics)  # health probes (spec.healthCheck) by tunnel
         self.bgp = BgpStep(settings)  # spec.bgp: the node's BIRD
         self.charon_ok = False
@@ -139,6 +142,7 @@ class AgentReconciler:
             for w in work:
                 await self._apply(w)
             await self.bgp.sync()  # every session of the node: nothing when none
+            await self._clamp_mss()
             clock.lap("apply")
         await every(self._release(key, obj) for key, obj in released)
         clock.lap("release")
@@ -254,6 +258,7 @@ class AgentReconciler:
             log.warning("%s", e)
             return
         self.state.configured.add(w.key)
+        self.clamp.note(w.key, plan)
         for change in result.changes:
             self.metrics.dataplane_changes_total.labels(change.what).inc()
         if result.findings:
@@ -263,6 +268,11 @@ class AgentReconciler:
             log.warning("tunnel %s not applied: %s", ref, msg)
         elif result.changes:
             log.info("tunnel %s: %d change(s) applied", ref, len(result.changes))
+
+    async def _clamp_mss(self) -> None:
+        """routevpn's nftables table: the MSS clamp on every configured interface."""
+        for change in await self.clamp.apply(self.driver):
+            self.metrics.dataplane_changes_total.labels(change.what).inc()
 
     # -- report ---------------------------------------------------------------------
 
@@ -304,7 +314,7 @@ class AgentReconciler:
             conds,
             st.ike_status(ike, current.get("ike"), now),
             st.child_status(child, current.get("child"), now, self.settings.counters_period,
-                            w.inner_mtu),
+                            w.inner_mtu, sel.installed(sel.children(ike, w.plan, conn))),
             [d.to_wire() for d in w.routes],
         )  # fmt: skip
         if bgp is not None:
@@ -395,6 +405,7 @@ class AgentReconciler:
         self.traffic.forget(naming.tunnel_ref(*key))
         self.event_limit.forget(naming.tunnel_ref(*key))
         self.mtu.forget(naming.tunnel_ref(*key))
+        self.clamp.forget(key)
         self.probes.forget(key)
         self.bgp.forget(key)
         self.metrics.forget(*key)

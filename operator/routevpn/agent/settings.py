@@ -37,3 +37,5 @@ class AgentSettings:
     #: The cluster's networks (pod, service, node, API server) no BGP session may learn a
     #: route into, on top of what the agent always protects (`safety.bgp_forbidden`).
     protected: tuple[IPNetwork, ...] = ()
+    #: Clamp TCP MSS on routevpn's interfaces (routevpn's own nftables table).
+    mss_clamp: bool = True

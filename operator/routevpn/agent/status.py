@@ -101,14 +101,22 @@ class Counters:
     packets_out: int
 
 
+def _selectors(child: ChildSaFacts, given: tuple[list[str], list[str]] | None) -> Wire:
+    """`localTs`/`remoteTs`: `given`, else `child`'s own; nothing when none are listed."""
+    local, remote = given or (list(child.local_ts), list(child.remote_ts))
+    return {"localTs": local, "remoteTs": remote} if local or remote else {}
+
+
 def child_status(
     child: ChildSaFacts | None,
     prev: Mapping[str, Any] | None,
     now: datetime,
     counters_period: float = DEFAULT_COUNTERS_PERIOD,
     inner_mtu: int | None = None,
+    selectors: tuple[list[str], list[str]] | None = None,
 ) -> Wire:
-    """`status.child`; counters refreshed from `child` only once `counters_period` passed.
+    """`status.child`; counters refreshed from `child` only once `counters_period` passed;
+    `selectors`: of all the tunnel's CHILD SAs (`agent.selectors.installed`).
 
     The same SA (same SPIs) keeps the previously written counters until the period
     is over; a new SA (rekey) reports its own counters at once.
@@ -133,13 +141,10 @@ def child_status(
         "rekeyAt": _stable(prev, "rekeyAt", at(child.rekey_time, +1)),
         "expiresAt": _stable(prev, "expiresAt", at(child.life_time, +1)),
         "innerMtu": inner_mtu,
+        **_selectors(child, selectors),
     }
-    fresh = {
-        "bytesIn": child.bytes_in,
-        "bytesOut": child.bytes_out,
-        "packetsIn": child.packets_in,
-        "packetsOut": child.packets_out,
-    }
+    fresh = {"bytesIn": child.bytes_in, "bytesOut": child.bytes_out,
+             "packetsIn": child.packets_in, "packetsOut": child.packets_out}  # fmt: skip
     prev_at = parse_k8s_time(prev.get("countersAt")) if prev and same_sa else None
     old = {k: prev.get(k) for k in fresh} if prev and same_sa else None
     if prev_at is not None and old is not None and all(isinstance(v, int) for v in old.values()):

@@ -104,6 +104,7 @@ class Reason(enum.StrEnum):
     AUTHENTICATION_FAILED = "AuthenticationFailed"
     NO_PROPOSAL_CHOSEN = "NoProposalChosen"
     TRAFFIC_SELECTORS_UNACCEPTABLE = "TrafficSelectorsUnacceptable"
+    TRAFFIC_SELECTORS_NARROWED = "TrafficSelectorsNarrowed"
     PEER_IDENTITY_MISMATCH = "PeerIdentityMismatch"
     PEER_UNREACHABLE = "PeerUnreachable"
     DNS_RESOLUTION_FAILED = "DnsResolutionFailed"

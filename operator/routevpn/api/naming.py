@@ -71,6 +71,18 @@ def conn_name(namespace: str, name: str) -> str:
     return f"{CONN_PREFIX}{namespace}.{name}"
 
 
+#: Suffix of the IPv6 CHILD SA's name when a tunnel has one CHILD SA per family (a `~`
+#: never occurs in a Kubernetes name, so no tunnel's connection name can end with it).
+IPV6_CHILD_SUFFIX: Final = "~ipv6"
+
+
+def child_names(conn: str, per_family: bool) -> tuple[str, ...]:
+    """The CHILD SA names of connection `conn`: its own name; with one CHILD SA per family
+    the IPv4 one keeps it (so everything that looks for the tunnel's CHILD SA by the
+    connection's name still finds one) and the IPv6 one carries `IPV6_CHILD_SUFFIX`."""
+    return (conn, conn + IPV6_CHILD_SUFFIX) if per_family else (conn,)
+
+
 def parse_conn_name(conn: str) -> tuple[str, str] | None:
     """`(namespace, name)` of a routevpn connection name, or None if it isn't ours."""
     if not conn.startswith(CONN_PREFIX):

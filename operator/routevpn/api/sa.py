@@ -209,6 +209,16 @@ class Child(ApiModel):
             "and its routes decide what enters the tunnel). Policy mode: required."
         ),
     )
+    per_family: bool | None = Field(
+        default=None,
+        description=(
+            "Route mode: negotiate one CHILD SA per IP family (0.0.0.0/0 and ::/0 each) "
+            "instead of one for both. For a peer that narrows the traffic selectors to one "
+            "family (status: ChildSaInstalled False, reason TrafficSelectorsNarrowed). Both "
+            "CHILD SAs share the interface's mark; the tunnel's routes are Active only while "
+            "both are installed. Default: false."
+        ),
+    )
 
     @field_validator("proposals")
     @classmethod

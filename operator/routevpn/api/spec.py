@@ -52,6 +52,12 @@ class VpnTunnelSpec(ApiModel):
                 "spec.child.trafficSelectors: required in policy mode",
             ),
             cel(
+                f"!{_POLICY} || !has(self.child) || !has(self.child.perFamily) || "
+                "!self.child.perFamily",
+                "spec.child.perFamily: route mode only (in policy mode the traffic selectors "
+                "name each family's subnets)",
+            ),
+            cel(
                 "!has(self.local) || !has(self.local.address) || !isIP(self.remote.address) || "
                 "ip(self.local.address).family() == ip(self.remote.address).family()",
                 "spec.remote.address: must be of the same IP family as spec.local.address",
@@ -178,6 +184,11 @@ class VpnTunnelSpec(ApiModel):
             raise ValueError("spec.bgp: not allowed in policy mode")
         if self.child is None or self.child.traffic_selectors is None:
             raise ValueError("spec.child.trafficSelectors: required in policy mode")
+        if self.child.per_family:
+            raise ValueError(
+                "spec.child.perFamily: route mode only (in policy mode the traffic selectors "
+                "name each family's subnets)"
+            )
 
     def _check_endpoints(self) -> None:
         remote_ip = _maybe_ip(self.remote.address)

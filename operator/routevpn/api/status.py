@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from routevpn.api.base import ApiModel
 from routevpn.api.conditions import ConditionType, Status
@@ -62,6 +62,10 @@ class IkeSaStatus(ApiModel):
     reauth_at: datetime | None = Field(default=None, description="When re-authentication is due.")
 
 
+#: A traffic selector as charon lists it (a CIDR or a range, maybe a protocol/port).
+Selector = Annotated[str, StringConstraints(max_length=80)]
+
+
 class ChildSaStatus(ApiModel):
     """The CHILD SA (ESP) as charon reports it."""
 
@@ -88,6 +92,17 @@ class ChildSaStatus(ApiModel):
         "overhead (outer IP header 20/40, UDP 8 with NAT-T, ESP header 8, IV, padding to the "
         "cipher's block, ESP trailer 2, ICV). The tunnel interface's MTU follows it unless "
         "spec.interface.mtu is set.",
+    )
+    local_ts: list[Selector] | None = Field(
+        default=None,
+        max_length=64,
+        description="Traffic selectors installed on our side (of every CHILD SA of the "
+        "tunnel): what the peer accepted, which may be narrower than what was proposed.",
+    )
+    remote_ts: list[Selector] | None = Field(
+        default=None,
+        max_length=64,
+        description="Traffic selectors installed on the peer's side (of every CHILD SA).",
     )
 
 

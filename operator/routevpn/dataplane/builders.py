@@ -24,6 +24,8 @@ from routevpn.dataplane.plan import (
 
 #: Traffic selectors of a route-based child: everything, the interface decides.
 ROUTE_MODE_TS = ["0.0.0.0/0", "::/0"]
+#: The same, one family per CHILD SA (`ChildPlan.per_family`), in `naming.child_names`' order.
+PER_FAMILY_TS = (["0.0.0.0/0"], ["::/0"])
 
 #: `unique = replace`: a peer that re-establishes (after a reboot) replaces its old IKE
 #: SA instead of piling up duplicates that keep stale CHILD SAs bound to the same mark.
@@ -36,6 +38,24 @@ def _yes(flag: bool) -> str:
 
 def _secs(value: int) -> str:
     return f"{value}s"
+
+
+def child_names(plan: TunnelPlan) -> tuple[str, ...]:
+    """The names of `plan`'s CHILD SAs (one per family only in route mode)."""
+    per_family = plan.conn.child.per_family and plan.link is not None
+    return naming.child_names(plan.conn.name, per_family)
+
+
+def _children(plan: TunnelPlan) -> dict[str, Any]:
+    """`children` of the connection: one, or one per family with the same mark."""
+    child = plan.conn.child
+    names = child_names(plan)
+    if len(names) == 1:
+        return {names[0]: _child(plan, child)}
+    out: dict[str, Any] = {}
+    for name, ts in zip(names, PER_FAMILY_TS, strict=True):
+        out[name] = _child(plan, child) | {"local_ts": list(ts), "remote_ts": list(ts)}
+    return out
 
 
 def _child(plan: TunnelPlan, child: ChildPlan) -> dict[str, Any]:
@@ -96,7 +116,7 @@ def build_conn(plan: TunnelPlan) -> dict[str, Any]:
         "unique": UNIQUE_POLICY,
         "local": local,
         "remote": remote,
-        "children": {conn.name: _child(plan, conn.child)},
+        "children": _children(plan),
     }
     if conn.version == 1:
         # IKEv2 has no DPD timeout: a silent peer is declared dead by retransmits.

@@ -8,7 +8,7 @@ driver is `dataplane.real`, the in-memory one for unit tests lives in tests/supp
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -65,6 +65,11 @@ class Driver(Protocol):
 
     async def observe(self) -> Facts:
         """What the node has now."""
+        ...
+
+    async def clamp_mss(self, links: Mapping[str, int]) -> list[Change]:
+        """Clamp TCP MSS on exactly the interfaces `links` (name → MTU), in routevpn's
+        own nftables table (`dataplane.mss`); none: the table is removed."""
         ...
 
     async def garbage_collect(

@@ -198,15 +198,19 @@ class IpsecAdapter:
         if asked is not None and self._clock() - asked < INITIATE_GRACE:
             return []  # still queued in charon: no second IKE SA
         self._initiated[conn] = self._clock()
-        request = {"child": conn, "ike": conn, "timeout": "-1", "init-limits": "no"}
-        try:
-            await self._run(ref, "initiate", lambda s: list(s.initiate(request)))
-        except IpsecError as e:
-            # Even with timeout -1 charon answers "failed" for what fails at once (an
-            # unresolvable peer name). That is the tunnel's state, not an error of this
-            # call: the reason arrives as a `log` event (see reasons.py).
-            log.warning("tunnel %s: initiate refused at once: %s", ref, e.message)
-            return []
+        loaded = self._loaded.get(conn)
+        # one CHILD SA per family: each asked for; charon puts the second on the IKE SA
+        # the first is negotiating (same config), so there is still one IKE SA
+        for child in builders.child_names(loaded.plan) if loaded else (conn,):
+            request = {"child": child, "ike": conn, "timeout": "-1", "init-limits": "no"}
+            try:
+                await self._run(ref, "initiate", lambda s, r=request: list(s.initiate(r)))
+            except IpsecError as e:
+                # Even with timeout -1 charon answers "failed" for what fails at once (an
+                # unresolvable peer name). That is the tunnel's state, not an error of
+                # this call: the reason arrives as a `log` event (see reasons.py).
+                log.warning("tunnel %s: initiate refused at once: %s", ref, e.message)
+                return []
         self._listing.note("sa_conns", conn)  # initiating: never a second one in this pass
         change = Change(ref, "ike", "initiating", conn)
         log.info("%s", change)

@@ -177,7 +177,8 @@ Auth = PskCredential | CertAuth
 
 @dataclass(frozen=True, slots=True)
 class ChildPlan:
-    """The one CHILD SA of a tunnel (swanctl `children.<name>`)."""
+    """The CHILD SA of a tunnel (swanctl `children.<name>`), or with `per_family` the
+    settings both of its CHILD SAs share."""
 
     esp_proposals: tuple[str, ...] = ("aes256gcm16-modp2048", "aes256gcm16")
     life_time: int = 3600
@@ -194,6 +195,9 @@ class ChildPlan:
     if_id_in: int | None = None
     if_id_out: int | None = None
     mode: Literal["tunnel"] = "tunnel"
+    #: Route mode: one CHILD SA per family (0.0.0.0/0 and ::/0 each), for a peer that
+    #: narrows a dual-family proposal to one family (`builders.build_conn`).
+    per_family: bool = False
 
 
 @dataclass(frozen=True, slots=True)

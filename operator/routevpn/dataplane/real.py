@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 from routevpn.dataplane import safety
@@ -10,6 +10,7 @@ from routevpn.dataplane.driver import ApplyResult, conn_of
 from routevpn.dataplane.facts import Change, Facts, NetlinkFacts
 from routevpn.dataplane.ipsec import IpsecAdapter
 from routevpn.dataplane.netlink import NetlinkAdapter
+from routevpn.dataplane.nft import NftAdapter
 from routevpn.dataplane.plan import TunnelPlan
 
 
@@ -27,11 +28,15 @@ def _host_facts(
 
 
 class RealDriver:
-    """Composes the netlink adapter (this namespace) and the VICI adapter (one charon)."""
+    """Composes the netlink adapter (this namespace), the VICI adapter (one charon) and
+    the nftables adapter (routevpn's table in this namespace)."""
 
-    def __init__(self, netlink: NetlinkAdapter, ipsec: IpsecAdapter) -> None:
+    def __init__(
+        self, netlink: NetlinkAdapter, ipsec: IpsecAdapter, nft: NftAdapter | None = None
+    ) -> None:
         self.netlink = netlink
         self.ipsec = ipsec
+        self.nft = nft or NftAdapter()
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[None]:
@@ -72,6 +77,10 @@ class RealDriver:
     async def observe(self) -> Facts:
         """Netlink and charon facts together."""
         return Facts(await self.netlink.observe(), await self.ipsec.observe())
+
+    async def clamp_mss(self, links: Mapping[str, int]) -> list[Change]:
+        """routevpn's nftables table, replaced as a whole when it differs."""
+        return await self.nft.sync(links)
 
     async def garbage_collect(
         self, desired: Sequence[TunnelPlan], keep: Collection[str] = ()

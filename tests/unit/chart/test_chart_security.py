@@ -179,6 +179,7 @@ def test_agent_and_charon_pod_capabilities(docs: list[Manifest]) -> None:
         "9478",
         "--bind-address",
         "$(HOST_IP)",
+        "--mss-clamp",
     ]
     env = {e["name"]: e for e in by_name["agent"]["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
@@ -341,3 +342,10 @@ def test_watch_namespaces_grant_secret_reads_there_only(tmp_path: Path) -> None:
     assert args[args.index("--watch-namespaces") + 1] == "tenant-a,tenant-b"
     agent = containers(find(docs, "DaemonSet", "agent"))["agent"]["args"]
     assert agent[agent.index("--bind-address") + 1] == "192.0.2.7"
+
+
+def test_mss_clamp_off_reaches_the_agents_command_line(tmp_path: Path) -> None:
+    docs = render({"agent": {"mssClamp": False}}, tmp_path)
+    args = containers(find(docs, "DaemonSet", "agent"))["agent"]["args"]
+    assert "--no-mss-clamp" in args
+    assert "--mss-clamp" not in args
