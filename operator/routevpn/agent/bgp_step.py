@@ -17,6 +17,7 @@ from routevpn.agent.desired import Blocked
 from routevpn.agent.desired_bgp import build_bgp_plans, forbidding
 from routevpn.agent.metrics import Metrics
 from routevpn.agent.settings import AgentSettings
+from routevpn.agent.status import Wire
 from routevpn.agent.work import Key
 from routevpn.api import naming
 from routevpn.api.conditions import ConditionType, Status
@@ -108,6 +109,16 @@ class BgpStep:
         ]
         if pairs:
             metrics.bgp(key[0], key[1], pairs)
+
+    def status(self, key: Key, conds: list[cond.Cond], metrics: Metrics) -> Wire | None:
+        """Add BgpEstablished to `conds` and observe the metrics; status.bgp (None
+        without BGP sessions)."""
+        rep = self.report(key)
+        if rep is None:
+            return None
+        conds.append(self.condition(rep))
+        self.observe_metrics(metrics, key)
+        return {"sessions": list(rep.sessions)} if rep.sessions else None
 
     def forget(self, key: Key) -> None:
         """The tunnel is gone from this node: its sessions go at the next sync."""

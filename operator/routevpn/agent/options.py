@@ -24,17 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="charon's VICI socket (default: %(default)s)",
     )
     parser.add_argument(
-        "--bird-socket",
-        default=None,
-        help="BIRD's control socket; unset: no BIRD on this node, BGP tunnels report "
-        "DaemonUnreachable (the chart sets it with bgp.enabled)",
-    )
-    parser.add_argument(
-        "--bird-config-dir",
-        default="/run/routevpn/bird",
-        help="directory of the bird.conf BIRD runs, written by the agent (default: %(default)s)",
-    )
-    parser.add_argument(
         "--http-port", type=int, default=9478, help="/metrics, /healthz, /readyz port"
     )
     parser.add_argument(
@@ -124,7 +113,18 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 
 def _add_bgp_arguments(parser: argparse.ArgumentParser) -> None:
-    """spec.bgp: the node's defaults and what no session may learn."""
+    """spec.bgp: the node's BIRD, its defaults and what no session may learn."""
+    parser.add_argument(
+        "--bird-socket",
+        default=None,
+        help="BIRD's control socket; unset: no BIRD on this node, BGP tunnels report "
+        "DaemonUnreachable (the chart sets it with bgp.enabled)",
+    )
+    parser.add_argument(
+        "--bird-config-dir",
+        default="/run/routevpn/bird",
+        help="directory of the bird.conf BIRD runs, written by the agent (default: %(default)s)",
+    )
     parser.add_argument(
         "--bgp-local-asn",
         type=_asn,

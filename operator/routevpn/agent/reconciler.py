@@ -142,7 +142,8 @@ class AgentReconciler:
             for w in work:
                 await self._apply(w)
             await self.bgp.sync()  # every session of the node: nothing when none
-            await self._clamp_mss()
+            for change in await self.clamp.apply(self.driver):  # the node's MSS clamp table
+                self.metrics.dataplane_changes_total.labels(change.what).inc()
             clock.lap("apply")
         await every(self._release(key, obj) for key, obj in released)
         clock.lap("release")
@@ -269,11 +270,6 @@ class AgentReconciler:
         elif result.changes:
             log.info("tunnel %s: %d change(s) applied", ref, len(result.changes))
 
-    async def _clamp_mss(self) -> None:
-        """routevpn's nftables table: the MSS clamp on every configured interface."""
-        for change in await self.clamp.apply(self.driver):
-            self.metrics.dataplane_changes_total.labels(change.what).inc()
-
     # -- report ---------------------------------------------------------------------
 
     async def _report(self, w: Work, ipsec: IpsecFacts | None, now_ts: float) -> None:
@@ -307,7 +303,7 @@ class AgentReconciler:
         generation = int((w.obj.get("metadata") or {}).get("generation") or 1)
         previous = current.get("conditions") or []
         computed = cond.keep_known_failures(cond.compute(obs, conn), previous)
-        bgp = self._bgp_status(w.key, computed)
+        bgp = self.bgp.status(w.key, computed, self.metrics)  # BgpEstablished too
         conds = st.merge_conditions(computed, previous, generation, now)
         # SA facts and route states only for a configured tunnel
         desired = st.desired_status(conds) if problem is not None else st.desired_status(
@@ -324,14 +320,6 @@ class AgentReconciler:
         if not st.needs_write(desired, current):
             return
         await self._write(w, conds, desired, current)
-
-    def _bgp_status(self, key: Key, conds: list[cond.Cond]) -> st.Wire | None:
-        """Add BgpEstablished to `conds`; status.bgp (None without BGP sessions)."""
-        bgp = self.bgp.report(key)
-        if bgp is not None:
-            conds.append(self.bgp.condition(bgp))
-            self.bgp.observe_metrics(self.metrics, key)
-        return {"sessions": list(bgp.sessions)} if bgp is not None and bgp.sessions else None
 
     async def _write(self, w: Work, conds: list[st.Wire], desired: st.Wire, current: Obj) -> None:
         """Apply the agent's status (within the write budget) and an Event per transition."""
