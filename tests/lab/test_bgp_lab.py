@@ -254,7 +254,8 @@ def test_d_primary_link_up_takes_traffic_back_without_loss(lab: Any) -> None:
         gwa.ns.ip("link", "set", "wan", "up")
         tal.wait_true(h, PRIMARY, ("IkeEstablished", "ChildSaInstalled"), timeout=240)
         drop_orphans(h)
-        # BIRD waits its `error wait time` (60 s at first) after BFD took a session down
+        # BIRD restarts a session BFD took down after its `error wait time` (5 s, then
+        # doubling: bird_config.ERROR_WAIT_S), and the far ends after their own
         seconds = wait_sessions(h, PRIMARY, True, timeout=420)
         print(f"primary sessions back {seconds:.1f}s after its link came up")
         tfl.settled(h, pings, "vti4101")
