@@ -36,6 +36,7 @@ API_TESTS = (
     "test_failover_lab.py",
     "test_faults_lab.py",
     "test_faults_agent_kill_lab.py",
+    "test_faults_move_lab.py",
     "test_rekeys_lab.py",
 )
 GUEST_KUBECONFIG_ENV = "ROUTEVPN_LAB_KUBECONFIG"

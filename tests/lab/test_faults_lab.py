@@ -93,7 +93,12 @@ def foreign(h: tfl.Ha) -> str:
 def writes(h: tfl.Ha) -> float:
     """The agent's API writes so far (its own counter), but its liveness Lease's renewals
     (one every 10 s by design)."""
-    text = h.agent.metrics()
+    return agent_writes(h.agent)
+
+
+def agent_writes(agent: tal.Agent) -> float:
+    """`writes` of any agent process."""
+    text = agent.metrics()
     found = re.finditer(r'^routevpn_agent_api_writes_total\{kind="(\w+)"[^}]*\} (\S+)$', text, re.M)
     return sum(float(m[2]) for m in found if m[1] != "lease")
 
