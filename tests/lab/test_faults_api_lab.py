@@ -49,6 +49,9 @@ DOWN_S = 20.0  # a killed component stays down this long before its restart
 PING_SLACK = 2  # "0 or near-0": nothing here touches the data plane
 COUNTERS_PERIOD_S = 60.0  # the agent's default --counters-period (agent_world keeps it)
 RESYNC_S = 3.0
+# The apiserver's first start in the guest: ~60 s under TCG alone, more than the script's
+# default 90 s with a second guest on the same two cores.
+APISERVER_WAIT_S = 300
 
 
 @contextlib.contextmanager
@@ -59,6 +62,7 @@ def own_control_plane(workdir: Path) -> Iterator[ControlPlane]:
     if bin_dir() is None:
         missing("etcd/kube-apiserver not built: run hack/local-cluster.sh build")
     cp = ControlPlane.ephemeral(workdir)
+    cp.extra_env["ROUTEVPN_APISERVER_WAIT"] = str(APISERVER_WAIT_S)
     try:
         cp.up()
     except Exception as e:
