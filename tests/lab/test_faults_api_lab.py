@@ -52,10 +52,11 @@ RESYNC_S = 3.0
 # The apiserver's first start in the guest: ~60 s under TCG alone, more than the script's
 # default 90 s with a second guest on the same two cores.
 APISERVER_WAIT_S = 300
+AGENT_READY_S = 300
 
 
 @contextlib.contextmanager
-def own_control_plane(workdir: Path) -> Iterator[ControlPlane]:
+def own_control_plane(workdir: Path) -> Iterator[tuple[ControlPlane, Path]]:
     """A control plane inside the guest whatever the tier offers (see the docstring)."""
     if os.environ.get("ROUTEVPN_IN_LAB") != "1":
         missing("the lab guest (run through tests/lab/conftest.py)")
@@ -64,12 +65,12 @@ def own_control_plane(workdir: Path) -> Iterator[ControlPlane]:
     cp = ControlPlane.ephemeral(workdir)
     cp.extra_env["ROUTEVPN_APISERVER_WAIT"] = str(APISERVER_WAIT_S)
     try:
-        cp.up()
+        kc = cp.up()
     except Exception as e:
         cp.down(purge=True)
         pytest.fail(f"no control plane inside the guest: {e}", pytrace=False)
     try:
-        yield cp
+        yield cp, kc
     finally:
         cp.down(purge=True)  # stops the restarted ones too: their PIDs are recorded
 
@@ -78,11 +79,14 @@ def own_control_plane(workdir: Path) -> Iterator[ControlPlane]:
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, tfl.Ha]]:
     """The agent with one tunnel up (as test_faults_lab's `one`), on our control plane."""
     with (
-        own_control_plane(tmp_path_factory.mktemp("cp")) as cp,
-        tfl.agent_world(cp.kubeconfig(), tmp_path_factory.mktemp("api-faults")) as h,
+        own_control_plane(tmp_path_factory.mktemp("cp")) as (cp, kc),
+        tfl.agent_world(kc, tmp_path_factory.mktemp("api-faults")) as h,
     ):
         h.world.node.ip("route", "add", tfa.FOREIGN_ROUTE[0], "dev", tfa.FOREIGN_ROUTE[1])
-        wait_until(h.agent.ready, timeout=120, interval=0.5, what="agent ready")
+        try:  # the API server beside it in the guest slows everything down: generous
+            wait_until(h.agent.ready, timeout=AGENT_READY_S, interval=0.5, what="agent ready")
+        except TimeoutError as e:
+            pytest.fail(f"{e}\n{h.agent.tail()}\n{cp.healthy()=}", pytrace=False)
         tfl.add_tunnel(h, tfl.PRIMARY)
         tfl.wait_up(h, tfl.PRIMARY)
         yield cp, h
