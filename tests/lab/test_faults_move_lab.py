@@ -120,8 +120,11 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Two]:
     ):
         t = _node_b(stack, h, kc, tmp_path_factory.mktemp("node-b"))
         far_end_by_hand(h)
-        for agent in (h.agent, t.b_agent):
-            wait_until(agent.ready, timeout=120, interval=0.5, what="agents ready")
+        for agent in (h.agent, t.b_agent):  # two agents starting at once: generous
+            try:
+                wait_until(agent.ready, timeout=300, interval=0.5, what="agent ready")
+            except TimeoutError as e:
+                pytest.fail(f"{e}\n{agent.tail()}", pytrace=False)
         yield t
 
 
