@@ -99,10 +99,13 @@ def far_end_by_hand(h: tfl.Ha) -> None:
     """gwa: an XFRM interface for the mover, the node networks routed into it, and a
     connection from `node.test` at either node's address (beside the pair's `ha`)."""
     gw = h.world.gws[0]
+    # the pair's VTI (local 192.0.2.2, remote node A) would take node A's ESP for itself
+    # and drop it (its key is no SA's mark): it goes, with its routes, in this module
+    gw.ns.ip("link", "delete", "vti1")
     gw.ns.ip("link", "add", "mv", "type", "xfrm", "dev", "wan", "if_id", str(IF_ID))
     gw.ns.ip("link", "set", "mv", "up")
     gw.ns.add_address("mv", f"{INSIDE4[1]}/30")
-    gw.ns.ip("route", "replace", ha.NODE_NET4, "via", INSIDE4[0], "dev", "mv")
+    gw.ns.ip("route", "add", ha.NODE_NET4, "via", INSIDE4[0], "dev", "mv")
     child = sw.Child("mv", esp_proposals=ha.ESP_PROPOSALS, if_id=IF_ID)
     conn = sw.Conn(
         "mv", ha.GWA.outer, f"{ha.GWA.node_outer},{B_OUTER}", ha.GWA.outer, "node.test",
