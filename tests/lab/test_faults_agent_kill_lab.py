@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from ipaddress import ip_interface, ip_network
 
 import pytest
 import test_agent_lab as tal  # type: ignore[import-not-found]  # the agent lab's API helpers (tests/lab is no package)
@@ -49,8 +50,11 @@ def names() -> list[str]:
 
 
 def inside(i: int) -> tuple[str, str, str]:
-    """(node inside /127, far end's inside address, the far prefix routed into tunnel i)."""
-    return f"2001:db8:f0:{i:x}::/127", f"2001:db8:f0:{i:x}::1", f"2001:db8:e0:{i:x}::/64"
+    """(node inside /127, far end's inside address, the far prefix routed into tunnel i),
+    written as the kernel prints them (2001:db8:e0::/64 for tunnel 0)."""
+    mine, far, prefix = (f"2001:db8:f0:{i:x}::/127", f"2001:db8:f0:{i:x}::1",
+                         f"2001:db8:e0:{i:x}::/64")  # fmt: skip
+    return str(ip_interface(mine)), far, str(ip_network(prefix))
 
 
 def far_end_by_hand(h: tfl.Ha) -> None:
