@@ -170,9 +170,7 @@ def outage(
             ping.wait(50)
             w_before = tfa.writes(h)
             brk()
-            for route in (ha.FAR_NET4, ha.FAR_NET6):  # sampled once more after the outage
-                if "vti4101" not in h.world.node.ip("route", "show", route):
-                    missing_routes.append(route)
+            missing_routes += routes_missing(h)  # sampled once more after the outage
             fix()
             wait_until(cp.healthy, timeout=300, interval=1, what="the control plane healthy")
             back_at, back_bytes = time.time(), charon_bytes_in(h)
@@ -208,11 +206,18 @@ def watch_routes(h: tfl.Ha, seconds: float) -> list[str]:
     gone: list[str] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        for route in (ha.FAR_NET4, ha.FAR_NET6):
-            if "vti4101" not in h.world.node.ip("route", "show", route):
-                gone.append(route)
+        gone += routes_missing(h)
         time.sleep(1)
     return gone
+
+
+def routes_missing(h: tfl.Ha) -> list[str]:
+    """The tunnel's routes (IPv4 and IPv6) not in the node's table now."""
+    return [
+        route
+        for fam, route in (("-4", ha.FAR_NET4), ("-6", ha.FAR_NET6))
+        if "vti4101" not in h.world.node.ip(fam, "route", "show", route)
+    ]
 
 
 def test_api_server_hung_for_a_minute(api: tuple[ControlPlane, tfl.Ha]) -> None:
