@@ -28,6 +28,8 @@
 #   ROUTEVPN_ETCD_PORT        etcd client port (default 12379); peer port is +1
 #   ROUTEVPN_KCM_PORT         kube-controller-manager secure port (default 10357)
 #   ROUTEVPN_QUIET=1          no progress lines on stderr
+#   ROUTEVPN_APISERVER_WAIT   seconds the apiserver may take to turn ready (default 90;
+#                             an emulated CPU shared with another guest needs more)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -394,7 +396,7 @@ cmd_up() {
         --requestheader-group-headers=X-Remote-Group \
         --requestheader-extra-headers-prefix=X-Remote-Extra- \
         --endpoint-reconciler-type=none --profiling=false --v=1
-    wait_for kube-apiserver 90 api_healthy
+    wait_for kube-apiserver "${ROUTEVPN_APISERVER_WAIT:-90}" api_healthy
 
     write_kubeconfig "$STATE/kubeconfig" admin "https://$HOST:$API_PORT"
     write_kubeconfig "$STATE/kcm.kubeconfig" kube-controller-manager "https://$HOST:$API_PORT"

@@ -39,6 +39,8 @@ API_TESTS = (
     "test_bgp_lab.py",
     "test_mss_lab.py",
     "test_narrowing_lab.py",
+    "test_faults_agent_kill_lab.py",
+    "test_faults_move_lab.py",
     "test_rekeys_lab.py",
 )
 GUEST_KUBECONFIG_ENV = "ROUTEVPN_LAB_KUBECONFIG"

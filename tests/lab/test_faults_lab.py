@@ -15,12 +15,18 @@ stream through the tunnel, breaks one thing, repairs it, and asserts:
 
 and prints the pings lost, the time from the repair to the first reply and the writes.
 
+The user's PSK rotated (the far end's admin first, then the Secret the operator
+delivers): the agent re-authenticates the IKE SA at once, make before break (charon's
+`make_before_break`, set at both ends here), so the old IKE SA is gone within the bound
+`REAUTH_BOUND_S` states, and not a TCP reset.
+
 The far end down for minutes is a soak (`-m soak`): CI runs it shortened (20 s down),
 `ROUTEVPN_SOAK_FULL=1` runs the issue's two minutes. Nothing asserts on wall time.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -34,7 +40,9 @@ import pytest
 import test_agent_lab as tal  # type: ignore[import-not-found]  # the agent lab's API helpers (tests/lab is no package)
 import test_failover_lab as tfl  # type: ignore[import-not-found]  # the HA pair's setup
 
+from routevpn.api import naming
 from support import hapair as ha
+from support import swanctl as sw
 from support.kube import wait_until
 
 pytestmark = pytest.mark.timeout(900)
@@ -47,6 +55,18 @@ FAR_END_DOWN_S = 120.0 if os.environ.get("ROUTEVPN_SOAK_FULL") == "1" else 20.0
 # state (down, connecting, up); a storm would be hundreds.
 WRITE_BUDGET = 30
 FOREIGN_ROUTE = ("192.0.2.128/25", "lan")  # a route of "someone else" on the node
+# Re-authentication after a rotation, make before break (the reauth test's settings).
+SETTINGS = {**ha.LAB_RETRANSMIT, "make_before_break": "yes"}
+# One IKE exchange with every retransmission the lab's settings allow (2 + 2.8 + 3.92 s).
+EXCHANGE_S = sum(
+    float(SETTINGS["retransmit_timeout"]) * float(SETTINGS["retransmit_base"]) ** n
+    for n in range(int(SETTINGS["retransmit_tries"]) + 1)
+)
+# The old IKE SA goes within: the agent's pass after the Secret's event (its resync, 3 s,
+# at the latest), IKE_SA_INIT + IKE_AUTH of the new SA and the DELETE of the old one
+# (three exchanges, each at worst retransmitted to the end), doubled for a loaded
+# emulated CPU (a bound derived from the settings, not a wall-time measurement).
+REAUTH_BOUND_S = 2 * (3.0 + 3 * EXCHANGE_S)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +74,7 @@ def one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tfl.Ha]:
     """The agent with one tunnel (the primary) up, a foreign route beside it."""
     with (
         tal.guest_control_plane(tmp_path_factory.mktemp("control-plane")) as kc,
-        tfl.agent_world(kc, tmp_path_factory.mktemp("faults")) as h,
+        tfl.agent_world(kc, tmp_path_factory.mktemp("faults"), SETTINGS) as h,
     ):
         h.world.node.ip("route", "add", FOREIGN_ROUTE[0], "dev", FOREIGN_ROUTE[1])
         wait_until(h.agent.ready, timeout=120, interval=0.5, what="agent ready")
@@ -73,7 +93,12 @@ def foreign(h: tfl.Ha) -> str:
 def writes(h: tfl.Ha) -> float:
     """The agent's API writes so far (its own counter), but its liveness Lease's renewals
     (one every 10 s by design)."""
-    text = h.agent.metrics()
+    return agent_writes(h.agent)
+
+
+def agent_writes(agent: tal.Agent) -> float:
+    """`writes` of any agent process."""
+    text = agent.metrics()
     found = re.finditer(r'^routevpn_agent_api_writes_total\{kind="(\w+)"[^}]*\} (\S+)$', text, re.M)
     return sum(float(m[2]) for m in found if m[1] != "lease")
 
@@ -237,3 +262,61 @@ def test_far_end_down_then_back(one: tfl.Ha) -> None:
     # EHOSTUNREACH in the full soak. Reported, asserted only for the short outage.
     up = lambda: gwa.ns.ip("link", "set", "wan", "up")  # noqa: E731
     survive(one, "far-end-down", down, up, tcp_must_live=FAR_END_DOWN_S <= 30)
+
+
+_IKE_SA = re.compile(r"^(?P<conn>\S+): #(?P<id>\d+), (?P<state>[A-Z_]+), IKEv2", re.M)
+
+
+def ike_sas(h: tfl.Ha) -> list[tuple[str, str]]:
+    """(unique id, state) of the node's IKE SAs of the primary."""
+    text = sw.swanctl(h.world.node, h.charon.uri, "--list-sas")
+    conn = naming.conn_name(h.tunnel_ns, tfl.PRIMARY)
+    return [(m["id"], m["state"]) for m in _IKE_SA.finditer(text) if m["conn"] == conn]
+
+
+def rotate_secret(h: tfl.Ha, name: str, psk: str) -> None:
+    """The operator's part: the delivered Secret carries the user's new PSK."""
+    h.core.patch_namespaced_secret(
+        naming.secret_name(h.tunnel_ns, name),
+        h.agent_ns,
+        {
+            "metadata": {"annotations": {"routevpn.io/content-hash": "h2"}},
+            "data": {"psk": base64.b64encode(psk.encode()).decode()},
+        },
+    )
+
+
+def test_psk_rotated_under_a_tcp_stream(one: tfl.Ha) -> None:
+    """The far end first, then the Secret: the agent re-authenticates as soon as the new
+    PSK reaches it, so the far end must hold it by then; the other order would fail that
+    IKE_AUTH (AUTHENTICATION_FAILED) and leave the tunnel to the next retry."""
+    h = one
+    new_psk = h.psk[::-1]
+    old = [i for i, st in ike_sas(h) if st == "ESTABLISHED"]
+    assert len(old) == 1, ike_sas(h)
+    timing: dict[str, float] = {}
+
+    def far_end_admin() -> None:
+        h.world.gws[0].load(new_psk)
+
+    def operator_delivers() -> None:
+        t0 = time.time()
+        rotate_secret(h, tfl.PRIMARY, new_psk)
+        wait_until(
+            lambda: old[0] not in {i for i, _ in ike_sas(h)},
+            timeout=REAUTH_BOUND_S,
+            interval=0.2,
+            what=f"the old IKE SA #{old[0]} gone (bound {REAUTH_BOUND_S:.0f}s)",
+        )
+        timing["gone"] = time.time() - t0
+
+    try:
+        out = survive(h, "psk-rotation", far_end_admin, operator_delivers)
+    finally:
+        h.psk = new_psk  # the other cases' far end keeps the new key
+    now = ike_sas(h)
+    print(
+        f"psk-rotation: old IKE SA #{old[0]} gone {timing['gone']:.1f}s after the Secret "
+        f"changed (bound {REAUTH_BOUND_S:.0f}s), IKE SAs now {now}, {out.lost} pings lost"
+    )
+    assert [st for _, st in now] == ["ESTABLISHED"], now

@@ -131,12 +131,14 @@ class Gateway:
         *,
         ike_extra: tuple[tuple[str, str], ...] = (),
         child_extra: tuple[tuple[str, str], ...] = (),
+        more: tuple[sw.Conn, ...] = (),
     ) -> None:
         """Write and load the responder's connection (a VTI child bound to PEER_KEY), as
         an HA far end should be: its own DPD (it finds a node that vanished), and
         `unique = replace` (a node that re-initiates replaces its old IKE SA at once: an
         IKE SA the node gave up while this end completed it would otherwise keep its
-        CHILD SA bound to the same mark, and replies would go into it)."""
+        CHILD SA bound to the same mark, and replies would go into it). `more`: other
+        connections to load beside it (the same file)."""
         p = self.plan
         child = sw.Child(
             "ha", esp_proposals=ESP_PROPOSALS, mark=PEER_KEY, dpd_action="clear", extra=child_extra
@@ -154,7 +156,7 @@ class Gateway:
             unique="replace",
             extra=ike_extra,
         )
-        sw.write_and_load(self.ns, self.charon.uri, self.conf, [conn])
+        sw.write_and_load(self.ns, self.charon.uri, self.conf, [conn, *more])
 
     def crash(self) -> None:
         """SIGKILL its charon and flush its kernel SAs and policies (else the stale SAs

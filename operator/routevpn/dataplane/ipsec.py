@@ -135,6 +135,8 @@ class IpsecAdapter:
             key_id, changes = await self._load_key(plan, key_id, secret_stale)
         conn_stale = prev is None or prev.conn_digest != conn_digest
         changes += await self._load_conn(plan, message, conn_stale)
+        if prev is not None and prev.secret_digest != secret_digest:
+            changes += await self._reauthenticate(plan.ref, name)
         wants_up = prev.wants_up if prev else False
         self._loaded[name] = _Loaded(plan, conn_digest, secret_digest, key_id, wants_up)
         for change in changes:
@@ -151,6 +153,23 @@ class IpsecAdapter:
         await self._run(plan.ref, "load-shared", lambda s: s.load_shared(shared))
         (await self._listing.shared_ids()).add(name)
         return [Change(plan.ref, "secret", "loaded", f"psk {name}")]
+
+    async def _reauthenticate(self, ref: str, conn: str) -> list[Change]:
+        """Re-authenticate `conn`'s established IKE SAs: its secret was rotated.
+
+        An IKE SA authenticated with the old PSK or key would otherwise live on until its
+        own re-authentication (hours away, or never: a rekey keeps the old authentication).
+        charon runs IKE_SA_INIT + IKE_AUTH with the credentials loaded now; with its
+        `make_before_break` the new IKE and CHILD SAs are up before the old ones go.
+        """
+        changes: list[Change] = []
+        for sa in await self.sas(conn):
+            if sa.state != "ESTABLISHED":
+                continue
+            request = {"ike-id": sa.uniqueid, "reauth": "yes"}
+            await self._run(ref, "rekey", lambda s, r=request: s.rekey(r))
+            changes.append(Change(ref, "ike", "reauthenticating", f"{conn} #{sa.uniqueid}"))
+        return changes
 
     async def _load_key(
         self, plan: TunnelPlan, key_id: str | None, stale: bool
