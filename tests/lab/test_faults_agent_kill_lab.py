@@ -198,8 +198,12 @@ def check_no_duplicates_or_leftovers(h: tfl.Ha) -> None:
     routes = h.world.node.ip("-6", "route", "show", "proto", "157")
     prefixes = {ln.split()[0] for ln in routes.splitlines() if ln.strip()}
     assert prefixes == {inside(i)[2] for i in range(N)} | {ha.FAR_NET6}, prefixes
-    states = Counter(s.if_id or s.mark for s in xfrm_states(h.world.node) if s.proto == "esp")
-    assert len(states) == N + 1 and set(states.values()) == {2}, states
+    esp = [s for s in xfrm_states(h.world.node) if s.proto == "esp"]
+    # two SAs (in and out) per tunnel: each XFRM tunnel's by its if_id; the VTI tunnel's
+    # outbound SA carries its mark and charon leaves its inbound one unmarked
+    by_if_id = Counter(s.if_id for s in esp if s.if_id)
+    assert len(by_if_id) == N and set(by_if_id.values()) == {2}, by_if_id
+    assert len(esp) == 2 * (N + 1), [(s.if_id, s.mark) for s in esp]
 
 
 def test_agent_killed_mid_pass_of_50_then_restarted(many: tfl.Ha) -> None:

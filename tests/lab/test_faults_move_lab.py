@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -169,13 +170,20 @@ def label(h: tfl.Ha, node: str) -> None:
     h.core.patch_namespaced_secret(naming.secret_name(h.tunnel_ns, NAME), h.agent_ns, patch)
 
 
+def _tunnel_policies(text: str) -> str:
+    """`ip xfrm policy` without charon's per-socket bypass policies (`socket in/out`):
+    those are the IKE sockets' own, there while charon runs, whatever tunnels it has."""
+    blocks = re.split(r"\n(?=\S)", text.strip())
+    return "\n".join(b for b in blocks if b.strip() and "\tsocket " not in b)
+
+
 def leftovers(ns: Netns, charon: Charon) -> dict[str, str]:
     """What a tunnel leaves on a node if not cleaned: its link, routes, XFRM, conns."""
     out = {
         "link": ns.ip("link", "show", IFNAME, check=False),
         "routes": ns.ip("route", "show", "table", "all", "proto", "157"),
         "xfrm state": ns.ip("xfrm", "state"),
-        "xfrm policy": ns.ip("xfrm", "policy"),
+        "xfrm policy": _tunnel_policies(ns.ip("xfrm", "policy")),
         "conns": sw.swanctl(ns, charon.uri, "--list-conns"),
     }
     return {k: v for k, v in out.items() if v.strip()}
