@@ -49,7 +49,7 @@ def tunnel(status: dict[str, Any] | None = STATUS, **bgp: Any) -> VpnTunnel:
 FORBIDDEN = bgp_forbidden(
     [HostAddress("eth0", ipaddress.ip_interface("192.0.2.1/24"))],
     ike_peers=[ip("203.0.113.1")],
-    protected=[net("10.96.0.0/12"), net("fd00:10::/64")],
+    protected=[net("203.0.113.224/27"), net("2001:db8:fff0::/64")],
 )
 
 
@@ -80,7 +80,7 @@ def test_the_example_gives_one_session_per_peer_address_each_of_its_family() -> 
     )
     assert v6.accept == (net("2001:db8:200::/48"),)
     assert v6.advertise == (net("2001:db8:100::/48"),)
-    assert all(n.version == 6 for n in v6.forbidden) and net("fd00:10::/64") in v6.forbidden
+    assert all(n.version == 6 for n in v6.forbidden) and net("2001:db8:fff0::/64") in v6.forbidden
 
 
 def test_spec_values_win_over_defaults() -> None:
@@ -111,7 +111,7 @@ def test_forbidden_holds_what_static_routes_may_not_touch() -> None:
     assert net("127.0.0.0/8") in FORBIDDEN and net("169.254.0.0/16") in FORBIDDEN
     assert net("192.0.2.1/32") in FORBIDDEN  # the node's own address, as a host
     assert net("203.0.113.1/32") in FORBIDDEN  # a tunnel's IKE peer: no loop over BGP
-    assert net("10.96.0.0/12") in FORBIDDEN
+    assert net("203.0.113.224/27") in FORBIDDEN
     # a host inside a listed network adds nothing; the result is sorted and unique
     inner = bgp_forbidden([HostAddress("lo", ipaddress.ip_interface("127.0.0.1/8"))])
     assert net("127.0.0.1/32") not in inner
