@@ -593,7 +593,8 @@ def test_drift_is_repaired_within_one_resync(w: World, t1: str) -> None:
 def test_secret_rotation_reloads_the_key_and_reauthenticates_at_once(w: World, t1: str) -> None:
     """A rotated PSK is loaded and the IKE SA re-authenticated with it at once (the SA
     authenticated with the old key must not live on for hours). The far end's admin
-    changes the key first, then the Secret changes, as docs/status.md says to ("Rotating a PSK or key")."""
+    changes the key first, then the Secret changes, as docs/status.md says to
+    ("Rotating a PSK or key")."""
     conn = f"routevpn.{w.tunnel_ns}.{T1}"
     wait_conditions(w, T1, {"IkeEstablished": ("True", "Established")})
     ike_before = charon_state(w.charon.vici_socket)["sas"][conn]
