@@ -9,13 +9,12 @@ BIRD (if any): not the socket, not the PID file, not the network namespace.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .daemon import wait_for_socket
 from .netns import Netns
 
 BIRD = Path("/usr/sbin/bird")
@@ -65,26 +64,9 @@ class Bird:
 
     def wait_for_socket(self, timeout: float) -> None:
         """Poll until the control socket greets, or raise (with the log) on exit/timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"bird in {self.ns.name} exited {self.proc.returncode}: {self.log_tail()}"
-                )
-            if self.socket.exists():
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    try:
-                        s.settimeout(2)
-                        s.connect(str(self.socket))
-                        if s.recv(64).startswith(b"0001 "):
-                            return
-                    except OSError:
-                        pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"bird control socket not up after {timeout}s: {self.log_tail()}"
-                )
-            time.sleep(0.05)
+        wait_for_socket(
+            self.proc, self.socket, f"bird in {self.ns.name}", self.log_tail, timeout, b"0001 "
+        )
 
     def birdc(self, command: str) -> str:
         """One command through `birdc` (for test assertions and failure messages)."""

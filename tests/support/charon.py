@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from .daemon import wait_for_socket
 from .netns import Netns
 from .secretscan import REGISTRY
 
@@ -150,22 +149,9 @@ class Charon:
 
     def wait_for_vici(self, timeout: float) -> None:
         """Poll until the VICI socket accepts a connection, or raise TimeoutError."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"charon in {self.ns.name} exited {self.proc.returncode}: {self.log_tail()}"
-                )
-            if self.vici_socket.exists():
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    try:
-                        s.connect(str(self.vici_socket))
-                        return
-                    except OSError:
-                        pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"charon VICI socket not up after {timeout}s: {self.log_tail()}")
-            time.sleep(0.05)
+        wait_for_socket(
+            self.proc, self.vici_socket, f"charon in {self.ns.name}", self.log_tail, timeout
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the daemon by its PID: SIGTERM, then SIGKILL after `timeout` s."""
