@@ -33,6 +33,7 @@ from support.cluster import ClusterAccess, free_port
 from support.kube import create_namespace, create_node, delete_namespace, delete_node, wait_until
 from support.netns import have_root, netns, veth
 from support.nsrelay import forward_into
+from support.operator import release_tunnels
 from support.tiers import missing
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(420)]
@@ -121,7 +122,10 @@ def world(
                 for daemon in (charon, bird, far):
                     daemon.stop()
     finally:
-        delete_namespace(kube, tunnel_ns)
+        delete_namespace(kube, tunnel_ns)  # kept for the secret scan first, then
+        # released: the agent is gone, and its finalizers would keep the tunnels,
+        # Terminating, for every later cluster-wide test (release-all counts them)
+        release_tunnels(kube, tunnel_ns)
         delete_namespace(kube, agent_ns)
         delete_node(kube, node)
 

@@ -41,6 +41,7 @@ from support.cluster import ClusterAccess, free_port
 from support.kube import create_namespace, create_node, delete_namespace, delete_node, wait_until
 from support.netns import Netns, have_root, netns, veth
 from support.nsrelay import forward_into, http_get_in
+from support.operator import release_tunnels
 from support.secretscan import REGISTRY
 from support.tiers import missing
 
@@ -241,7 +242,10 @@ def world(
                 peer.stop()
                 charon.stop()
     finally:
-        delete_namespace(kube, tunnel_ns)
+        delete_namespace(kube, tunnel_ns)  # kept for the secret scan first, then
+        # released: the agent is gone, and its finalizers would keep the tunnels,
+        # Terminating, for every later cluster-wide test (release-all counts them)
+        release_tunnels(kube, tunnel_ns)
         delete_namespace(kube, agent_ns)
         delete_node(kube, node)
 
