@@ -68,13 +68,13 @@ async def release_all(kube: KubeClient, namespace: str) -> int:
     for obj in await kube.list_tunnels():
         if await release_tunnel(kube, obj):
             released += 1
-            log.info(
-                "%s: released (routevpn's finalizers removed)", naming.tunnel_ref(*key_of(obj))
-            )
+            ref = naming.tunnel_ref(*key_of(obj))
+            log.info("%s: released (routevpn's finalizers removed)", ref)
             try:
                 await events.post(obj, WARNING, "Uninstalled", release_message(obj))
             except Exception as e:  # the release is what matters; the Event is a courtesy
-                log.warning("event not posted: %s", type(e).__name__)
+                # (a namespace being deleted refuses new Events: 403)
+                log.warning("%s: event not posted: %s", ref, type(e).__name__)
     managed = f"app.kubernetes.io/managed-by={bundle.MANAGED_BY}"
     for secret in await kube.list_secrets(namespace, managed):
         await kube.delete_secret(namespace, key_of(secret)[1])
