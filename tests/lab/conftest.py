@@ -256,6 +256,15 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     )
     if r.accel == "tcg":
         tr.write_line("lab: software emulation (TCG): KVM is unavailable or does not boot here")
+    per_module: dict[str, float] = {}
+    for nodeid, outcome in run.outcomes.items():
+        module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+        per_module[module] = per_module.get(module, 0.0) + outcome.duration
+    ranked = sorted(per_module.items(), key=lambda kv: -kv[1])
+    tr.write_line(
+        "lab: per module (guest clock, set-up included): "
+        + ", ".join(f"{m.removesuffix('.py')} {s:.0f}s" for m, s in ranked)
+    )
     note = config.stash.get(API_NOTE_KEY, None)
     if note:
         tr.write_line(f"lab: {note}")
