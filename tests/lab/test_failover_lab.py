@@ -126,11 +126,12 @@ def agent_world(
     retransmit: Mapping[str, str] = ha.LAB_RETRANSMIT,
     *,
     beside: Callable[[ha.World], contextlib.AbstractContextManager[Sequence[str]]] | None = None,
+    agent_flags: Sequence[str] = (),
 ) -> Iterator[Ha]:
     """The topology, the node's charon with the HA settings, and the agent (also used by
     benchmarks/bench_failover.py and the BGP and OSPF lab tests). `beside` starts what
     else the node runs before the agent (a daemon: BIRD) and gives the agent's extra
-    flags for it; it is stopped after the agent."""
+    flags for it; it is stopped after the agent. `agent_flags` are more of the agent's."""
     bins = bin_dir()
     assert bins is not None
     kubectl = Kubectl(bins / "kubectl", kubeconfig)
@@ -174,6 +175,7 @@ def agent_world(
                 "--log-level",
                 "DEBUG",
                 *flags,
+                *agent_flags,
             ],
             tmp / "agent.log",
             19478,

@@ -7,7 +7,8 @@ through the tunnel; nothing foreign touched; API writes counted), with a control
 of its OWN inside the guest (hack/local-cluster.sh: etcd and kube-apiserver as
 processes this test can stop), never the host's forwarded one. Each case:
 
-- kube-apiserver frozen (SIGSTOP) for `OUTAGE_S`: requests hang (a hung API server);
+- kube-apiserver frozen (SIGSTOP) for `OUTAGE_S` (a minute in the full soak, 20 s in
+  CI's form): requests hang (a hung API server);
 - kube-apiserver killed (SIGKILL), down `DOWN_S`, restarted with its own command line:
   connections refused meanwhile;
 - etcd killed (SIGKILL), down `DOWN_S`, restarted with the same data directory.
@@ -42,12 +43,16 @@ from support.cluster import ControlPlane, bin_dir
 from support.kube import wait_until
 from support.tiers import missing
 
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(1200)]
 
-OUTAGE_S = 60.0  # the issue's: the API server unreachable for a minute
-DOWN_S = 20.0  # a killed component stays down this long before its restart
+# A soak: CI runs the outages shortened; ROUTEVPN_SOAK_FULL=1 runs the issue's minute.
+FULL = os.environ.get("ROUTEVPN_SOAK_FULL") == "1"
+OUTAGE_S = 60.0 if FULL else 20.0  # the issue's: the API server unreachable for a minute
+DOWN_S = 20.0 if FULL else 10.0  # a killed component stays down this long before restart
 PING_SLACK = 2  # "0 or near-0": nothing here touches the data plane
-COUNTERS_PERIOD_S = 60.0  # the agent's default --counters-period (agent_world keeps it)
+# The agent's --counters-period: its default (60 s) in the full soak; shorter in CI's
+# form, where the wait for status to catch up is most of each case's time.
+COUNTERS_PERIOD_S = 60.0 if FULL else 15.0
 RESYNC_S = 3.0
 # The apiserver's first start in the guest: ~60 s under TCG alone, more than the script's
 # default 90 s with a second guest on the same two cores.
@@ -80,7 +85,11 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane
     """The agent with one tunnel up (as test_faults_lab's `one`), on our control plane."""
     with (
         own_control_plane(tmp_path_factory.mktemp("cp")) as (cp, kc),
-        tfl.agent_world(kc, tmp_path_factory.mktemp("api-faults")) as h,
+        tfl.agent_world(
+            kc,
+            tmp_path_factory.mktemp("api-faults"),
+            agent_flags=("--counters-period", str(COUNTERS_PERIOD_S)),
+        ) as h,
     ):
         h.world.node.ip("route", "add", tfa.FOREIGN_ROUTE[0], "dev", tfa.FOREIGN_ROUTE[1])
         try:  # the API server beside it in the guest slows everything down: generous
@@ -220,7 +229,7 @@ def routes_missing(h: tfl.Ha) -> list[str]:
     ]
 
 
-def test_api_server_hung_for_a_minute(api: tuple[ControlPlane, tfl.Ha]) -> None:
+def test_api_server_hung(api: tuple[ControlPlane, tfl.Ha]) -> None:
     cp, h = api
     apiserver = Component(cp, "kube-apiserver")
     gone: list[str] = []
