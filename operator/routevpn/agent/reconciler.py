@@ -295,7 +295,7 @@ class AgentReconciler:
             problem_status=problem_status,
             failure=cond.Problem(failure.reason, failure.message) if failure else None,
             ike=ike,
-            traffic=self.traffic.judge(f"{ns}/{name}", child, now_ts),
+            traffic=self.traffic.judge(f"{ns}/{name}", sel.children(ike, w.plan, conn), now_ts),
             start_action=start,
             probe=self.probes.note(w.key) if w.key in self.node_routes.probe_failed else None,
         )

@@ -20,13 +20,16 @@ after. Judging on "the inbound counter grew", 200 idle tunnels toggled TrafficFl
   `hold` s (the first judgement of a new SA does not wait).
 
 Packets are counted across rekeys (a new inbound SPI starts its counter at zero; the
-tracker keeps adding), so a rekey is not a change. Every message is fixed text: a
-quiet tunnel's status stays byte-for-byte the same from pass to pass (no writes).
+tracker keeps adding), so a rekey is not a change, and across a tunnel's CHILD SAs (one
+per family with `spec.child.perFamily`: IPv6 alone through it is traffic too). Every
+message is fixed text: a quiet tunnel's status stays byte-for-byte the same from pass to
+pass (no writes).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from routevpn.api.conditions import Reason, Status
@@ -75,8 +78,7 @@ class TrafficPolicy:
 
 @dataclass
 class _Seen:
-    spi_in: str
-    raw: int  # the current SA's packets_in at the last look
+    raw: dict[str, int]  # each installed SA's packets_in at the last look, by inbound SPI
     total: int  # packets received since the first SA was seen, across rekeys
     first: float
     samples: deque[tuple[float, int]] = field(default_factory=deque)
@@ -85,7 +87,7 @@ class _Seen:
 
 
 class TrafficTracker:
-    """Judges TrafficFlowing per tunnel from its CHILD SA's inbound packet counter."""
+    """Judges TrafficFlowing per tunnel from its CHILD SAs' inbound packet counters."""
 
     def __init__(self, policy: TrafficPolicy | None = None) -> None:
         self.policy = policy or TrafficPolicy()
@@ -95,28 +97,29 @@ class TrafficTracker:
         """Drop what is known of tunnel `ref`."""
         self._seen.pop(ref, None)
 
-    def judge(self, ref: str, child: ChildSaFacts | None, now: float) -> Traffic | None:
-        """TrafficFlowing for `ref` given its CHILD SA now; None when there is no SA."""
-        if child is None or child.state != "INSTALLED":
+    def judge(self, ref: str, children: Sequence[ChildSaFacts], now: float) -> Traffic | None:
+        """TrafficFlowing for `ref` given its CHILD SAs now (the newest of each name); None
+        when none is installed."""
+        installed = {c.spi_in: c.packets_in for c in children if c.state == "INSTALLED"}
+        if not installed:
             self._seen.pop(ref, None)
             return None
-        seen = self._count(ref, child, now)
+        seen = self._count(ref, installed, now)
         status = self._decide(seen, now)
         if status is not seen.status:
             seen.status, seen.changed = status, now
         return self._verdict(seen.status)
 
-    def _count(self, ref: str, child: ChildSaFacts, now: float) -> _Seen:
+    def _count(self, ref: str, installed: dict[str, int], now: float) -> _Seen:
         """Add what arrived since the last look to the tunnel's running total."""
         seen = self._seen.get(ref)
         if seen is None:
-            seen = self._seen[ref] = _Seen(child.spi_in, child.packets_in, 0, now)
+            seen = self._seen[ref] = _Seen(installed, 0, now)
             seen.samples.append((now, 0))
             return seen
-        if child.spi_in != seen.spi_in:  # rekeyed: the new SA counts from zero
-            seen.spi_in, seen.raw = child.spi_in, 0
-        seen.total += max(0, child.packets_in - seen.raw)
-        seen.raw = child.packets_in
+        for spi, packets in installed.items():  # a new SPI (rekeyed) counts from zero
+            seen.total += max(0, packets - seen.raw.get(spi, 0))
+        seen.raw = installed
         seen.samples.append((now, seen.total))
         # keep one sample at least `quiet` old (the base of the longest count), no older
         span = max(self.policy.quiet, self.policy.on_window)

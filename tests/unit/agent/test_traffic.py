@@ -57,7 +57,7 @@ def run(
         total = sum(f(t) for f in fns)
         if spi_at(t) != spi:
             base, spi = total, spi_at(t)
-        got = tracker.judge(REF, sa(total - base, spi), t)
+        got = tracker.judge(REF, [sa(total - base, spi)], t)
         assert got is not None
         out.append((t, got.status, got.message))
     return out
@@ -147,12 +147,38 @@ def test_a_change_holds_for_the_hold_time() -> None:
 
 def test_no_sa_forgets_and_a_new_sa_starts_over() -> None:
     t = TrafficTracker(TrafficPolicy(quiet=60.0, on_packets=3))
-    assert t.judge(REF, sa(0), 0.0) is not None
-    assert t.judge(REF, sa(5), 10.0).status is Status.TRUE  # type: ignore[union-attr]
-    assert t.judge(REF, sa(5, state="REKEYING"), 11.0) is None
-    assert t.judge(REF, None, 12.0) is None
-    fresh = t.judge(REF, sa(0, spi="c0000009"), 13.0)
+    assert t.judge(REF, [sa(0)], 0.0) is not None
+    assert t.judge(REF, [sa(5)], 10.0).status is Status.TRUE  # type: ignore[union-attr]
+    assert t.judge(REF, [sa(5, state="REKEYING")], 11.0) is None
+    assert t.judge(REF, [], 12.0) is None
+    fresh = t.judge(REF, [sa(0, spi="c0000009")], 13.0)
     assert fresh is not None and fresh.reason == Reason.PENDING
+
+
+def v6(packets_in: int, spi: str = "c0000006") -> ChildSaFacts:
+    """The IPv6 CHILD SA of a tunnel with spec.child.perFamily."""
+    return ChildSaFacts(
+        name="routevpn.site.a-v6", uniqueid="3", state="INSTALLED", spi_in=spi,
+        packets_in=packets_in,
+    )  # fmt: skip
+
+
+def test_per_family_traffic_through_the_ipv6_sa_alone_is_flowing() -> None:
+    t = TrafficTracker(TrafficPolicy(quiet=60.0, on_packets=30))
+    assert t.judge(REF, [sa(0), v6(0)], 0.0).reason == Reason.PENDING  # type: ignore[union-attr]
+    got = t.judge(REF, [sa(0), v6(40)], 10.0)
+    assert got is not None and got.status is Status.TRUE
+
+
+def test_per_family_counts_add_up_and_a_rekey_of_one_counts_from_zero() -> None:
+    t = TrafficTracker(TrafficPolicy(quiet=60.0, on_packets=30, hold=1.0))
+    t.judge(REF, [sa(100), v6(100)], 0.0)  # what came before the first look: not counted
+    # 10 + 10 more, then the IPv6 SA rekeyed: its new SA has 5, the old one's 110 is gone
+    t.judge(REF, [sa(110), v6(110)], 10.0)
+    got = t.judge(REF, [sa(110), v6(5, spi="c0000016")], 20.0)
+    assert got is not None and got.reason == Reason.PENDING  # 25 within 30 s: below 30
+    got = t.judge(REF, [sa(115), v6(5, spi="c0000016")], 25.0)
+    assert got is not None and got.status is Status.TRUE  # 30
 
 
 def test_thresholds_derive_from_the_flags() -> None:
