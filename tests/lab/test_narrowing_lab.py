@@ -11,7 +11,8 @@ exactly; on this charon the IPv4 one) and narrows the proposal to its selectors.
   family passes, the other is lost; status says so (ChildSaInstalled False, reason
   TrafficSelectorsNarrowed, the installed selectors in status.child).
 - With `spec.child.perFamily: true` the node asks for one CHILD SA per family, which
-  the far end accepts one by one: both installed, IPv4 and IPv6 pings both pass.
+  the far end accepts one by one: both installed, IPv4 and IPv6 pings both pass, and
+  IPv6 traffic alone turns TrafficFlowing True.
 """
 
 from __future__ import annotations
@@ -123,3 +124,13 @@ def test_narrowing_is_reported_and_per_family_child_sas_carry_both_families(
     conn = naming.conn_name(h.tunnel_ns, NAME)
     print("\n".join(ln for ln in sas.splitlines() if "INSTALLED" in ln or "===" in ln))
     assert f"{conn}{naming.IPV6_CHILD_SUFFIX}:" in sas
+
+    # Traffic through the IPv6 CHILD SA alone is traffic: TrafficFlowing adds the inbound
+    # counters of both (it once judged the IPv4 one only). 60 IPv6 pings, no more IPv4.
+    def flowing() -> bool:
+        return bool(tal.conditions(tal.get(h, NAME)).get("TrafficFlowing", ("",))[0] == "True")
+
+    v6 = replies(h, ha.NODE_LAN6, ha.FAR_HOST6, count=60)
+    print(f"IPv6 only: {v6}/60 replies")
+    assert v6 >= 30
+    wait_until(flowing, timeout=180, interval=1, what="TrafficFlowing True on IPv6 alone")
