@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from support import charon, swanctl
 from support.netns import netns, veth
 
@@ -31,7 +33,7 @@ from routevpn.dataplane.plan import (
     Secret,
     TunnelPlan,
 )
-from support.dataplane import in_netns
+from support.dataplane import NetnsCallError, in_netns
 
 ip = ipaddress.ip_address
 LINKS = [
@@ -73,11 +75,47 @@ def test_vti_vti6_and_xfrm_links_are_created_idempotently() -> None:
         assert (v6.kind, v6.ikey, str(v6.local), v6.mtu) == ("vti6", 4097, "2001:db8::1", 1380)
         assert (x.kind, x.if_id, x.underlay_index) == ("xfrm", 4098, by_name["eth0"].index)
         assert v4.alias == "routevpn:lab/v4"
+        assert {lk.group for lk in (v4, v6, x)} == {naming.LINK_GROUP}
         # change an immutable attribute: the link is recreated with the new key
         changed = [dataclasses.replace(LINKS[0], key=5000)]
         again, _, links = in_netns(ns, _ensure_all, changed)
         assert [c.action for c in again][:2] == ["deleted", "created"]
         assert {lk.name: lk for lk in links}["vti4096"].ikey == 5000
+
+
+async def _finish_then_collect(link: LinkPlan) -> tuple[list[Change], list[Change]]:
+    async with NetlinkAdapter() as nl:
+        finished = (await nl.ensure_link("lab/t", link))[1]
+        return finished, await nl.garbage_collect([])
+
+
+def test_a_link_created_but_never_marked_is_finished_and_a_foreign_one_left() -> None:
+    """The agent killed between a link's create (in routevpn's device group) and its
+    alias: the next agent finishes that link; one without the group is someone else's;
+    an unmarked one no tunnel wants is collected."""
+    x = LINKS[2]
+    with netns("labhm") as ns:
+        ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+        # as routevpn's first request leaves it (builders.build_link): group, no alias
+        ns.ip("link", "add", x.name, "group", str(naming.LINK_GROUP), "type", "xfrm",
+              "dev", "eth0", "if_id", str(x.if_id))  # fmt: skip
+        # the same shape made by someone else: no group
+        ns.ip("link", "add", "xfrm4099", "type", "xfrm", "dev", "eth0", "if_id", "4099")
+        # a half-made one whose tunnel is gone
+        ns.ip("link", "add", "xfrm4100", "group", str(naming.LINK_GROUP), "type", "xfrm",
+              "dev", "eth0", "if_id", "4100")  # fmt: skip
+        finished, collected = in_netns(ns, _finish_then_collect, x)
+        assert [c.action for c in finished] == ["configured"], finished
+        collected_links = [c.detail for c in collected if c.what == "link"]
+        # the finished one is routevpn's now (its alias), so an empty desired collects it
+        # too; the foreign one stays
+        assert sorted(collected_links) == [f"{x.name}", "xfrm4100 (created, never marked)"]
+        assert "xfrm4099" in ns.ip("-o", "link", "show")
+        foreign = dataclasses.replace(x, name="xfrm4099", if_id=4099)
+        with pytest.raises(NetnsCallError) as err:
+            in_netns(ns, _finish_then_collect, foreign)
+        assert err.value.type_name == "LinkNotOwnedError", err.value
+        assert "xfrm4099" in ns.ip("-o", "link", "show")
 
 
 PSK = "lab-psk-0123456789"

@@ -41,6 +41,12 @@ AGENT_FINALIZER: Final = f"{GROUP}/agent"
 CONN_PREFIX: Final = "routevpn."
 #: Every interface routevpn creates carries an alias starting with this; GC relies on it.
 ALIAS_PREFIX: Final = "routevpn:"
+#: The device group (IFLA_GROUP) routevpn creates its interfaces in. The kernel takes a
+#: group in the RTM_NEWLINK that creates a link, but not an alias (set by a second
+#: request), so a tunnel-kind link in this group without an alias is one routevpn
+#: created and had not marked yet (the agent stopped in between): routevpn's to finish
+#: or remove. `ip link show group 157` lists routevpn's interfaces.
+LINK_GROUP: Final = 157
 #: Route protocol number on every route routevpn installs (rtm_protocol). Unassigned in
 #: iproute2's rt_protos and by the well-known daemons (bird 12, zebra 11, bgp 186...).
 ROUTE_PROTOCOL: Final = 157

@@ -159,9 +159,16 @@ def build_link(link: LinkPlan, underlay_index: int | None = None) -> dict[str, A
     """pyroute2 `link("add", **kwargs)` arguments creating `link` (down, no alias yet).
 
     The kernel ignores IFLA_IFALIAS on RTM_NEWLINK with NLM_F_CREATE, so the alias and
-    the up state are set by `build_link_settings` right after creation.
+    the up state are set by `build_link_settings` right after creation; the link is
+    created in routevpn's device group, which marks it routevpn's in between
+    (`naming.LINK_GROUP`).
     """
-    out: dict[str, Any] = {"ifname": link.name, "kind": link.kind, "mtu": link.mtu}
+    out: dict[str, Any] = {
+        "ifname": link.name,
+        "kind": link.kind,
+        "mtu": link.mtu,
+        "group": naming.LINK_GROUP,
+    }
     if link.kind in ("vti", "vti6"):
         out["vti_local"] = str(link.local)
         out["vti_remote"] = str(link.remote)

@@ -40,6 +40,7 @@ class LinkFacts:
     okey: int | None = None
     if_id: int | None = None
     underlay_index: int | None = None
+    group: int = 0  # IFLA_GROUP (naming.LINK_GROUP: created by routevpn)
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,8 +191,15 @@ class NetlinkAdapter(RouteOps):
         underlay_index = self._underlay_index(ref, view, link)
         have = view.by_name(link.name)
         if have is not None and naming.parse_link_alias(have.alias) is None:
-            raise LinkNotOwnedError(
-                ref, f"interface {link.name} exists and is not routevpn's; not touching it"
+            if not nf.half_made(have):
+                raise LinkNotOwnedError(
+                    ref, f"interface {link.name} exists and is not routevpn's; not touching it"
+                )
+            log.warning(
+                "tunnel %s: interface %s was created by routevpn and not marked yet (the "
+                "agent stopped in between): finishing it",
+                ref,
+                link.name,
             )
         if have is not None and not nf.link_matches(have, link, underlay_index):
             await self._call(
@@ -240,19 +247,23 @@ class NetlinkAdapter(RouteOps):
             raise NetlinkOperationError(ref, f"create {link.name}", errno.ENODEV, "vanished")
         return have
 
+    async def _delete(self, ref: str, link: LinkFacts, detail: str = "") -> list[Change]:
+        """Delete `link` (already gone is fine); the change, if it was there."""
+        deleted = await self._call(
+            ref, f"delete {link.name}", {errno.ENODEV}, self.ipr.link("del", index=link.index)
+        )
+        if not deleted:
+            return []
+        change = Change(ref, "link", "deleted", link.name + detail)
+        log.info("%s", change)
+        return [change]
+
     async def delete_owned_link(self, ref: str, name: str) -> list[Change]:
         """Delete link `name` if it is routevpn's (its alias says so); else leave it."""
         have = await self._link_by_name(name)
         if have is None or naming.parse_link_alias(have.alias) is None:
             return []
-        deleted = await self._call(
-            ref, f"delete {name}", {errno.ENODEV}, self.ipr.link("del", index=have.index)
-        )
-        if not deleted:
-            return []
-        change = Change(ref, "link", "deleted", name)
-        log.info("%s", change)
-        return [change]
+        return await self._delete(ref, have)
 
     # -- addresses -------------------------------------------------------------------
 
@@ -336,14 +347,8 @@ class NetlinkAdapter(RouteOps):
             owner = naming.parse_link_alias(link.alias)
             if owner is None or naming.tunnel_ref(*owner) != ref:
                 continue
-            deleted = await self._call(
-                ref, f"delete {link.name}", {errno.ENODEV}, self.ipr.link("del", index=link.index)
-            )
+            changes += await self._delete(ref, link)
             view.drop_link(link.index)
-            if deleted:
-                change = Change(ref, "link", "deleted", link.name)
-                log.info("%s", change)
-                changes.append(change)
         return changes
 
     async def garbage_collect(
@@ -365,7 +370,13 @@ class NetlinkAdapter(RouteOps):
             for link in links
             if (owner := naming.parse_link_alias(link.alias)) is not None
         }
+        names_wanted = {name for _, name in links_wanted}
         for link in links:
+            if nf.half_made(link) and link.name not in names_wanted:
+                # its tunnel went while the agent was down between the link's two requests
+                ref = f"(unmarked {link.name})"
+                changes += await self._delete(ref, link, " (created, never marked)")
+                continue
             owner = naming.parse_link_alias(link.alias)
             if owner is None:
                 continue

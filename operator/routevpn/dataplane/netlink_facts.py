@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from routevpn.api import naming
 from routevpn.dataplane.facts import AddressFacts, LinkFacts, NetlinkFacts, RouteFacts
 from routevpn.dataplane.plan import IPInterface, LinkPlan, RoutePlan
 
@@ -59,6 +60,7 @@ def link_facts(msg: Any) -> LinkFacts:
         alias=msg.get_attr("IFLA_IFALIAS"),
         mtu=msg.get_attr("IFLA_MTU"),
         up=bool(msg["flags"] & IFF_UP),
+        group=msg.get_attr("IFLA_GROUP") or 0,
         **facts,
     )
 
@@ -86,6 +88,13 @@ def route_facts(msg: Any, names: dict[int, str]) -> RouteFacts | None:
 def effective_metric(route: RoutePlan) -> int:
     """The metric the kernel records: IPv6 turns "no metric" (0) into 1024."""
     return 1024 if route.family == 6 and route.metric == 0 else route.metric
+
+
+def half_made(link: LinkFacts) -> bool:
+    """A tunnel link routevpn created and never marked: in its group, with no alias."""
+    return (
+        not link.alias and link.group == naming.LINK_GROUP and link.kind in ("vti", "vti6", "xfrm")
+    )
 
 
 def link_matches(have: LinkFacts, want: LinkPlan, underlay_index: int | None) -> bool:

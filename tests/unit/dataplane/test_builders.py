@@ -223,6 +223,7 @@ def test_link_builders_are_golden() -> None:
         "ifname": "vti4096",
         "kind": "vti",
         "mtu": 1400,
+        "group": 157,  # naming.LINK_GROUP: routevpn's before the alias is set
         "vti_local": "192.0.2.1",
         "vti_remote": "198.51.100.2",
         "vti_ikey": 4096,
@@ -241,6 +242,7 @@ def test_link_builders_are_golden() -> None:
         "ifname": "vti6x",
         "kind": "vti6",
         "mtu": 1380,
+        "group": 157,  # naming.LINK_GROUP: routevpn's before the alias is set
         "vti_local": "2001:db8::1",
         "vti_remote": "2001:db8::2",
         "vti_ikey": 7,
@@ -250,6 +252,7 @@ def test_link_builders_are_golden() -> None:
         "ifname": "xfrm4097",
         "kind": "xfrm",
         "mtu": 1400,
+        "group": 157,  # naming.LINK_GROUP: routevpn's before the alias is set
         "xfrm_if_id": 4097,
         "xfrm_link": 3,
     }
