@@ -50,6 +50,10 @@ class BgpStep:
         """The tunnel's BGP sessions from its spec and what the node has."""
         self._facts = facts or self._facts
         self.ike_peers[key] = tuple(self._ike_peers(plan))
+        if tunnel.spec.bgp is None:  # most tunnels: nothing to weigh against the node
+            self.blocked.pop(key, None)
+            self.plans.pop(key, None)
+            return
         addrs, routes = _host(facts)
         forbidden = safety.bgp_forbidden(addrs, self._ike_peers(plan), self.settings.protected)
         made = build_bgp_plans(

@@ -153,3 +153,29 @@ def test_a_learned_default_route_never_outranks_the_nodes_own() -> None:
     assert "net.len = 0 then reject" in render(
         [v4], BirdSettings(ipaddress.IPv4Address("192.0.2.1"))
     )
+
+
+def test_forbidden_keeps_exactly_what_no_other_holds_on_a_busy_node() -> None:
+    """The wide-only containment check equals the all-pairs one: node addresses inside a
+    protected network or another wide one go, a host address twice stays once."""
+    addrs = [HostAddress(f"x{i}", ipaddress.ip_interface(f"2001:db8:f0:{i:x}::/127"))
+             for i in range(40)]  # fmt: skip
+    addrs += [
+        HostAddress("eth0", ipaddress.ip_interface("198.51.100.7/24")),
+        HostAddress("eth1", ipaddress.ip_interface("198.51.100.7/24")),
+        HostAddress("lo", ipaddress.ip_interface("127.0.0.1/8")),
+        HostAddress("eth0", ipaddress.ip_interface("fe80::1/64")),
+    ]
+    protected = [net("2001:db8:f0::/60"), net("198.51.100.0/24"), net("198.51.100.0/25")]
+    got = bgp_forbidden(addrs, [ip("203.0.113.9")], protected)
+    every = set(got) | {net(a.address.ip) for a in addrs} | set(protected)
+
+    def inside(n: p.IPNetwork, o: p.IPNetwork) -> bool:
+        return o.version == n.version and n.subnet_of(o)  # type: ignore[arg-type]
+
+    # none kept lies inside another kept one, and everything lies inside one kept
+    assert all(not any(o != n and inside(n, o) for o in got) for n in got)
+    assert all(any(inside(n, o) for o in got) for n in every)
+    assert net("2001:db8:f0:f::/128") not in got  # inside 2001:db8:f0::/60
+    assert net("2001:db8:f0:20::/128") in got and net("203.0.113.9/32") in got
+    assert net("198.51.100.0/24") in got and net("198.51.100.0/25") not in got
