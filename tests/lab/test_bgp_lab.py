@@ -151,6 +151,12 @@ def all_established(h: Any, name: str) -> bool:
     return len(s) == 2 and all(v.get("state") == "Established" for v in s.values())
 
 
+def all_accepted(h: Any, name: str) -> bool:
+    s = sessions(h, name)
+    accepted = [(v.get("prefixes") or {}).get("accepted", 0) for v in s.values()]
+    return len(accepted) == 2 and min(accepted) >= 1
+
+
 def _fail(h: Any, what: str) -> None:
     birds = "\n".join(
         f"--- {n} far bird\n{b.birdc('show protocols')}\n{b.log_tail()}"
@@ -227,6 +233,13 @@ def test_a_sessions_establish_on_both_tunnels_with_counts(lab: Any) -> None:
         print(f"{name}: sessions Established {seconds:.1f}s after both tunnels were Ready")
         tal.wait_true(h, name, ("BgpEstablished",), timeout=60)
     for name in (PRIMARY, BACKUP):
+        # the far end's UPDATE follows Established, and status the agent's next look
+        wait_until(
+            lambda n=name: all_accepted(h, n),  # type: ignore[misc]
+            timeout=60,
+            interval=0.5,
+            what=f"{name}: a prefix accepted on each session",
+        )
         for peer, s in sessions(h, name).items():
             print(f"{name} {peer}: {s}")
             assert s["prefixes"]["accepted"] == 1, s  # its family's far network
