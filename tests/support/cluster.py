@@ -131,8 +131,11 @@ class ControlPlane:
         return res.stdout
 
     def up(self) -> Path:
-        """Start (or find running) and return the admin kubeconfig."""
-        return Path(self._script("up").strip().splitlines()[-1])
+        """Start (or find running) and return the admin kubeconfig. A longer apiserver
+        wait given to the script (ROUTEVPN_APISERVER_WAIT) lengthens this one too."""
+        wait = float(self.extra_env.get("ROUTEVPN_APISERVER_WAIT", "0"))
+        out = self._script("up", timeout=max(UP_TIMEOUT, wait + 120))
+        return Path(out.strip().splitlines()[-1])
 
     def down(self, purge: bool = False) -> None:
         """Stop the processes this control plane's ``up`` started (by PID)."""
