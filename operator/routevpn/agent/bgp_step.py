@@ -55,7 +55,7 @@ class BgpStep:
             self.plans.pop(key, None)
             return
         addrs, routes = _host(facts)
-        forbidden = safety.bgp_forbidden(addrs, self._ike_peers(plan), self.settings.protected)
+        forbidden = safety.bgp_forbidden(addrs, self.ike_peers[key], self.settings.protected)
         made = build_bgp_plans(
             tunnel,
             forbidden,
