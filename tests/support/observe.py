@@ -113,6 +113,26 @@ def xfrm_policies(ns: Netns) -> list[XfrmPolicy]:
     return parse_policies(ns.ip("xfrm", "policy"))
 
 
+def parse_xfrm_stat(text: str) -> dict[str, int]:
+    """``/proc/net/xfrm_stat`` as {counter: value} (``XfrmInNoStates 3`` per line)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def xfrm_stat(ns: Netns) -> dict[str, int]:
+    """The namespace's own xfrm error counters (the file is per network namespace)."""
+    return parse_xfrm_stat(ns.run("cat", "/proc/net/xfrm_stat"))
+
+
+def xfrm_stat_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The counters that moved between two readings, and by how much."""
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
 @dataclass(frozen=True)
 class CaptureSummary:
     """What crossed a link, in classes that matter for IPsec."""

@@ -98,7 +98,11 @@ class Ike(ApiModel):
     )
     reauth_time: Duration | None = Field(
         default=None,
-        description="Re-authenticate (make a new IKE SA) this often; 0s never. Default: 0s.",
+        description=(
+            "Re-authenticate (make a new IKE SA) this often; 0s never. Default: 0s. A "
+            "re-authentication loses up to a round trip of packets, a rekey none: "
+            "prefer rekeying."
+        ),
     )
     dpd: Dpd | None = Field(default=None, description="Dead peer detection.")
     encapsulation: Encapsulation | None = Field(

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from support.observe import classify, merge, parse_policies, parse_states
+from support.observe import (
+    classify,
+    merge,
+    parse_policies,
+    parse_states,
+    parse_xfrm_stat,
+    xfrm_stat_delta,
+)
 
 STATES = """\
 src 192.0.2.1 dst 192.0.2.2
@@ -75,3 +82,10 @@ def test_classify_counts_esp_and_clear_pings_only() -> None:
     assert (got.esp, got.clear_echo, got.total) == (2, 2, 5)
     both = merge(got, classify(lines[:1]))
     assert (both.esp, both.clear_echo, both.total) == (3, 2, 6)
+
+
+def test_xfrm_stat_parses_and_reports_only_what_moved() -> None:
+    before = parse_xfrm_stat("XfrmInError             \t0\nXfrmInNoStates          \t3\n")
+    assert before == {"XfrmInError": 0, "XfrmInNoStates": 3}
+    after = parse_xfrm_stat("XfrmInError 0\nXfrmInNoStates 5\nXfrmInStateInvalid 2\n")
+    assert xfrm_stat_delta(before, after) == {"XfrmInNoStates": 2, "XfrmInStateInvalid": 2}
