@@ -185,8 +185,11 @@ build_one() {
     charon) build_dockerfile charon "$out" "$ROOT/images/charon" ;;
     pause) build_pause "$out" ;;
     esac
-    # Older archives of this image are superseded.
-    find "$OUT" -maxdepth 1 -name "$name-*.oci.tar" ! -path "$out" -delete
+    # Older archives of this image are superseded, but the cache is shared by every
+    # checkout of this machine (a worktree may still test the one before): keep the
+    # three newest.
+    find "$OUT" -maxdepth 1 -name "$name-*.oci.tar" -printf '%T@ %p\n' | sort -rn |
+        tail -n +4 | cut -d' ' -f2- | xargs -r rm -f --
     log "$name: built $(basename "$out") in $((SECONDS - t0))s ($(du -h "$out" | cut -f1))"
 }
 
