@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The test command: set up (idempotent), then lint, type-check, check the layer
-# contracts and run every test tier (unit, netns, cluster, lab). Extra arguments go to
-# pytest, e.g. `hack/test.sh -m unit`.
+# contracts and run every test tier (unit, netns, cluster, lab, node). Extra arguments go
+# to ONE pytest, e.g. `hack/test.sh -m unit`.
+#
+# Without arguments the tiers run in three pytest sessions, timed: the node tier (its
+# own QEMU guest and control plane, generous waits) beside the host tiers (unit, netns,
+# cluster), then the lab tier alone, whose traffic figures want the machine to itself.
+# ROUTEVPN_SERIAL_TIERS=1 runs them in one session instead.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,13 +19,46 @@ echo "== ruff check" && ruff check .
 echo "== ruff format --check" && ruff format --check .
 echo "== mypy --strict" && mypy
 echo "== import-linter" && lint-imports
-echo "== pytest"
-set +e
-pytest "$@"
-rc=$?
-set -e
-if [[ $rc -eq 5 ]]; then
-    echo "pytest collected no test: that is a failure here" >&2
+
+# One pytest session; its exit status, where 5 (nothing collected) is a failure too.
+run_pytest() {
+    local rc=0
+    pytest "$@" || rc=$?
+    if [[ $rc -eq 5 ]]; then
+        echo "pytest collected no test for: $*: that is a failure here" >&2
+        rc=1
+    fi
+    return "$rc"
+}
+
+if [[ $# -gt 0 || "${ROUTEVPN_SERIAL_TIERS:-}" == 1 ]]; then
+    echo "== pytest"
+    rc=0
+    run_pytest "$@" || rc=$?
+    exit "$rc"
+fi
+
+node_log="$(mktemp -t routevpn-node-tier.XXXXXX)"
+trap 'rm -f "$node_log"' EXIT
+echo "== pytest: the node tier (beside the host tiers; its output follows theirs)"
+t0=$SECONDS
+run_pytest -m node >"$node_log" 2>&1 &
+node_pid=$!
+echo "== pytest: unit, netns, cluster"
+host_rc=0
+run_pytest -m "not lab and not node" || host_rc=$?
+host_s=$((SECONDS - t0))
+node_rc=0
+wait "$node_pid" || node_rc=$?
+node_s=$((SECONDS - t0))
+echo "== pytest: the node tier's output"
+cat "$node_log"
+echo "== pytest: lab"
+t1=$SECONDS
+lab_rc=0
+run_pytest -m lab || lab_rc=$?
+echo "== tiers: unit+netns+cluster ${host_s}s (rc $host_rc), node ${node_s}s beside them" \
+    "(rc $node_rc), then lab $((SECONDS - t1))s (rc $lab_rc)"
+if ((host_rc || node_rc || lab_rc)); then
     exit 1
 fi
-exit "$rc"
