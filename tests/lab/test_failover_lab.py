@@ -164,6 +164,9 @@ def agent_world(
                 agent_ns,
                 "--vici-socket",
                 str(charon.vici_socket),
+                # as the chart: a record of loaded secrets beside charon's socket
+                "--state-dir",
+                str(charon.vici_socket.parent / "agent"),
                 "--http-port",
                 "19478",
                 "--bind-address",

@@ -30,6 +30,7 @@ import base64
 import contextlib
 import os
 import re
+import secrets
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -320,3 +321,51 @@ def test_psk_rotated_under_a_tcp_stream(one: tfl.Ha) -> None:
         f"changed (bound {REAUTH_BOUND_S:.0f}s), IKE SAs now {now}, {out.lost} pings lost"
     )
     assert [st for _, st in now] == ["ESTABLISHED"], now
+
+
+def test_psk_rotated_while_no_agent_ran(one: tfl.Ha) -> None:
+    """The far end's admin and the operator rotate the PSK while the agent is stopped (an
+    upgrade, a crash loop): the next agent finds the secret it loads is not the one its
+    record beside charon names (`--state-dir`), and re-authenticates as a running agent
+    would. Without the record nothing would tell it, and the IKE SA authenticated with
+    the old PSK would live on (a rekey keeps the old authentication)."""
+    h = one
+    new_psk = secrets.token_hex(24)
+    old = [i for i, st in ike_sas(h) if st == "ESTABLISHED"]
+    assert len(old) == 1, ike_sas(h)
+    timing: dict[str, float] = {}
+
+    def rotate_without_agent() -> None:
+        h.agent.stop()
+        h.world.gws[0].load(new_psk)
+        rotate_secret(h, tfl.PRIMARY, new_psk)
+
+    def agent_back() -> None:
+        timing["log_at"] = h.agent.log.stat().st_size
+        h.agent.start()
+        wait_until(h.agent.ready, timeout=120, interval=0.5, what="agent ready")
+        t0 = time.time()
+        wait_until(
+            lambda: old[0] not in {i for i, _ in ike_sas(h)},
+            timeout=REAUTH_BOUND_S,
+            interval=0.2,
+            what=f"the old IKE SA #{old[0]} gone (bound {REAUTH_BOUND_S:.0f}s)",
+        )
+        timing["gone"] = time.time() - t0
+
+    try:
+        out = survive(h, "psk-rotation-agent-down", rotate_without_agent, agent_back)
+    finally:
+        h.psk = new_psk
+    now = ike_sas(h)
+    print(
+        f"psk-rotation-agent-down: old IKE SA #{old[0]} gone {timing['gone']:.1f}s after "
+        f"the agent was ready (bound {REAUTH_BOUND_S:.0f}s), IKE SAs now {now}, "
+        f"{out.lost} pings lost"
+    )
+    assert [st for _, st in now] == ["ESTABLISHED"], now
+    # the restarted agent's doing (its log since the start), not charon's own
+    with h.agent.log.open("rb") as f:
+        f.seek(int(timing["log_at"]))
+        since = f.read().decode(errors="replace")
+    assert f"reauthenticating {naming.conn_name(h.tunnel_ns, tfl.PRIMARY)} #{old[0]}" in since

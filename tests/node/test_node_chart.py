@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from routevpn.api import naming
 from support import farend, release
 from support import node as labnode
 from support.kube import wait_until
@@ -117,6 +118,18 @@ def test_the_kernel_holds_the_sas_the_status_names(installed: Installed, seed: S
     xfrm = installed.node.run("ip xfrm state")
     for spi in (child["spiIn"], child["spiOut"]):
         assert f"spi 0x{int(spi, 16):08x}" in xfrm, (spi, xfrm)
+
+
+def test_the_agent_records_the_loaded_secret_root_only(installed: Installed, seed: Seed) -> None:
+    """The record of loaded secrets (docs/status.md, "Rotating a PSK or key") is on the
+    node beside charon's socket, root's alone, and names the seed's connection."""
+    tunnel = _tunnel(installed.node) or {}
+    meta = tunnel["metadata"]
+    path = f"{VICI_DIR}/agent/secrets.json"
+    out = installed.node.run(f"stat -c '%a %U' {path}; cat {path}")
+    mode, body = out.split("\n", 1)
+    assert mode.strip() == "600 root", out
+    assert list(json.loads(body)["conns"]) == [naming.conn_name(meta["namespace"], meta["name"])]
 
 
 #: Every other example: each in a namespace of its own (two share a Secret's name), in

@@ -18,6 +18,7 @@ from routevpn.agent.traffic import TrafficPolicy
 from routevpn.dataplane.ipsec import IpsecAdapter
 from routevpn.dataplane.netlink import NetlinkAdapter
 from routevpn.dataplane.real import RealDriver
+from routevpn.dataplane.secret_record import SecretRecord
 from routevpn.kube import http
 from routevpn.kube.client import KubeClient, connect
 from routevpn.kube.events import EventPoster
@@ -36,6 +37,7 @@ class Options:
     http_port: int
     bind_address: str = "0.0.0.0"  # noqa: S104 - a DaemonSet probe port, by design
     kubeconfig: str | None = None
+    state_dir: Path | None = None
 
 
 def proc_sys() -> Path:
@@ -53,7 +55,8 @@ async def serve(opts: Options) -> None:
         on_write=lambda kind: metrics.api_writes_total.labels(kind).inc(),
     )
     events = EventPoster(kube.create_event, FIELD_MANAGER, opts.settings.node)
-    ipsec = IpsecAdapter(opts.vici_socket)
+    record = SecretRecord(opts.state_dir) if opts.state_dir is not None else None
+    ipsec = IpsecAdapter(opts.vici_socket, record=record)
     async with NetlinkAdapter(proc_sys()) as netlink:
         driver = RealDriver(netlink, ipsec)
         s = opts.settings
@@ -111,6 +114,7 @@ def options(args: argparse.Namespace) -> Options:
         http_port=args.http_port,
         bind_address=args.bind_address,
         kubeconfig=args.kubeconfig,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
     )
 
 

@@ -18,11 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=env.get("ROUTEVPN_NAMESPACE"),
         help="routevpn's namespace, where delivered Secrets live ($ROUTEVPN_NAMESPACE)",
     )
-    parser.add_argument(
-        "--vici-socket",
-        default="/run/routevpn/charon.vici",
-        help="charon's VICI socket (default: %(default)s)",
-    )
+    _add_charon_arguments(parser)
     parser.add_argument(
         "--http-port", type=int, default=9478, help="/metrics, /healthz, /readyz port"
     )
@@ -51,6 +47,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-level",
         default=env.get("ROUTEVPN_LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING (default: $ROUTEVPN_LOG_LEVEL or INFO)",
+    )
+
+
+def _add_charon_arguments(parser: argparse.ArgumentParser) -> None:
+    """charon, and what the agent keeps beside it."""
+    parser.add_argument(
+        "--vici-socket",
+        default="/run/routevpn/charon.vici",
+        help="charon's VICI socket (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        help="a root-only directory of the node, kept as long as charon runs, where the "
+        "agent records which secret each connection was loaded with (keyed digests only), "
+        "so a Secret rotated while no agent ran still re-authenticates its tunnel "
+        "(default: none, and such a rotation waits for the IKE SA's own end)",
     )
 
 

@@ -37,6 +37,7 @@ from routevpn.dataplane.facts import Change, IkeSaFacts, IpsecFacts
 from routevpn.dataplane.ipsec_listing import CharonListing
 from routevpn.dataplane.ipsec_session import ViciCommands, tunnel_ref
 from routevpn.dataplane.plan import CertAuth, PskCredential, TunnelPlan
+from routevpn.dataplane.secret_record import SecretRecord
 from routevpn.dataplane.vici_facts import IpsecEvent, text
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,11 @@ class IpsecAdapter:
         vici_socket: str,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        record: SecretRecord | None = None,
     ) -> None:
         self.vici_socket = vici_socket
+        #: the secrets loaded before this adapter started (see secret_record), if kept
+        self._record = record
         self._clock = clock
         #: connection name → when an initiation was last asked of charon
         self._initiated: dict[str, float] = {}
@@ -135,13 +139,22 @@ class IpsecAdapter:
             key_id, changes = await self._load_key(plan, key_id, secret_stale)
         conn_stale = prev is None or prev.conn_digest != conn_digest
         changes += await self._load_conn(plan, message, conn_stale)
-        if prev is not None and prev.secret_digest != secret_digest:
+        if self._rotated(name, prev, secret_digest):
             changes += await self._reauthenticate(plan.ref, name)
+        if self._record is not None:
+            self._record.put(name, secret_digest)
         wants_up = prev.wants_up if prev else False
         self._loaded[name] = _Loaded(plan, conn_digest, secret_digest, key_id, wants_up)
         for change in changes:
             log.info("%s", change)
         return changes
+
+    def _rotated(self, conn: str, prev: _Loaded | None, secret_digest: str) -> bool:
+        """Was `conn` loaded with another secret: by this adapter, or (first load
+        since the agent started) by the agent before it, as its record says."""
+        if prev is not None:
+            return prev.secret_digest != secret_digest
+        return self._record is not None and self._record.differs(conn, secret_digest)
 
     async def _load_psk(self, plan: TunnelPlan, stale: bool) -> list[Change]:
         """Load the shared key unless charon lists it and it is the one we loaded."""
@@ -265,6 +278,8 @@ class IpsecAdapter:
             self._listing.forget("shared", conn)
             changes.append(Change(ref, "secret", "unloaded", f"psk {conn}"))
         self._initiated.pop(conn, None)
+        if self._record is not None:
+            self._record.drop(conn)
         loaded = self._loaded.pop(conn, None)
         if loaded is not None and loaded.key_id and loaded.key_id in await self._listing.key_ids():
             key_id = loaded.key_id

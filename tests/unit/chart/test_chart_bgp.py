@@ -44,7 +44,8 @@ def test_enabled_bird_container_and_agent_wiring(tmp_path: Path) -> None:
     assert flags["--bird-config-dir"] == "/run/routevpn/bird"
     assert flags["--bgp-local-asn"] == "4200000001"
     assert flags["--bgp-kernel-metric"] == "77"
-    # the agent writes only the bird/ subdirectory; the socket directory stays read-only
+    # the agent writes only the bird/ and agent/ subdirectories; the socket directory
+    # stays read-only
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/run/routevpn"]["readOnly"] is True
     assert not mounts["/run/routevpn/bird"].get("readOnly", False)
@@ -54,6 +55,7 @@ def test_enabled_bird_container_and_agent_wiring(tmp_path: Path) -> None:
     writable = [m for m in container["volumeMounts"] if not m.get("readOnly")]
     assert {m["mountPath"] for m in writable} <= {
         "/run/routevpn/bird",
+        "/run/routevpn/agent",
         "/tmp",
         "/host/proc/sys/net",
     }

@@ -175,6 +175,8 @@ def test_agent_and_charon_pod_capabilities(docs: list[Manifest]) -> None:
         "routevpn-system",
         "--vici-socket",
         "/run/routevpn/charon.vici",
+        "--state-dir",
+        "/run/routevpn/agent",
         "--http-port",
         "9478",
         "--bind-address",
@@ -224,15 +226,20 @@ def test_agent_host_mounts_are_the_minimum(docs: list[Manifest]) -> None:
         "proc-sys-net": "/proc/sys/net",
         "lib-modules": "/lib/modules",
         "vici": VICI_DIR,
+        "agent-state": f"{VICI_DIR}/agent",
     }
     # /lib/modules read-only, and only where modules are loaded; /proc/sys/net only in
     # the agent, which sets per-interface sysctls; charon's socket directory read-only
-    # (connecting works; replacing the socket or planting files does not).
+    # (connecting works; replacing the socket or planting files does not); the agent's
+    # own record of loaded secrets (keyed digests) in a subdirectory of its own.
     assert _host_mounts(ds) == {
         ("load-kernel-modules", "lib-modules"): True,
         ("agent", "proc-sys-net"): False,
         ("agent", "vici"): True,
+        ("agent", "agent-state"): False,
     }
+    args = [str(a) for a in containers(ds)["agent"]["args"]]
+    assert args[args.index("--state-dir") + 1] == "/run/routevpn/agent"
 
 
 def test_charon_host_mounts_are_the_socket_directory_only(docs: list[Manifest]) -> None:
@@ -267,12 +274,12 @@ def test_each_release_has_its_own_socket_directory(tmp_path: Path) -> None:
     }
 
 
-def test_minimal_agent_has_only_the_socket_directory_and_no_extra_capabilities(
+def test_minimal_agent_has_only_the_socket_directories_and_no_extra_capabilities(
     tmp_path: Path,
 ) -> None:
     docs = render(VALUE_SETS["minimal"], tmp_path)
     ds = find(docs, "DaemonSet", "agent")
-    assert _host_paths(ds) == {"vici": VICI_DIR}
+    assert _host_paths(ds) == {"vici": VICI_DIR, "agent-state": f"{VICI_DIR}/agent"}
     assert set(containers(ds)) == {"agent"}
     kinds = {d["kind"] for d in docs}
     assert not kinds & {

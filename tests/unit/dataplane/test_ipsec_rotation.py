@@ -7,11 +7,15 @@ rotation proves the same against real charons under traffic.
 from __future__ import annotations
 
 import asyncio
+import json
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from routevpn.dataplane.ipsec import IpsecAdapter
 from routevpn.dataplane.plan import ConnPlan, PskCredential, Secret, TunnelPlan
+from routevpn.dataplane.secret_record import FILE, SecretRecord
 
 CONN = "routevpn.prod.site-b"
 
@@ -30,6 +34,12 @@ class FakeCharon:
 
     def load_conn(self, msg: dict[str, Any]) -> None:
         self.conns.update(msg)
+
+    def unload_conn(self, msg: dict[str, str]) -> None:
+        self.conns.discard(msg["name"])
+
+    def unload_shared(self, msg: dict[str, str]) -> None:
+        self.shared.discard(msg["id"])
 
     def get_conns(self) -> dict[str, Any]:
         return {"conns": [c.encode() for c in self.conns]}
@@ -98,3 +108,61 @@ def test_a_rotated_psk_reauthenticates_each_established_ike_sa_once() -> None:
     # only the established SA: one still connecting authenticates with the new key anyway
     assert charon.rekeys == [{"ike-id": "3", "reauth": "yes"}]
     assert "new-key" not in " ".join(rotated)
+
+
+def _restarted(charon: FakeCharon, record_dir: Path | None) -> IpsecAdapter:
+    """A new adapter (the agent restarted) in front of the same charon."""
+    ad = IpsecAdapter(
+        "/nonexistent/charon.vici", record=SecretRecord(record_dir) if record_dir else None
+    )
+    ad._cmd = FakeCommands(charon)  # type: ignore[assignment]
+    return ad
+
+
+def _load(ad: IpsecAdapter, psk: str) -> list[str]:
+    return [str(c) for c in asyncio.run(ad.load(plan(psk)))]
+
+
+def test_a_psk_rotated_while_no_agent_ran_reauthenticates_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    charon = FakeCharon()
+    _load(_restarted(charon, tmp_path), "old-key")
+    charon.sas = {"3": "ESTABLISHED"}
+    # restarted with the same secret: nothing to do (the agent-kill lab case: no re-key)
+    assert not any("reauth" in c for c in _load(_restarted(charon, tmp_path), "old-key"))
+    assert charon.rekeys == []
+    # restarted after the Secret changed: re-authenticated once, then recorded
+    rotated = _load(_restarted(charon, tmp_path), "new-key")
+    assert f"prod/site-b: ike reauthenticating {CONN} #3" in rotated
+    assert charon.rekeys == [{"ike-id": "3", "reauth": "yes"}]
+    assert not any("reauth" in c for c in _load(_restarted(charon, tmp_path), "new-key"))
+    assert len(charon.rekeys) == 1
+
+
+def test_without_a_record_a_restart_cannot_tell_and_reauthenticates_nothing(
+    tmp_path: Path,
+) -> None:
+    charon = FakeCharon()
+    _load(_restarted(charon, None), "old-key")
+    charon.sas = {"3": "ESTABLISHED"}
+    _load(_restarted(charon, None), "new-key")
+    (tmp_path / FILE).write_text("{not json")  # unreadable: started afresh, not trusted
+    _load(_restarted(charon, tmp_path), "newer-key")
+    assert charon.rekeys == []
+
+
+def test_the_record_is_root_only_holds_no_secret_and_forgets_unloaded_conns(
+    tmp_path: Path,
+) -> None:
+    charon = FakeCharon()
+    ad = _restarted(charon, tmp_path)
+    _load(ad, "the-psk")
+    path = tmp_path / FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    digest = PskCredential(Secret("the-psk")).psk.digest()
+    assert "the-psk" not in text and digest not in text
+    assert CONN in json.loads(text)["conns"]
+    asyncio.run(ad.unload(CONN))
+    assert CONN not in json.loads(path.read_text())["conns"]
