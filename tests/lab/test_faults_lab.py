@@ -275,6 +275,18 @@ def ike_sas(h: tfl.Ha) -> list[tuple[str, str]]:
     return [(m["id"], m["state"]) for m in _IKE_SA.finditer(text) if m["conn"] == conn]
 
 
+def old_ike_sa_gone(h: tfl.Ha, old: str, *, since: float) -> float:
+    """Wait (within REAUTH_BOUND_S) until the node's IKE SA `old` is gone; seconds from
+    `since`."""
+    wait_until(
+        lambda: old not in {i for i, _ in ike_sas(h)},
+        timeout=REAUTH_BOUND_S,
+        interval=0.2,
+        what=f"the old IKE SA #{old} gone (bound {REAUTH_BOUND_S:.0f}s)",
+    )
+    return time.time() - since
+
+
 def rotate_secret(h: tfl.Ha, name: str, psk: str) -> None:
     """The operator's part: the delivered Secret carries the user's new PSK."""
     h.core.patch_namespaced_secret(
@@ -303,13 +315,7 @@ def test_psk_rotated_under_a_tcp_stream(one: tfl.Ha) -> None:
     def operator_delivers() -> None:
         t0 = time.time()
         rotate_secret(h, tfl.PRIMARY, new_psk)
-        wait_until(
-            lambda: old[0] not in {i for i, _ in ike_sas(h)},
-            timeout=REAUTH_BOUND_S,
-            interval=0.2,
-            what=f"the old IKE SA #{old[0]} gone (bound {REAUTH_BOUND_S:.0f}s)",
-        )
-        timing["gone"] = time.time() - t0
+        timing["gone"] = old_ike_sa_gone(h, old[0], since=t0)
 
     try:
         out = survive(h, "psk-rotation", far_end_admin, operator_delivers)
@@ -344,14 +350,7 @@ def test_psk_rotated_while_no_agent_ran(one: tfl.Ha) -> None:
         timing["log_at"] = h.agent.log.stat().st_size
         h.agent.start()
         wait_until(h.agent.ready, timeout=120, interval=0.5, what="agent ready")
-        t0 = time.time()
-        wait_until(
-            lambda: old[0] not in {i for i, _ in ike_sas(h)},
-            timeout=REAUTH_BOUND_S,
-            interval=0.2,
-            what=f"the old IKE SA #{old[0]} gone (bound {REAUTH_BOUND_S:.0f}s)",
-        )
-        timing["gone"] = time.time() - t0
+        timing["gone"] = old_ike_sa_gone(h, old[0], since=time.time())
 
     try:
         out = survive(h, "psk-rotation-agent-down", rotate_without_agent, agent_back)
