@@ -14,6 +14,7 @@ machine and fail in CI (``missing()``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,24 @@ def lab_node(
             node.stop()
             raise
         break
+    _say_ready()
     try:
         yield node
     finally:
         node.stop()
+
+
+#: A file to create once the node is Ready (hack/test.sh starts the host tiers then).
+READY_FILE_ENV = "ROUTEVPN_NODE_READY_FILE"
+
+
+def _say_ready() -> None:
+    """The guest's kernel has been seen to lock up with both vCPUs in the kubelet at its
+    start (iptables under TCG) when the host is busy: hack/test.sh keeps the host tiers
+    back until this says the node is Ready."""
+    path = os.environ.get(READY_FILE_ENV)
+    if path:
+        Path(path).touch()
 
 
 @pytest.fixture(scope="session")
