@@ -18,8 +18,9 @@ asserts on wall time.
 
 Every lost ping is accounted for: the kernels' own xfrm error counters
 (``/proc/net/xfrm_stat``, per namespace) are read on both sides around each run and
-printed, and against the re-authenticating far end the test asserts that each lost
-ping is a packet a kernel dropped for want of an installed SA (see that test).
+printed. Rekeys: neither kernel drops a packet. Against the re-authenticating far end
+the node's kernel drops only packets that arrive for an SA it does not have: it never
+fails to send (see that test).
 """
 
 from __future__ import annotations
@@ -168,7 +169,13 @@ def test_rekeys_from_both_ends_lose_no_packet(one: tfl.Ha) -> None:
     assert not seen.node_drops and not seen.far_drops, (seen.node_drops, seen.far_drops)
 
 
-def test_a_far_end_that_reauthenticates_costs_the_node_no_drop(one: tfl.Ha) -> None:
+# What a node may count while the far end re-authenticates: packets that arrive for an
+# SA the node no longer (or not yet) has. Anything else (no outbound SA, a blocked
+# policy, an acquire that failed) would be the node failing to send: none is allowed.
+REAUTH_NODE_DROPS = frozenset({"XfrmInNoStates"})
+
+
+def test_a_far_end_that_reauthenticates_loses_under_a_second(one: tfl.Ha) -> None:
     gw = one.world.gws[0]
     gw.load(one.psk, ike_extra=FAR_REAUTH, child_extra=FAR_CHILD)
     # a fresh IKE SA, so the far end's re-authentication time applies to it
@@ -180,15 +187,18 @@ def test_a_far_end_that_reauthenticates_costs_the_node_no_drop(one: tfl.Ha) -> N
         interval=1,
         what="a new IKE SA and its CHILD SA",
     )
-    # Not 0, and not the node's doing. A re-authentication is a new IKE SA with a new
-    # CHILD SA (RFC 7296 2.8.3), with none of a rekey's hand-over: the node, answering
-    # IKE_AUTH, installs its new outbound SA at once (strongSwan's child_create does
-    # for every IKE_AUTH responder), so packets it sends in the next round trip reach a
-    # far end that has not installed the inbound one yet (its XfrmInNoStates); and the
-    # far end, swapping its own SAs, drops some of its own outbound packets
-    # (XfrmAcquireError). In the lab: 6 lost of 3375, 2 + 3 of them counted so by the
-    # far end's kernel, none by the node's. So: the node's kernel drops nothing, and
+    # Not 0, whatever the node does. A re-authentication is a new IKE SA with a new
+    # CHILD SA (RFC 7296 2.8.3), with none of a rekey's hand-over. The node, answering
+    # IKE_AUTH, installs its new outbound SA at once (strongSwan's child_create does for
+    # every IKE_AUTH responder), so what it sends in the next round trip reaches a far
+    # end that has not installed the inbound SA yet (the far end's XfrmInNoStates). The
+    # far end's DELETE of the old IKE SA removes the old SAs at the node first, while
+    # the far end may still send on its old outbound SA until the answer arrives (the
+    # node's XfrmInNoStates). And the far end, swapping its own SAs, drops some of its
+    # own outbound packets (XfrmAcquireError). Two runs: 6 lost of 3375 (far end 2 + 3,
+    # node 0) and 4 of 3450 (far end 1 + 2, node 1). So the test asserts that the node
+    # never failed to send (only inbound packets for an SA it did not have), and that
     # the loss stays within a second's worth, which a break-before-make
     # re-authentication (the old SAs deleted first) exceeds.
     seen = soak(one, "reauth", allowed_lost=round(1.0 / INTERVAL))
-    assert not seen.node_drops, seen.node_drops
+    assert set(seen.node_drops) <= REAUTH_NODE_DROPS, seen.node_drops
