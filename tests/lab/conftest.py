@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from support import lab, labreport, labspec
+from support import faultplane, lab, labreport, labspec
 from support.cluster import ControlPlane, bin_dir
 from support.tiers import missing
 
@@ -44,7 +44,13 @@ API_TESTS = (
     "test_rekeys_lab.py",
 )
 GUEST_KUBECONFIG_ENV = "ROUTEVPN_LAB_KUBECONFIG"
-API_NOTE_KEY = pytest.StashKey[str]()
+# The API-fault tests' own control plane on the host, and how they learn it.
+FAULTS_API_TEST = "test_faults_api_lab.py"
+FAULTS_KUBECONFIG_ENV = "ROUTEVPN_LAB_FAULTS_KUBECONFIG"
+FAULTS_URL_ENV = "ROUTEVPN_LAB_FAULTS_URL"
+# Where the guest reaches the host's forwarded ports
+SERVICE = labspec.UserNet().service
+API_NOTE_KEY = pytest.StashKey[list[str]]()
 
 
 # --- inside the guest ------------------------------------------------------------
@@ -193,9 +199,12 @@ def guest_run(config: pytest.Config) -> GuestRun:
     ]
     env = {RESULTS_ENV: f"{labspec.GUEST_SCRATCH}/results.jsonl"}
     with contextlib.ExitStack() as stack:
-        net = None
+        ports: list[int] = []
         if any(name in i for i in ids for name in API_TESTS):
-            net = _host_api_server(config, stack, scratch, env)
+            ports += _host_api_server(config, stack, scratch, env)
+        if any(FAULTS_API_TEST in i for i in ids):
+            ports += _host_fault_plane(config, stack, scratch, env)
+        net = labspec.UserNet(forward_ports=tuple(ports)) if ports else None
         try:
             run.result = lab.run_in_guest(
                 command, timeout=LAB_TIMEOUT, cwd=rootdir, env=env, scratch=scratch, net=net
@@ -209,33 +218,73 @@ def guest_run(config: pytest.Config) -> GuestRun:
     return run
 
 
-def _host_api_server(
-    config: pytest.Config, stack: contextlib.ExitStack, scratch: Path, env: dict[str, str]
-) -> labspec.UserNet | None:
-    """A control plane on the host for the guest's agent tests, as a real cluster's API
-    server is off the node: reached through QEMU user networking on a TEST-NET range
-    (`labspec.UserNet`), it spares the emulated CPUs a minute of start-up and the API
-    server's load. None (the tests then start one inside the guest) if it can't start."""
+def _host_control_plane(
+    config: pytest.Config, stack: contextlib.ExitStack, scratch: Path, name: str
+) -> tuple[ControlPlane, Path] | None:
+    """A control plane on the host, stopped with `stack`, and a kubeconfig for the guest
+    in `scratch`; None (with the reason noted) if it can't start."""
     if bin_dir() is None:
         return None
-    state = Path(config._tmp_path_factory.mktemp("lab-control-plane", numbered=True))  # type: ignore[attr-defined]
+    state = Path(config._tmp_path_factory.mktemp(name, numbered=True))  # type: ignore[attr-defined]
     cp = ControlPlane.ephemeral(state)
     try:
         cp.up()
     except Exception as e:  # any failure: fall back to one in the guest, and say why
         cp.down(purge=True)
-        config.stash[API_NOTE_KEY] = f"host control plane failed ({e}); one in the guest"
+        notes = config.stash.get(API_NOTE_KEY, [])
+        config.stash[API_NOTE_KEY] = [*notes, f"{name}: host control plane failed ({e})"]
         return None
     stack.callback(cp.down, purge=True)
     assert cp.api_port is not None
-    net = labspec.UserNet(forward_ports=(cp.api_port,))
-    kubeconfig = cp.kubeconfig(server=f"https://{net.service}:{cp.api_port}")
-    (scratch / "guest.kubeconfig").write_text(kubeconfig.read_text())
-    env[GUEST_KUBECONFIG_ENV] = f"{labspec.GUEST_SCRATCH}/guest.kubeconfig"
-    config.stash[API_NOTE_KEY] = (
-        f"agent tests use a control plane on the host via {net.service}:{cp.api_port}"
-    )
-    return net
+    kubeconfig = cp.kubeconfig(server=f"https://{SERVICE}:{cp.api_port}")
+    guest_kubeconfig = scratch / f"{name}.kubeconfig"
+    guest_kubeconfig.write_text(kubeconfig.read_text())
+    return cp, guest_kubeconfig
+
+
+def _host_api_server(
+    config: pytest.Config, stack: contextlib.ExitStack, scratch: Path, env: dict[str, str]
+) -> list[int]:
+    """A control plane on the host for the guest's agent tests, as a real cluster's API
+    server is off the node: reached through QEMU user networking on a TEST-NET range
+    (`labspec.UserNet`), it spares the emulated CPUs a minute of start-up and the API
+    server's load. The ports to forward; none (the tests then start one inside the
+    guest) if it can't start."""
+    made = _host_control_plane(config, stack, scratch, "lab-control-plane")
+    if made is None:
+        return []
+    cp, kubeconfig = made
+    assert cp.api_port is not None
+    env[GUEST_KUBECONFIG_ENV] = f"{labspec.GUEST_SCRATCH}/{kubeconfig.name}"
+    notes = config.stash.get(API_NOTE_KEY, [])
+    config.stash[API_NOTE_KEY] = [
+        *notes,
+        f"agent tests use a control plane on the host via {SERVICE}:{cp.api_port}",
+    ]
+    return [cp.api_port]
+
+
+def _host_fault_plane(
+    config: pytest.Config, stack: contextlib.ExitStack, scratch: Path, env: dict[str, str]
+) -> list[int]:
+    """A second control plane on the host for the API-fault tests, which freeze, kill
+    and restart its etcd and kube-apiserver through a `faultplane.FaultServer`: the
+    guest reaches both over forwarded ports. None (the tests then start one of their own
+    inside the guest, minutes slower) if it can't start."""
+    made = _host_control_plane(config, stack, scratch, "lab-fault-plane")
+    if made is None:
+        return []
+    cp, kubeconfig = made
+    assert cp.api_port is not None
+    server = stack.enter_context(faultplane.FaultServer(cp))
+    env[FAULTS_KUBECONFIG_ENV] = f"{labspec.GUEST_SCRATCH}/{kubeconfig.name}"
+    env[FAULTS_URL_ENV] = f"http://{SERVICE}:{server.port}"
+    notes = config.stash.get(API_NOTE_KEY, [])
+    config.stash[API_NOTE_KEY] = [
+        *notes,
+        f"API-fault tests break a control plane on the host via {SERVICE}:{cp.api_port}",
+    ]
+    return [cp.api_port, server.port]
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -265,8 +314,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         "lab: per module (guest clock, set-up included): "
         + ", ".join(f"{m.removesuffix('.py')} {s:.0f}s" for m, s in ranked)
     )
-    note = config.stash.get(API_NOTE_KEY, None)
-    if note:
+    for note in config.stash.get(API_NOTE_KEY, []):
         tr.write_line(f"lab: {note}")
 
 

@@ -4,13 +4,16 @@ plane is left as it is, status catches up after, and the return brings no write 
 Topology and assertions as tests/lab/test_faults_lab.py (the HA pair's node, its first
 far end by hand, the REAL agent with a charon of its own; a 20 ms ping and a TCP stream
 through the tunnel; nothing foreign touched; API writes counted), with a control plane
-of its OWN inside the guest (hack/local-cluster.sh: etcd and kube-apiserver as
-processes this test can stop), never the host's forwarded one. Each case:
+of its OWN (hack/local-cluster.sh: etcd and kube-apiserver as processes this test can
+stop), never the one the other lab tests share. The lab's host side starts it, as a
+real cluster's API server is off the node, and the test breaks it through
+`support.faultplane` on a second forwarded port; run by hand in a guest without that,
+the test starts one inside the guest (minutes of emulated CPU more). Each case:
 
 - kube-apiserver frozen (SIGSTOP) for `OUTAGE_S` (a minute in the full soak, 20 s in
   CI's form): requests hang (a hung API server);
 - kube-apiserver killed (SIGKILL), down `DOWN_S`, restarted with its own command line:
-  connections refused meanwhile;
+  connections refused meanwhile (through the host's forward: accepted, then closed);
 - etcd killed (SIGKILL), down `DOWN_S`, restarted with the same data directory.
 
 and asserts that the tunnel's IKE and CHILD SPIs are those of before, that its routes
@@ -25,8 +28,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,10 +41,15 @@ from routevpn.api import naming
 from support import hapair as ha
 from support import swanctl as sw
 from support.cluster import ControlPlane, bin_dir
+from support.faultplane import Faults, LocalFaults, RemoteFaults
 from support.kube import wait_until
 from support.tiers import missing
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(1200)]
+
+# Set by tests/lab/conftest.py when the lab's host side runs a control plane to break
+FAULTS_KUBECONFIG_ENV = "ROUTEVPN_LAB_FAULTS_KUBECONFIG"
+FAULTS_URL_ENV = "ROUTEVPN_LAB_FAULTS_URL"
 
 # A soak: CI runs the outages shortened; ROUTEVPN_SOAK_FULL=1 runs the issue's minute.
 FULL = os.environ.get("ROUTEVPN_SOAK_FULL") == "1"
@@ -64,8 +70,13 @@ AGENT_READY_S = 300
 
 
 @contextlib.contextmanager
-def own_control_plane(workdir: Path) -> Iterator[tuple[ControlPlane, Path]]:
-    """A control plane inside the guest whatever the tier offers (see the docstring)."""
+def breakable_control_plane(workdir: Path) -> Iterator[tuple[Faults, Path]]:
+    """The control plane the lab's host side started for these tests (see the
+    docstring), or, run in a guest by hand, one of their own inside it."""
+    given, url = os.environ.get(FAULTS_KUBECONFIG_ENV), os.environ.get(FAULTS_URL_ENV)
+    if given and url:
+        yield RemoteFaults(url), Path(given)
+        return
     if os.environ.get("ROUTEVPN_IN_LAB") != "1":
         missing("the lab guest (run through tests/lab/conftest.py)")
     if bin_dir() is None:
@@ -78,16 +89,16 @@ def own_control_plane(workdir: Path) -> Iterator[tuple[ControlPlane, Path]]:
         cp.down(purge=True)
         pytest.fail(f"no control plane inside the guest: {e}", pytrace=False)
     try:
-        yield cp, kc
+        yield LocalFaults(cp), kc
     finally:
         cp.down(purge=True)  # stops the restarted ones too: their PIDs are recorded
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, tfl.Ha]]:
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Faults, tfl.Ha]]:
     """The agent with one tunnel up (as test_faults_lab's `one`), on our control plane."""
     with (
-        own_control_plane(tmp_path_factory.mktemp("cp")) as (cp, kc),
+        breakable_control_plane(tmp_path_factory.mktemp("cp")) as (cp, kc),
         tfl.agent_world(
             kc,
             tmp_path_factory.mktemp("api-faults"),
@@ -95,64 +106,13 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane
         ) as h,
     ):
         h.world.node.ip("route", "add", tfa.FOREIGN_ROUTE[0], "dev", tfa.FOREIGN_ROUTE[1])
-        try:  # the API server beside it in the guest slows everything down: generous
+        try:  # an API server beside it in the guest slows everything down: generous
             wait_until(h.agent.ready, timeout=AGENT_READY_S, interval=0.5, what="agent ready")
         except TimeoutError as e:
             pytest.fail(f"{e}\n{h.agent.tail()}\n{cp.healthy()=}", pytrace=False)
         tfl.add_tunnel(h, tfl.PRIMARY)
         tfl.wait_up(h, tfl.PRIMARY)
         yield cp, h
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie has no command line; a reaped process no /proc entry)."""
-    try:
-        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
-    except FileNotFoundError:
-        return False
-
-
-class Component:
-    """One process of the control plane, by the PID its script recorded."""
-
-    def __init__(self, cp: ControlPlane, name: str) -> None:
-        assert cp.state_dir is not None
-        self.name, self.state = name, cp.state_dir
-        self.pidfile = self.state / "run" / f"{name}.pid"
-
-    @property
-    def pid(self) -> int:
-        return int(self.pidfile.read_text().strip())
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def kill(self) -> list[str]:
-        """SIGKILL it; returns its command line, for the restart."""
-        argv = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
-        pid = self.pid
-        os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not _alive(pid), timeout=30, interval=0.1, what=f"{self.name} gone")
-        return [a.decode() for a in argv if a]
-
-    def restart(self, argv: list[str]) -> None:
-        """Start it again as the script does (own session, its log), recording the PID
-        where the script's `down` finds it."""
-        with (self.state / "log" / f"{self.name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
-        self.pidfile.write_text(f"{proc.pid}\n")
-
-
-def control_plane_logs(cp: ControlPlane, lines: int = 25) -> str:
-    """The end of each component's log (the script's and the restarts')."""
-    assert cp.state_dir is not None
-    out = []
-    for log in sorted((cp.state_dir / "log").glob("*.log")):
-        tail = log.read_text(errors="replace").splitlines()[-lines:]
-        out.append(f"--- {log.name}\n" + "\n".join(tail))
-    return "\n".join(out)
 
 
 _SPI = re.compile(r"([0-9a-f]{16})_i|\s+in\s+([0-9a-f]{8})", re.M)
@@ -178,7 +138,7 @@ def status_bytes_in(h: tfl.Ha) -> int:
 
 
 def outage(
-    h: tfl.Ha, label: str, brk: Callable[[], object], fix: Callable[[], object], cp: ControlPlane
+    h: tfl.Ha, label: str, brk: Callable[[], object], fix: Callable[[], object], cp: Faults
 ) -> None:
     """The API path broken by `brk`, repaired by `fix`; the common assertions."""
     before, spi0 = tfa.foreign(h), spis(h)
@@ -199,7 +159,7 @@ def outage(
                 wait_until(cp.healthy, timeout=RESTART_WAIT_S, interval=1,
                            what="the control plane healthy")  # fmt: skip
             except TimeoutError as e:
-                pytest.fail(f"{e}\n{control_plane_logs(cp)}", pytrace=False)
+                pytest.fail(f"{e}\n{cp.logs()}", pytrace=False)
             back_at, back_bytes = time.time(), charon_bytes_in(h)
             print(f"{label}: control plane healthy {back_at - fixed_at:.1f}s after the repair")
             w_back = tfa.writes(h)
@@ -248,39 +208,36 @@ def routes_missing(h: tfl.Ha) -> list[str]:
     ]
 
 
-def test_api_server_hung(api: tuple[ControlPlane, tfl.Ha]) -> None:
+def test_api_server_hung(api: tuple[Faults, tfl.Ha]) -> None:
     cp, h = api
-    apiserver = Component(cp, "kube-apiserver")
     gone: list[str] = []
 
     def freeze() -> None:
-        apiserver.signal(signal.SIGSTOP)
+        cp.signal("kube-apiserver", "STOP")
         gone.extend(watch_routes(h, OUTAGE_S))
 
     try:
-        outage(h, "api-hung", freeze, lambda: apiserver.signal(signal.SIGCONT), cp)
+        outage(h, "api-hung", freeze, lambda: cp.signal("kube-apiserver", "CONT"), cp)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            apiserver.signal(signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError, RuntimeError):
+            cp.signal("kube-apiserver", "CONT")
     assert gone == [], gone
 
 
-def _killed_and_restarted(cp: ControlPlane, h: tfl.Ha, name: str, label: str) -> None:
-    proc = Component(cp, name)
-    argv: list[str] = []
+def _killed_and_restarted(cp: Faults, h: tfl.Ha, name: str, label: str) -> None:
     gone: list[str] = []
 
     def kill() -> None:
-        argv.extend(proc.kill())
+        cp.kill(name)
         gone.extend(watch_routes(h, DOWN_S))
 
-    outage(h, label, kill, lambda: proc.restart(argv), cp)
+    outage(h, label, kill, lambda: cp.restart(name), cp)
     assert gone == [], gone
 
 
-def test_api_server_killed_and_restarted(api: tuple[ControlPlane, tfl.Ha]) -> None:
+def test_api_server_killed_and_restarted(api: tuple[Faults, tfl.Ha]) -> None:
     _killed_and_restarted(*api, "kube-apiserver", "api-killed")
 
 
-def test_etcd_killed_and_restarted(api: tuple[ControlPlane, tfl.Ha]) -> None:
+def test_etcd_killed_and_restarted(api: tuple[Faults, tfl.Ha]) -> None:
     _killed_and_restarted(*api, "etcd", "etcd-killed")
