@@ -3,11 +3,11 @@
 # contracts and run every test tier (unit, netns, cluster, lab, node). Extra arguments go
 # to ONE pytest, e.g. `hack/test.sh -m unit`.
 #
-# Without arguments the tiers run in three pytest sessions, timed: the node tier (its
+# Without arguments the tiers run in four pytest sessions, timed: the node tier (its
 # own QEMU guest and control plane, generous waits) beside the host tiers (unit, netns,
 # cluster), which start once the node is Ready (its guest's kernel has locked up at the
-# kubelet's start on a busy host), then the lab tier alone, whose traffic figures want
-# the machine to itself. ROUTEVPN_SERIAL_TIERS=1 runs them in one session instead.
+# kubelet's start on a busy host); then the lab tier in two guests at once, each with
+# about half of its modules. ROUTEVPN_SERIAL_TIERS=1 runs them in one session instead.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

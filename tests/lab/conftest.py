@@ -30,6 +30,9 @@ IN_LAB = os.environ.get(labspec.IN_LAB_ENV) == "1"
 RESULTS_ENV = "ROUTEVPN_LAB_RESULTS"
 # The whole tier in one guest; override for slow machines.
 LAB_TIMEOUT = float(os.environ.get("ROUTEVPN_LAB_TIMEOUT", "3000"))
+# The guest's vCPUs: two unless told (hack/test.sh gives each of its two lab guests one,
+# so that neither spins on a vCPU the host has descheduled)
+LAB_CPUS = int(os.environ.get("ROUTEVPN_LAB_CPUS", "2"))
 # Lab tests that talk to an API server (see `_host_api_server`), and how they learn it.
 API_TESTS = (
     "test_agent_lab.py",
@@ -207,7 +210,13 @@ def guest_run(config: pytest.Config) -> GuestRun:
         net = labspec.UserNet(forward_ports=tuple(ports)) if ports else None
         try:
             run.result = lab.run_in_guest(
-                command, timeout=LAB_TIMEOUT, cwd=rootdir, env=env, scratch=scratch, net=net
+                command,
+                timeout=LAB_TIMEOUT,
+                cwd=rootdir,
+                env=env,
+                scratch=scratch,
+                net=net,
+                cpus=LAB_CPUS,
             )
         except lab.LabUnavailableError as e:
             run.unavailable = str(e)
@@ -298,7 +307,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     boot = f"{r.boot_seconds:.1f}s" if r.boot_seconds is not None else "n/a"
     tier = f"{r.command_seconds:.1f}s" if r.command_seconds is not None else "n/a"
     tr.write_line(
-        f"lab: 1 guest boot, accel={r.accel}, userspace+modules ready at {boot}, "
+        f"lab: 1 guest boot, accel={r.accel}, {LAB_CPUS} vCPU, userspace+modules ready at {boot}, "
         f"{run.selected} selected / {len(run.outcomes)} reported, tier {tier} (guest clock), "
         f"wall {r.wall_seconds:.1f}s, guest exit {r.returncode}"
         + (" TIMED OUT" if r.timed_out else "")
