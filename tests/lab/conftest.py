@@ -49,8 +49,6 @@ API_TESTS = (
 GUEST_KUBECONFIG_ENV = "ROUTEVPN_LAB_KUBECONFIG"
 # The API-fault tests' own control plane on the host, and how they learn it.
 FAULTS_API_TEST = "test_faults_api_lab.py"
-FAULTS_KUBECONFIG_ENV = "ROUTEVPN_LAB_FAULTS_KUBECONFIG"
-FAULTS_URL_ENV = "ROUTEVPN_LAB_FAULTS_URL"
 # Where the guest reaches the host's forwarded ports
 SERVICE = labspec.UserNet().service
 API_NOTE_KEY = pytest.StashKey[list[str]]()
@@ -278,16 +276,16 @@ def _host_fault_plane(
 ) -> list[int]:
     """A second control plane on the host for the API-fault tests, which freeze, kill
     and restart its etcd and kube-apiserver through a `faultplane.FaultServer`: the
-    guest reaches both over forwarded ports. None (the tests then start one of their own
-    inside the guest, minutes slower) if it can't start."""
+    guest reaches both over forwarded ports. The ports to forward; none (the tests then
+    start one of their own inside the guest, minutes slower) if it can't start."""
     made = _host_control_plane(config, stack, scratch, "lab-fault-plane")
     if made is None:
         return []
     cp, kubeconfig = made
     assert cp.api_port is not None
     server = stack.enter_context(faultplane.FaultServer(cp))
-    env[FAULTS_KUBECONFIG_ENV] = f"{labspec.GUEST_SCRATCH}/{kubeconfig.name}"
-    env[FAULTS_URL_ENV] = f"http://{SERVICE}:{server.port}"
+    env[faultplane.KUBECONFIG_ENV] = f"{labspec.GUEST_SCRATCH}/{kubeconfig.name}"
+    env[faultplane.URL_ENV] = f"http://{SERVICE}:{server.port}"
     notes = config.stash.get(API_NOTE_KEY, [])
     config.stash[API_NOTE_KEY] = [
         *notes,

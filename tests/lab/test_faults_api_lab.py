@@ -38,6 +38,7 @@ import test_failover_lab as tfl  # type: ignore[import-not-found]  # the HA pair
 import test_faults_lab as tfa  # type: ignore[import-not-found]  # the fault suite's helpers
 
 from routevpn.api import naming
+from support import faultplane
 from support import hapair as ha
 from support import swanctl as sw
 from support.cluster import ControlPlane, bin_dir
@@ -46,10 +47,6 @@ from support.kube import wait_until
 from support.tiers import missing
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(1200)]
-
-# Set by tests/lab/conftest.py when the lab's host side runs a control plane to break
-FAULTS_KUBECONFIG_ENV = "ROUTEVPN_LAB_FAULTS_KUBECONFIG"
-FAULTS_URL_ENV = "ROUTEVPN_LAB_FAULTS_URL"
 
 # A soak: CI runs the outages shortened; ROUTEVPN_SOAK_FULL=1 runs the issue's minute.
 FULL = os.environ.get("ROUTEVPN_SOAK_FULL") == "1"
@@ -73,7 +70,7 @@ AGENT_READY_S = 300
 def breakable_control_plane(workdir: Path) -> Iterator[tuple[Faults, Path]]:
     """The control plane the lab's host side started for these tests (see the
     docstring), or, run in a guest by hand, one of their own inside it."""
-    given, url = os.environ.get(FAULTS_KUBECONFIG_ENV), os.environ.get(FAULTS_URL_ENV)
+    given, url = os.environ.get(faultplane.KUBECONFIG_ENV), os.environ.get(faultplane.URL_ENV)
     if given and url:
         yield RemoteFaults(url), Path(given)
         return

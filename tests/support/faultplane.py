@@ -31,6 +31,9 @@ from typing import Protocol
 from .cluster import ControlPlane
 
 COMPONENTS = ("etcd", "kube-apiserver")
+# What tests/lab/conftest.py sets in the guest when it serves a control plane to break
+KUBECONFIG_ENV = "ROUTEVPN_LAB_FAULTS_KUBECONFIG"
+URL_ENV = "ROUTEVPN_LAB_FAULTS_URL"
 SIGNALS = {"STOP": signal.SIGSTOP, "CONT": signal.SIGCONT}
 
 
