@@ -103,7 +103,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Faults, tfl.
         ) as h,
     ):
         h.world.node.ip("route", "add", tfa.FOREIGN_ROUTE[0], "dev", tfa.FOREIGN_ROUTE[1])
-        try:  # an API server beside it in the guest slows everything down: generous
+        try:  # generous: the fallback, an API server beside it in the guest, slows all
             wait_until(h.agent.ready, timeout=AGENT_READY_S, interval=0.5, what="agent ready")
         except TimeoutError as e:
             pytest.fail(f"{e}\n{h.agent.tail()}\n{cp.healthy()=}", pytrace=False)
