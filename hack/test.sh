@@ -3,12 +3,12 @@
 # contracts and run every test tier (unit, netns, cluster, lab, node). Extra arguments go
 # to ONE pytest, e.g. `hack/test.sh -m unit`.
 #
-# Without arguments the tiers run in four pytest sessions, timed: the node tier (its
+# Without arguments the tiers run in three pytest sessions, timed: the node tier (its
 # own QEMU guest and control plane, generous waits) beside the host tiers (unit, netns,
 # cluster), which start once the node is Ready (its guest's kernel has locked up at the
-# kubelet's start on a busy host); then the lab tier in two guests at once, each with
-# about half of its modules and one vCPU. ROUTEVPN_SERIAL_TIERS=1 runs them in one
-# session instead (a lab guest then has two vCPUs, unless ROUTEVPN_LAB_CPUS says).
+# kubelet's start on a busy host); then the lab tier alone, in one guest
+# (ROUTEVPN_LAB_SPLIT=1: two guests at once, see below). ROUTEVPN_SERIAL_TIERS=1 runs
+# them all in one session instead.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -77,9 +77,12 @@ node_rc=0
 finish_beside "$node_pid" "$node_log" "the node tier" || node_rc=$?
 node_s=$((SECONDS - t0))
 
-# The lab tier in two guests at once, each with about half of its modules and one vCPU:
-# a guest keeps about one core busy (one emulated process at a time, mostly), and with
-# two vCPUs each, four on two cores, a guest spins on a vCPU the host has descheduled.
+# The lab tier: one guest (two vCPUs), alone, by default. ROUTEVPN_LAB_SPLIT=1 runs it in
+# two guests at once instead, each with about half of its modules and one vCPU (a guest
+# keeps about one core busy; with two vCPUs each, four on two cores, a guest spins on a
+# vCPU the host has descheduled). Measured: 1,160-1,244 s against about 1,800 s alone,
+# but two of its timing-bound cases failed once there (a TCP stream that connected after
+# the link went down; stray packets at the node during rekeys), so it is not the default.
 # The first half is listed; the second is the rest, so a new lab module lands there.
 LAB_FIRST=(
     tests/lab/test_rekeys_lab.py
@@ -92,23 +95,27 @@ LAB_FIRST=(
     tests/lab/test_lab_smoke.py
     tests/lab/test_harness_host.py
 )
-lab_rest=()
-for f in "${LAB_FIRST[@]}"; do
-    lab_rest+=("--ignore=$f")
-done
-export ROUTEVPN_LAB_CPUS="${ROUTEVPN_LAB_CPUS:-1}"
-echo "== pytest: lab, in two guests (the first half's output follows the second's)"
 t1=$SECONDS
-start_beside "$lab_log" -m lab "${LAB_FIRST[@]}"
-lab_pid=$!
 lab_rc=0
-run_pytest -m lab "${lab_rest[@]}" || lab_rc=$?
-rest_s=$((SECONDS - t1))
 lab1_rc=0
-finish_beside "$lab_pid" "$lab_log" "lab, the first half" || lab1_rc=$?
+if [[ "${ROUTEVPN_LAB_SPLIT:-}" == 1 ]]; then
+    lab_rest=()
+    for f in "${LAB_FIRST[@]}"; do
+        lab_rest+=("--ignore=$f")
+    done
+    export ROUTEVPN_LAB_CPUS="${ROUTEVPN_LAB_CPUS:-1}"
+    echo "== pytest: lab, in two guests (the first half's output follows the second's)"
+    start_beside "$lab_log" -m lab "${LAB_FIRST[@]}"
+    lab_pid=$!
+    run_pytest -m lab "${lab_rest[@]}" || lab_rc=$?
+    finish_beside "$lab_pid" "$lab_log" "lab, the first half" || lab1_rc=$?
+else
+    echo "== pytest: lab"
+    run_pytest -m lab || lab_rc=$?
+fi
 echo "== tiers (seconds from the node tier's start): node Ready ${ready_s}, unit+netns+cluster" \
-    "done ${host_s} (rc $host_rc), node tier done ${node_s} (rc $node_rc); then lab: the" \
-    "second half done ${rest_s}s (rc $lab_rc), both $((SECONDS - t1))s (first half rc $lab1_rc)"
+    "done ${host_s} (rc $host_rc), node tier done ${node_s} (rc $node_rc); then lab" \
+    "$((SECONDS - t1))s (rc $lab_rc${ROUTEVPN_LAB_SPLIT:+, first half rc $lab1_rc})"
 if ((host_rc || node_rc || lab_rc || lab1_rc)); then
     exit 1
 fi
